@@ -1,0 +1,258 @@
+"""Application assembly: ``create_app(config)`` builds everything.
+
+Nothing here runs at import time. ``create_app`` opens the database, builds the
+authenticator, the metrics registry and each area (catalog, uploads, jobs),
+wires middleware and maps our exceptions to HTTP in one place.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import falcon
+import peewee
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from . import db as dbmod
+from . import errors
+from .auth import Authenticator, TokenVerifier, UserDirectory
+from .models.audit import AuditRecord
+
+log = logging.getLogger("hpcportal")
+access_log = logging.getLogger("hpcportal.access")
+audit_log = logging.getLogger("hpcportal.audit")
+
+# The one place where our exceptions become HTTP statuses.
+STATUS_BY_ERROR = {
+    errors.ValidationError: 400,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.RangeNotSatisfiable: 416,
+    errors.Unprocessable: 422,
+    errors.RateLimited: 429,
+    errors.QuotaExceeded: 413,
+    errors.ServiceUnavailable: 503,
+    errors.InsufficientStorage: 507,
+}
+
+# Calls that change nothing; every other method is audited.
+READ_ONLY_METHODS = {"GET", "HEAD", "OPTIONS"}
+PUBLIC_API_PATHS = {"/api/openapi.json"}
+
+
+@dataclass
+class Portal:
+    """Everything a request or a background service may need, built once per app."""
+
+    config: object
+    database: peewee.Database
+    registry: CollectorRegistry
+    authenticator: Authenticator
+    clock: object = time.time
+    services: list = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # Areas register themselves here (images, templates, uploads, jobs, ...).
+    areas: dict = field(default_factory=dict)
+
+    def area(self, name):
+        """Another area's domain object, or None when that area is not built."""
+        return self.areas.get(name)
+
+    def start_services(self):
+        for service in self.services:
+            service.start()
+
+    def stop_services(self):
+        self.stopping.set()
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:  # a failing stop must not keep the others running
+                log.exception("stopping %s failed", type(service).__name__)
+
+
+def status_of(exc):
+    if isinstance(exc, errors.AuthenticationError):
+        return exc.status
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def _http_status(code):
+    return falcon.code_to_http_status(code)
+
+
+class RequestContextMiddleware:
+    """Request id, database connection, access log line, metrics and audit."""
+
+    def __init__(self, portal):
+        self._portal = portal
+        self._requests = Counter(
+            "hpcportal_http_requests", "HTTP requests by route and status",
+            ["method", "route", "status"], registry=portal.registry)
+        self._latency = Histogram(
+            "hpcportal_http_request_duration_seconds", "HTTP request latency by route",
+            ["method", "route"], registry=portal.registry,
+            buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+    def process_request(self, req, resp):
+        req.context.request_id = uuid.uuid4().hex[:16]
+        req.context.started = time.monotonic()
+        req.context.user = None
+        req.context.audit_target = None
+        req.context.audit_detail = None
+        req.context.max_json_body = self._portal.config.server.max_json_body
+        resp.set_header("X-Request-ID", req.context.request_id)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        duration = time.monotonic() - getattr(req.context, "started", time.monotonic())
+        route = req.uri_template or "(unrouted)"
+        status = resp.status if isinstance(resp.status, int) else int(str(resp.status).split()[0])
+        user = req.context.user.name if getattr(req.context, "user", None) else "-"
+        self._requests.labels(req.method, route, str(status)).inc()
+        self._latency.labels(req.method, route).observe(duration)
+        access_log.info("%s %s %s %.1fms user=%s rid=%s", req.method, route, status,
+                        duration * 1000, user, getattr(req.context, "request_id", "-"))
+        if req.method not in READ_ONLY_METHODS and req.path.startswith("/api/"):
+            self._audit(req, route, status, user)
+        database = self._portal.database
+        if not isinstance(database, peewee.SqliteDatabase) and not database.is_closed():
+            database.close()  # back to the pool; SQLite keeps one per worker thread
+
+    def _audit(self, req, route, status, user):
+        outcome = "ok" if status < 400 else ("denied" if status in (401, 403) else "failed")
+        record = {
+            "user": None if user == "-" else user,
+            "client": client_address(req, self._portal.config.server.trusted_proxies),
+            "action": f"{req.method} {route}",
+            "target": req.context.audit_target or req.path,
+            "outcome": outcome,
+            "status": status,
+            "request_id": req.context.request_id,
+            "detail": req.context.audit_detail,
+        }
+        audit_log.info("audit %s", record)
+        try:
+            with self._portal.database.atomic():
+                AuditRecord.create(**{**record, "target": str(record["target"])[:255]})
+        except peewee.PeeweeException:
+            log.exception("could not store audit record rid=%s", req.context.request_id)
+
+
+def client_address(req, trusted_proxies):
+    if req.remote_addr in trusted_proxies:
+        forwarded = req.get_header("X-Forwarded-For")
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64]
+    return req.remote_addr
+
+
+class AuthMiddleware:
+    """Every /api/ route needs a valid bearer token, except the API document."""
+
+    def __init__(self, authenticator):
+        self._authenticator = authenticator
+
+    def process_request(self, req, resp):
+        if not req.path.startswith("/api/") or req.path in PUBLIC_API_PATHS:
+            return
+        if req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method"):
+            return  # CORS preflight carries no credentials by design
+        req.context.user = self._authenticator.authenticate(req.get_header("Authorization"))
+
+
+def _serialize_http_error(req, resp, exc):
+    code = exc.status_code if hasattr(exc, "status_code") else int(str(exc.status).split()[0])
+    message = exc.description or exc.title or "Error"
+    if code == 404 and not exc.description:
+        message = f"There is no resource at {req.path}."
+    elif code == 405 and not exc.description:
+        message = f"Method {req.method} is not allowed on {req.path}."
+    body = {"success": False, "error": _HTTP_CODES.get(code, "http_error"), "message": message}
+    resp.media = body
+    resp.content_type = falcon.MEDIA_JSON
+
+
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+               411: "length_required", 413: "too_large", 415: "unsupported_media_type"}
+
+
+def _add_error_handlers(app):
+    def handle_portal_error(req, resp, exc, params):
+        code = status_of(exc)
+        resp.status = _http_status(code)
+        resp.media = exc.to_dict()
+        for name, value in exc.headers.items():
+            resp.set_header(name, value)
+        if code == 401:
+            resp.set_header("WWW-Authenticate", "Bearer")
+
+    def handle_database_error(req, resp, exc, params):
+        log.error("database error rid=%s: %s", getattr(req.context, "request_id", "-"), exc)
+        handle_portal_error(req, resp, errors.ServiceUnavailable(
+            "The portal database is not available right now; please retry shortly.",
+            code="database_unavailable", headers={"Retry-After": "5"}), params)
+
+    def handle_unexpected(req, resp, exc, params):
+        if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
+            raise exc
+        request_id = getattr(req.context, "request_id", "-")
+        log.exception("unexpected error rid=%s on %s %s", request_id, req.method, req.path)
+        resp.status = falcon.HTTP_500
+        resp.media = {"success": False, "error": "internal_error", "request_id": request_id,
+                      "message": f"An unexpected error occurred (request id {request_id})."}
+
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler((peewee.OperationalError, peewee.InterfaceError), handle_database_error)
+    app.add_error_handler(errors.PortalError, handle_portal_error)
+    app.set_error_serializer(_serialize_http_error)
+
+
+class PortalApp(falcon.App):
+    """falcon.App with a ``portal`` attribute (falcon.App itself uses __slots__)."""
+
+
+def build_portal(config, clock=time.time):
+    database = dbmod.open_database(config)
+    verifier = TokenVerifier(config, clock=clock)
+    directory = UserDirectory(config.users.min_uid, config.users.deny)
+    return Portal(config=config, database=database, registry=CollectorRegistry(auto_describe=True),
+                  authenticator=Authenticator(verifier, directory), clock=clock)
+
+
+def create_app(config, clock=time.time):
+    """The WSGI app for ``config``; ``app.portal`` holds its parts."""
+    from .resources import health, me
+
+    portal = build_portal(config, clock=clock)
+    app = PortalApp(middleware=[RequestContextMiddleware(portal), AuthMiddleware(portal.authenticator)])
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_form_urlencoded = False
+    _add_error_handlers(app)
+    app.portal = portal
+
+    health.add_routes(app, portal)
+    me.add_routes(app, portal)
+    # Areas, in dependency order: later ones may use earlier ones via portal.area().
+    for area in _optional_areas():
+        area.add_routes(app, portal)
+    return app
+
+
+def _optional_areas():
+    import importlib
+    found = []
+    for name in ("images", "templates", "uploads", "jobs"):
+        try:
+            found.append(importlib.import_module(f"hpcportal.resources.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"hpcportal.resources.{name}":
+                raise
+    return found

@@ -1,0 +1,151 @@
+"""``hpcportald``: the only place that reads the environment and the command line.
+
+Each subcommand parses, builds and reports; a startup problem becomes one
+clear line on stderr and exit status 2, never a traceback.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+import peewee
+import yaml
+
+from . import __version__
+from .config import SETTINGS, Config, parse_duration
+from .errors import ConfigError
+
+log = logging.getLogger("hpcportal")
+
+
+def _setup_logging(level="info"):
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args, config):
+    from .app import create_app
+    from .db import upgrade
+    from .server import Server
+
+    app = create_app(config)
+    applied = upgrade(app.portal.database)
+    for number, description in applied:
+        log.info("database migrated: %d %s", number, description)
+    Server(app, config).run()
+    return 0
+
+
+def cmd_check_config(args, config):
+    print(f"# effective configuration (source: {config.source or 'defaults and environment'})")
+    # Building the verifier also checks that key files are readable.
+    from .auth import TokenVerifier
+    TokenVerifier(config)
+    print(yaml.safe_dump(config.as_dict(mask_secrets=True), sort_keys=False), end="")
+    return 0
+
+
+def cmd_db_upgrade(args, config):
+    from .db import open_database, upgrade
+    applied = upgrade(open_database(config))
+    if not applied:
+        print("database is up to date")
+    for number, description in applied:
+        print(f"applied migration {number}: {description}")
+    return 0
+
+
+def cmd_token(args, config):
+    from .auth import mint_token
+    secret = config.jwt_secret()
+    if not secret or not any(a.startswith("HS") for a in config.auth.algorithms):
+        raise ConfigError("auth.secret: `token` needs an HS* algorithm and a configured secret")
+    algorithm = next(a for a in config.auth.algorithms if a.startswith("HS"))
+    claims = {}
+    if config.auth.issuer:
+        claims["iss"] = config.auth.issuer
+    if config.auth.audience:
+        claims["aud"] = config.auth.audience
+    if config.auth.identity_claim != "sub":
+        claims[config.auth.identity_claim] = args.user
+    token = mint_token(secret, args.user, admin=args.admin, ttl=args.ttl,
+                       algorithm=algorithm, **claims)
+    print(token)
+    return 0
+
+
+def cmd_settings(args, config):
+    """The settings registry, for the README's configuration reference."""
+    rows = [{"name": s.name, "env": s.env_name, "default": s.default, "help": s.help} for s in SETTINGS]
+    print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+def _ttl(value):
+    try:
+        return int(parse_duration(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="hpcportald", description="hpcportal backend daemon")
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default /etc/hpcportal/config.yaml, or $HPCPORTAL_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"hpcportald {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the daemon").set_defaults(func=cmd_serve)
+    sub.add_parser("check-config", help="validate and print the effective config").set_defaults(
+        func=cmd_check_config)
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations").set_defaults(func=cmd_db_upgrade)
+    token = sub.add_parser("token", help="mint a development token with the configured secret")
+    token.add_argument("--user", required=True)
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 1h (default 1h)")
+    token.set_defaults(func=cmd_token)
+    sub.add_parser("settings", help="list every setting with its default").set_defaults(
+        func=cmd_settings)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands contributed by areas (e.g. ``scan``), as ``register(subparsers)``."""
+    import importlib
+    found = []
+    for module_name in ("hpcportal.catalog.cli",):
+        try:
+            found.append(importlib.import_module(module_name).register)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not module_name.startswith(exc.name):
+                raise
+    return found
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = Config.load(args.config)
+        _setup_logging(config.server.log_level)
+        return args.func(args, config)
+    except ConfigError as exc:
+        print(f"hpcportald: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except peewee.PeeweeException as exc:
+        print(f"hpcportald: database error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hpcportald: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,12 @@
+"""All models, bound to a database at run time (never at import).
+
+Each area keeps its models in its own module and lists them here.
+"""
+
+from . import audit
+
+ALL_MODELS = [*audit.MODELS]
+
+
+def bind(database):
+    database.bind(ALL_MODELS, bind_refs=False, bind_backrefs=False)

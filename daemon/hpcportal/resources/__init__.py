@@ -1,0 +1,1 @@
+"""HTTP resources: thin classes that parse, call domain code, and answer."""

@@ -1,0 +1,96 @@
+"""Helpers every resource uses: JSON bodies, admin checks, paging, ETags."""
+
+import hashlib
+import json
+
+from ..errors import PayloadTooLarge, PermissionDenied, UnsupportedMediaType, ValidationError
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+def read_json(req, max_size=None, required=True):
+    """The request's JSON object; 400/413/415 with a clear message otherwise."""
+    limit = max_size or req.context.max_json_body
+    if req.content_length is not None and req.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+    if not raw.strip():
+        if required:
+            raise ValidationError("The request needs a JSON object as its body.", code="missing_body")
+        return {}
+    content_type = (req.content_type or "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Expected Content-Type application/json, got {content_type}.")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ValidationError("The request body is not valid UTF-8.", code="malformed_json") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+            code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise ValidationError("The request body must be a JSON object.", code="malformed_json")
+    return body
+
+
+def require_admin(req):
+    user = req.context.user
+    if user is None or not user.admin:
+        raise PermissionDenied("This action is reserved to administrators.", code="admin_only")
+    return user
+
+
+def int_param(req, name, default=None, minimum=None, maximum=None):
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"Query parameter '{name}' must be an integer.",
+                              errors={name: "must be an integer"}) from None
+    if minimum is not None and value < minimum:
+        raise ValidationError(f"Query parameter '{name}' must be at least {minimum}.",
+                              errors={name: f"must be at least {minimum}"})
+    if maximum is not None and value > maximum:
+        raise ValidationError(f"Query parameter '{name}' must be at most {maximum}.",
+                              errors={name: f"must be at most {maximum}"})
+    return value
+
+
+def bool_param(req, name, default=False):
+    raw = req.get_param(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise ValidationError(f"Query parameter '{name}' must be true or false.",
+                          errors={name: "must be true or false"})
+
+
+def paging(req):
+    """(limit, offset) from the query string."""
+    return (int_param(req, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+            int_param(req, "offset", 0, 0))
+
+
+def answer_cacheable(req, resp, body, max_age=300):
+    """Answer ``body`` with a strong ETag; 304 when the client has it already."""
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(payload).hexdigest()[:32] + '"'
+    resp.set_header("ETag", etag)
+    resp.set_header("Cache-Control", f"private, max-age={max_age}")
+    resp.set_header("Vary", "Authorization")
+    candidates = [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]
+    if etag in candidates or "*" in candidates:
+        resp.status = 304
+        return
+    resp.data = payload
+    resp.content_type = "application/json"

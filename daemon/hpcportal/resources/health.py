@@ -1,0 +1,58 @@
+"""Operations endpoints: liveness, readiness, metrics, the API document."""
+
+import peewee
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import openapi
+
+
+class LivenessResource:
+    def on_get(self, req, resp):
+        resp.media = {"status": "ok"}
+
+
+class ReadinessResource:
+    def __init__(self, portal):
+        self._portal = portal
+
+    def on_get(self, req, resp):
+        checks = {"database": self._database()}
+        for service in self._portal.services:
+            ok, detail = service.health()
+            checks[getattr(service, "name", type(service).__name__)] = {"ok": ok, "detail": detail}
+        ready = all(check["ok"] for check in checks.values())
+        resp.status = 200 if ready else 503
+        resp.media = {"ready": ready, "checks": checks}
+
+    def _database(self):
+        try:
+            self._portal.database.execute_sql("SELECT 1").fetchone()
+            return {"ok": True, "detail": "reachable"}
+        except peewee.PeeweeException as exc:
+            return {"ok": False, "detail": f"not reachable: {exc}"}
+
+
+class MetricsResource:
+    def __init__(self, registry):
+        self._registry = registry
+
+    def on_get(self, req, resp):
+        resp.data = generate_latest(self._registry)
+        resp.content_type = CONTENT_TYPE_LATEST
+
+
+class OpenAPIResource:
+    def __init__(self):
+        self._document = None
+
+    def on_get(self, req, resp):
+        if self._document is None:
+            self._document = openapi.document()
+        resp.media = self._document
+
+
+def add_routes(app, portal):
+    app.add_route("/healthz", LivenessResource())
+    app.add_route("/readyz", ReadinessResource(portal))
+    app.add_route("/metrics", MetricsResource(portal.registry))
+    app.add_route("/api/openapi.json", OpenAPIResource())

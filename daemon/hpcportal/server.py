@@ -1,0 +1,110 @@
+"""Running the app under waitress: readiness notification and graceful stop."""
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+import waitress
+from waitress.channel import HTTPChannel
+
+log = logging.getLogger("hpcportal.server")
+
+# How long a stop waits for requests in flight before closing anyway.
+DRAIN_SECONDS = 30
+# Room for multipart framing around the largest chunk a client may send.
+BODY_MARGIN = 1024 * 1024
+
+
+def notify(message, environ=os.environ):
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    address = environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+class Server:
+    """One waitress server for one app, stoppable from a signal handler."""
+
+    def __init__(self, app, config):
+        self._app = app
+        self._config = config
+        self._stop_requested = threading.Event()
+        self._server = waitress.create_server(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            threads=config.server.threads,
+            ident="hpcportal",
+            max_request_body_size=config.uploads.max_chunk_size + BODY_MARGIN,
+            clear_untrusted_proxy_headers=True,
+            channel_timeout=300,
+            cleanup_interval=30,
+        )
+
+    @property
+    def port(self):
+        return self._server.effective_port
+
+    def run(self):
+        portal = self._app.portal
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.request_stop())
+        portal.start_services()
+        log.info("listening on http://%s:%s", self._config.server.host, self.port)
+        notify(f"READY=1\nSTATUS=listening on port {self.port}\nMAINPID={os.getpid()}")
+        try:
+            self._server.run()
+        except (OSError, ValueError) as exc:
+            # asyncore's loop ends with EBADF once every channel is closed.
+            if not self._stop_requested.is_set():
+                raise
+            log.debug("server loop ended: %s", exc)
+        finally:
+            portal.stop_services()
+            log.info("stopped")
+
+    def request_stop(self):
+        if self._stop_requested.is_set():
+            return
+        self._stop_requested.set()
+        notify("STOPPING=1")
+        log.info("stopping: finishing requests in flight")
+        self._app.portal.stopping.set()
+        threading.Thread(target=self._drain_and_close, name="drain", daemon=True).start()
+
+    def _drain_and_close(self):
+        server = self._server
+        # Stop accepting: the listening socket leaves the loop, connections stay.
+        server.accepting = False
+        server.del_channel()
+        server.socket.close()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline and self._busy():
+            time.sleep(0.05)
+        for channel in list(server._map.values()):
+            if isinstance(channel, HTTPChannel):
+                channel.will_close = True
+                server.trigger.pull_trigger()
+        time.sleep(0.1)
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        for channel in list(server._map.values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+
+    def _busy(self):
+        dispatcher = self._server.task_dispatcher
+        if dispatcher.active_count or dispatcher.queue:
+            return True
+        return any(isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
+                   for ch in list(self._server._map.values()))
