@@ -38,6 +38,7 @@ class Server:
         self._app = app
         self._config = config
         self._stop_requested = threading.Event()
+        self._listening_closed = threading.Event()
         self._server = waitress.create_server(
             app,
             host=config.server.host,
@@ -69,6 +70,7 @@ class Server:
                 raise
             log.debug("server loop ended: %s", exc)
         finally:
+            self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
             portal.stop_services()
             log.info("stopped")
 
@@ -79,24 +81,27 @@ class Server:
         notify("STOPPING=1")
         log.info("stopping: finishing requests in flight")
         self._app.portal.stopping.set()
+        # Sockets are only touched by the loop's own thread (via the trigger):
+        # closing one under a running select() would end the loop with EBADF.
+        self._server.trigger.pull_trigger(self._stop_listening)
         threading.Thread(target=self._drain_and_close, name="drain", daemon=True).start()
 
-    def _drain_and_close(self):
+    def _stop_listening(self):
         server = self._server
-        # Stop accepting: the listening socket leaves the loop, connections stay.
         server.accepting = False
         server.del_channel()
         server.socket.close()
+        self._listening_closed.set()
+
+    def _drain_and_close(self):
+        self._listening_closed.wait(5)
         deadline = time.monotonic() + DRAIN_SECONDS
         while time.monotonic() < deadline and self._busy():
             time.sleep(0.05)
-        for channel in list(server._map.values()):
-            if isinstance(channel, HTTPChannel):
-                channel.will_close = True
-                server.trigger.pull_trigger()
-        time.sleep(0.1)
-        server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
-        for channel in list(server._map.values()):
+        self._server.trigger.pull_trigger(self._close_all)
+
+    def _close_all(self):
+        for channel in list(self._server._map.values()):
             try:
                 channel.close()
             except OSError:
@@ -106,5 +111,6 @@ class Server:
         dispatcher = self._server.task_dispatcher
         if dispatcher.active_count or dispatcher.queue:
             return True
-        return any(isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
+        return any(isinstance(ch, HTTPChannel)
+                   and (ch.request is not None or ch.requests or ch.total_outbufs_len)
                    for ch in list(self._server._map.values()))

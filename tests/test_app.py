@@ -1,0 +1,182 @@
+"""Errors, operations endpoints and the API document, against real daemons
+(and, where a route must misbehave on purpose, an in-process app)."""
+
+import json
+import socket
+import sqlite3
+
+import falcon
+import falcon.inspect
+import falcon.testing
+import pytest
+
+from hpcportal.app import create_app
+from hpcportal.config import Config
+from hpcportal.openapi import document
+from hpcportal.resources.base import read_json
+from support.daemon import TEST_SECRET, auth_headers
+
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch"}
+
+
+def test_unknown_route_is_json_404(daemon):
+    answer = daemon.get("/api/v2/nothing-here", user="alice")
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json() == {"success": False, "error": "not_found",
+                             "message": "There is no resource at /api/v2/nothing-here."}
+
+
+def test_wrong_method_is_json_405(daemon):
+    answer = daemon.request("PUT", "/api/v2/me", user="alice")
+    assert answer.status_code == 405
+    assert answer.json()["error"] == "method_not_allowed"
+    assert "PUT" in answer.json()["message"]
+
+
+def test_state_changing_calls_are_audited(daemon):
+    daemon.request("DELETE", "/api/v2/me", user="alice")
+    with sqlite3.connect(f"{daemon.shared.state}/portal.db") as conn:
+        rows = conn.execute("SELECT user, action, outcome, status, client, request_id FROM audit_record").fetchall()
+    assert rows == [("alice", "DELETE /api/v2/me", "failed", 405, "127.0.0.1", rows[0][5])]
+    assert len(rows[0][5]) == 16
+
+
+def test_healthz_and_readyz(daemon):
+    assert daemon.get("/healthz").json() == {"status": "ok"}
+    ready = daemon.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+    assert ready.json()["checks"]["database"]["ok"] is True
+
+
+def test_unopenable_database_fails_start_with_one_line(daemon_factory, shared_dir):
+    import os
+    os.mkdir(f"{shared_dir.state}/portal.db")  # a folder where the SQLite file should be
+    daemon = daemon_factory(start=False)
+    daemon.start(wait=False)
+    daemon.proc.wait(30)
+    assert daemon.proc.returncode == 2
+    assert "database error" in daemon.logs() and "Traceback" not in daemon.logs()
+
+
+class _StuckService:
+    name = "watcher"
+
+    def health(self):
+        return False, "images folder is missing"
+
+
+def test_readyz_is_503_and_says_why_when_a_service_is_down(tmp_path, users):
+    app = _app(tmp_path)
+    app.portal.services.append(_StuckService())
+    answer = falcon.testing.TestClient(app).simulate_get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json["checks"]["watcher"] == {"ok": False, "detail": "images folder is missing"}
+
+
+def test_metrics_count_requests_by_route_and_status(daemon):
+    daemon.get("/api/v2/me", user="alice")
+    text = daemon.get("/metrics").text
+    assert 'hpcportal_http_requests_total{method="GET",route="/api/v2/me",status="200"} 1.0' in text
+    assert "hpcportal_http_request_duration_seconds_bucket" in text
+
+
+def test_request_id_header(daemon):
+    assert len(daemon.get("/healthz").headers["X-Request-ID"]) == 16
+
+
+def _routes(app):
+    found = {}
+    for route in falcon.inspect.inspect_routes(app):
+        methods = {m.method.lower() for m in route.methods if not m.internal}
+        found[route.path] = methods
+    return found
+
+
+def _app(tmp_path, **extra):
+    data = {"database": {"url": f"sqlite:///{tmp_path}/p.db"}, "auth": {"secret": TEST_SECRET},
+            "paths": {"images": str(tmp_path / "images"), "templates": str(tmp_path / "templates"),
+                      "uploads": str(tmp_path / "uploads")}}
+    data.update(extra)
+    return create_app(Config.from_dict(data))
+
+
+def test_openapi_document_and_routes_agree(tmp_path):
+    app = _app(tmp_path)
+    routes = _routes(app)
+    doc = document()
+    documented = {path: {m for m in item if m in HTTP_METHODS} for path, item in doc["paths"].items()}
+    assert routes == documented
+    assert doc["openapi"].startswith("3.1")
+
+
+def test_openapi_document_is_served_without_token(daemon):
+    answer = daemon.get("/api/openapi.json")
+    assert answer.status_code == 200
+    assert "/api/v2/me" in answer.json()["paths"]
+
+
+class _Echo:
+    def on_post(self, req, resp):
+        resp.media = read_json(req)
+
+
+class _Broken:
+    def on_get(self, req, resp):
+        raise RuntimeError("secret internals")
+
+
+@pytest.fixture
+def client(tmp_path, users):
+    app = _app(tmp_path, server={"max_json_body": 64})
+    app.add_route("/api/test/echo", _Echo())
+    app.add_route("/api/test/broken", _Broken())
+    from hpcportal.db import upgrade
+    upgrade(app.portal.database)
+    return falcon.testing.TestClient(app, headers=auth_headers("alice"))
+
+
+def test_malformed_json_is_400_naming_the_problem(client):
+    answer = client.simulate_post("/api/test/echo", body='{"a": 1,', content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.json["error"] == "malformed_json"
+    assert "line 1, column 9" in answer.json["message"]
+
+
+def test_json_must_be_an_object(client):
+    answer = client.simulate_post("/api/test/echo", body="[1, 2]", content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.json["message"] == "The request body must be a JSON object."
+
+
+def test_empty_body_is_400(client):
+    answer = client.simulate_post("/api/test/echo", body="", content_type="application/json")
+    assert answer.status_code == 400
+
+
+def test_body_over_limit_is_413(client):
+    answer = client.simulate_post("/api/test/echo", body=json.dumps({"x": "y" * 100}),
+                                  content_type="application/json")
+    assert answer.status_code == 413
+    assert answer.json["error"] == "too_large"
+
+
+def test_wrong_content_type_is_415(client):
+    answer = client.simulate_post("/api/test/echo", body="a=b", content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 415
+
+
+def test_unexpected_exception_is_500_with_request_id_and_no_traceback(client):
+    answer = client.simulate_get("/api/test/broken")
+    assert answer.status_code == 500
+    assert answer.json["request_id"] == answer.headers["X-Request-ID"]
+    assert "secret internals" not in answer.text and "Traceback" not in answer.text
+
+
+def test_server_answers_oversized_body_before_reading_it(daemon):
+    # waitress refuses a body above uploads.max_chunk_size + margin on its own.
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/v2/me HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413")
