@@ -80,6 +80,10 @@ def cmd_token(args, config):
 
 def cmd_settings(args, config):
     """The settings registry, for the README's configuration reference."""
+    if args.markdown:
+        from .docs import settings_markdown
+        print(settings_markdown())
+        return 0
     rows = [{"name": s.name, "env": s.env_name, "default": s.default, "help": s.help} for s in SETTINGS]
     print(json.dumps(rows, indent=2, default=str))
     return 0
@@ -110,8 +114,9 @@ def build_parser():
     token.add_argument("--admin", action="store_true")
     token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 1h (default 1h)")
     token.set_defaults(func=cmd_token)
-    sub.add_parser("settings", help="list every setting with its default").set_defaults(
-        func=cmd_settings)
+    settings = sub.add_parser("settings", help="list every setting with its default")
+    settings.add_argument("--markdown", action="store_true", help="as the README's table")
+    settings.set_defaults(func=cmd_settings)
     for register in _extra_commands():
         register(sub)
     return parser
