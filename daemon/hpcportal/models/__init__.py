@@ -3,9 +3,9 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit
+from . import audit, uploads
 
-ALL_MODELS = [*audit.MODELS]
+ALL_MODELS = [*audit.MODELS, *uploads.MODELS]
 
 
 def bind(database):
