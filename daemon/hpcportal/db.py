@@ -32,6 +32,7 @@ def _create_tables(module_name):
 # (number, description, function(database)). Append only; never renumber.
 MIGRATIONS = [
     (1, "audit records", _create_tables("audit")),
+    (2, "catalog generations and image index", _create_tables("catalog")),
     (3, "uploads, their chunks and finished files", _create_tables("uploads")),
 ]
 

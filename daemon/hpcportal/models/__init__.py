@@ -3,9 +3,9 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit, uploads
+from . import audit, catalog, uploads
 
-ALL_MODELS = [*audit.MODELS, *uploads.MODELS]
+ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *uploads.MODELS]
 
 
 def bind(database):

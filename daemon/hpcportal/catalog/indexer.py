@@ -1,0 +1,694 @@
+"""The generic catalog indexer: keeps a database index equal to a folder.
+
+Administrators drop, replace, rename and delete files by hand (``cp``,
+``rsync``, ``mv``), often over NFS, while daemons run on several head nodes.
+The indexer owns everything that is the same for every catalog: watching,
+settling, debouncing, periodic reconciliation and the decision whether a file
+changed (size, mtime_ns, inode, companions). A *kind* owns what a file means
+and where it is stored.
+
+The kind interface
+------------------
+A kind is any object with these members (``ModelKind`` below implements the
+storage half for a peewee model derived from ``models.catalog.IndexedFile``)::
+
+    name: str
+        Short unique name ("images", "templates"): log lines, metric labels,
+        ``Indexer.scan(["images"])`` and the ``hpcportald scan --images`` flag.
+    root: str
+        Absolute folder, watched recursively. It may not exist yet: the
+        indexer then retries and treats it as empty.
+    accepts(relpath) -> bool
+        Whether a file is part of this catalog. ``relpath`` is relative to
+        ``root`` with "/" separators (e.g. "compute/python_3.11.sif").
+        Temporary names (a component starting with ".", "*.tmp", "*.part",
+        "*~") are filtered out by the indexer before this is asked.
+    owner_of(relpath) -> str | None                          (optional)
+        For companion files (an image's "x.sif.yaml" sidecar): the relpath of
+        the indexed file that a change to this file must refresh.
+    companion_state(path) -> str                              (optional)
+        A short fingerprint (<= 255 chars) of the companions of the file at
+        ``path``, "" when there are none; part of change detection.
+    parse(path, relpath) -> dict
+        Read the file and return its document (JSON-able). Raise
+        ``InvalidFile(reason)`` when it cannot be used: the file is then kept
+        in the index as invalid with that reason. Runs in the indexer's worker
+        thread (or in the thread calling ``scan``); must not write the database.
+        Any other exception is treated like ``InvalidFile`` with its message.
+    known() -> {relpath: FileState}
+        What the index holds now.
+    state_of(relpath) -> FileState | None                     (optional)
+        One entry's stored state (faster than ``known()`` for single files).
+    store(entry: Entry) -> None
+        Upsert one entry (``entry.document`` is None when ``entry.error`` is
+        set). Must be idempotent and keyed by the path (hash), so that several
+        daemons indexing one folder into one database never duplicate rows.
+    remove(relpaths) -> None
+        Delete those entries; idempotent.
+    after_scan(result: ScanResult) -> None                    (optional)
+        Called after every batch that changed this kind.
+
+Other areas are told about changes through listeners:
+``indexer.add_listener(callback)``; ``callback(result: ScanResult)`` runs after
+each batch that changed any kind (``result.kind`` says which), in the
+indexer's thread. Templates use it to re-evaluate ``ready`` when images change.
+A listener must not raise (exceptions are logged and ignored).
+
+Guarantees
+----------
+- Never index a half-copied file: a file is read once its size and mtime have
+  stayed unchanged for ``catalog.settle_seconds``; a file renamed into place
+  (``mv``, rsync's final rename) is read at once.
+- Event callbacks only record paths; one worker thread does the work once
+  events stop for a moment (debounce).
+- ``scan()``: a full reconciliation (at start-up, every
+  ``catalog.rescan_interval``, on ``POST .../scan`` and ``hpcportald scan``)
+  makes the index equal to the folder. Unchanged files are not re-read.
+- An unreadable file is stored invalid with its reason, logged once (when its
+  state changes, not on every scan) and re-read when it changes.
+
+Use ``indexer_for(portal)`` to get the one indexer of an app (it registers
+itself as a background service the first time).
+"""
+
+import collections
+import fnmatch
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from . import watcher as watchermod
+
+log = logging.getLogger("hpcportal.catalog")
+
+# A short quiet period after the last event before the worker looks at paths.
+DEBOUNCE_SECONDS = 0.2
+# Under a constant stream of events, the worker still runs at least this often.
+MAX_EVENT_DELAY = 5.0
+TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
+
+
+class InvalidFile(Exception):
+    """A file that cannot be used; the message is the reason shown to admins."""
+
+
+@dataclass(frozen=True)
+class FileState:
+    size: int
+    mtime_ns: int
+    inode: int
+    companion: str = ""
+
+    @classmethod
+    def of(cls, stat, companion=""):
+        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ino, companion)
+
+
+@dataclass
+class Entry:
+    relpath: str
+    path: str
+    state: FileState
+    document: dict = None
+    error: str = None
+
+    @property
+    def valid(self):
+        return self.error is None
+
+
+@dataclass
+class ScanResult:
+    kind: str
+    added: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    # Relpaths newly stored as invalid in this batch (a subset of added/updated).
+    invalid: list = field(default_factory=list)
+    # Files seen still changing: left for the watcher to index once settled.
+    deferred: list = field(default_factory=list)
+    unchanged: int = 0
+    duration_ms: int = 0
+    full: bool = False
+
+    @property
+    def changed(self):
+        return bool(self.added or self.updated or self.removed)
+
+    def counts(self):
+        return {"added": len(self.added), "updated": len(self.updated),
+                "removed": len(self.removed), "invalid": len(self.invalid),
+                "deferred": len(self.deferred), "unchanged": self.unchanged,
+                "duration_ms": self.duration_ms}
+
+
+def is_temporary(relpath):
+    """Names that copy tools use while writing (rsync's ``.name.XXXXXX``, ``*.part``)."""
+    parts = relpath.split("/")
+    if any(part.startswith(".") for part in parts):
+        return True
+    return any(fnmatch.fnmatchcase(parts[-1], pattern) for pattern in TEMPORARY_PATTERNS)
+
+
+def relative_to(root, path):
+    """``path`` relative to ``root`` with "/" separators, or None when outside."""
+    root = root.rstrip(os.sep) or os.sep
+    if path == root:
+        return ""
+    if not path.startswith(root + os.sep):
+        return None
+    return path[len(root) + 1:].replace(os.sep, "/")
+
+
+class ModelKind:
+    """Storage half of a kind, for a peewee model derived from ``IndexedFile``.
+
+    Subclasses set ``name``, ``root``, ``model`` and implement ``accepts``,
+    ``parse`` and ``columns(entry) -> dict`` (their own columns for a stored
+    entry; ``entry.document`` is None for invalid files).
+    """
+
+    name = None
+    root = None
+    model = None
+
+    def __init__(self, database):
+        self._database = database
+
+    def owner_of(self, relpath):
+        return None
+
+    def companion_state(self, path):
+        return ""
+
+    def columns(self, entry):
+        return {}
+
+    def known(self):
+        m = self.model
+        query = m.select(m.relpath, m.size, m.mtime_ns, m.inode, m.companion).tuples()
+        with self._database.connection_context():
+            return {relpath: FileState(size, mtime_ns, inode, companion or "")
+                    for relpath, size, mtime_ns, inode, companion in query}
+
+    def state_of(self, relpath):
+        m = self.model
+        query = (m.select(m.size, m.mtime_ns, m.inode, m.companion)
+                 .where(m.path_hash == path_hash(relpath)).tuples())
+        with self._database.connection_context():
+            row = query.first()
+        return FileState(row[0], row[1], row[2], row[3] or "") if row else None
+
+    def store(self, entry):
+        m = self.model
+        row = {
+            "path_hash": path_hash(entry.relpath),
+            "relpath": entry.relpath,
+            "path": entry.path,
+            "size": entry.state.size,
+            "mtime_ns": entry.state.mtime_ns,
+            "inode": entry.state.inode,
+            "companion": entry.state.companion,
+            "valid": entry.valid,
+            "error": entry.error,
+            "indexed_at": _utcnow(),
+            **self.columns(entry),
+        }
+        update = {getattr(m, key): value for key, value in row.items() if key != "path_hash"}
+        with self._database.connection_context(), self._database.atomic():
+            upsert(self._database, m, row, m.path_hash, update)
+            bump_generation(self._database, self.name)
+
+    def remove(self, relpaths):
+        relpaths = list(relpaths)
+        if not relpaths:
+            return
+        m = self.model
+        hashes = [path_hash(r) for r in relpaths]
+        with self._database.connection_context(), self._database.atomic():
+            for start in range(0, len(hashes), 500):
+                m.delete().where(m.path_hash.in_(hashes[start:start + 500])).execute()
+            bump_generation(self._database, self.name)
+
+    def count(self):
+        """(valid, invalid) entries in the index."""
+        m = self.model
+        with self._database.connection_context():
+            rows = dict(m.select(m.valid, m.id.count()).group_by(m.valid).tuples())
+        return rows.get(True, 0) + rows.get(1, 0), rows.get(False, 0) + rows.get(0, 0)
+
+
+def path_hash(relpath):
+    import hashlib
+    return hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _utcnow():
+    from ..models.base import utcnow
+    return utcnow()
+
+
+def upsert(database, model, row, key_field, update):
+    """INSERT ... ON CONFLICT (key) DO UPDATE, portable to MariaDB/MySQL."""
+    import peewee
+    query = model.insert(row)
+    if isinstance(database, peewee.MySQLDatabase):
+        query = query.on_conflict(update=update)
+    else:
+        query = query.on_conflict(conflict_target=[key_field], update=update)
+    query.execute()
+
+
+def bump_generation(database, kind):
+    from ..models.catalog import CatalogGeneration as G
+    updated = G.update(generation=G.generation + 1).where(G.kind == kind).execute()
+    if not updated:
+        upsert(database, G, {"kind": kind, "generation": 1}, G.kind,
+               {G.generation: G.generation + 1})
+
+
+def generation(database, kind):
+    from ..models.catalog import CatalogGeneration as G
+    with database.connection_context():
+        row = G.select(G.generation).where(G.kind == kind).tuples().first()
+    return row[0] if row else 0
+
+
+class _Pending:
+    """A path seen by the watcher and not yet dealt with."""
+
+    __slots__ = ("kind", "relpath", "immediate", "state", "since")
+
+    def __init__(self, kind, relpath):
+        self.kind = kind
+        self.relpath = relpath
+        self.immediate = False
+        self.state = None       # last observed FileState
+        self.since = None       # monotonic time the state was first observed
+
+
+class Indexer:
+    """The background service behind every catalog kind of one daemon."""
+
+    name = "catalog"
+
+    def __init__(self, settings, registry, clock=time.monotonic, mountinfo="/proc/self/mountinfo"):
+        self._settle = settings.settle_seconds
+        self._poll_interval = settings.poll_interval
+        self._rescan_interval = settings.rescan_interval
+        self._watch_mode = settings.watcher
+        self._mountinfo = mountinfo
+        self._clock = clock
+        self._kinds = collections.OrderedDict()
+        self._listeners = []
+        self._lock = threading.RLock()          # one batch at a time in this daemon
+        self._wakeup = threading.Condition()
+        self._pending = {}                      # (kind name, relpath) -> _Pending
+        self._last_event = 0.0
+        self._first_event = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._watcher = None
+        self._last_scan = None
+        self._last_error = None
+        self._metrics(registry)
+
+    # -- setup -------------------------------------------------------------
+
+    def _metrics(self, registry):
+        self._m_files = Gauge("hpcportal_catalog_files", "Files in the catalog index",
+                              ["kind", "state"], registry=registry)
+        self._m_scan = Histogram("hpcportal_catalog_scan_duration_seconds",
+                                 "Duration of full catalog reconciliations", ["kind"],
+                                 registry=registry,
+                                 buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+        self._m_events = Counter("hpcportal_catalog_watcher_events",
+                                 "File system events received by the catalog watcher",
+                                 ["kind"], registry=registry)
+        self._m_changes = Counter("hpcportal_catalog_changes", "Index changes",
+                                  ["kind", "action"], registry=registry)
+
+    def register(self, kind):
+        if kind.name in self._kinds:
+            raise ValueError(f"catalog kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = kind
+        self._m_files.labels(kind.name, "valid")
+        self._m_files.labels(kind.name, "invalid")
+
+    @property
+    def kinds(self):
+        return dict(self._kinds)
+
+    def kind(self, name):
+        return self._kinds[name]
+
+    def add_listener(self, callback):
+        self._listeners.append(callback)
+
+    # -- the service -------------------------------------------------------
+
+    def start(self):
+        if self._thread:
+            return
+        self._stop.clear()
+        self._watcher = watchermod.Watcher(self, self._watch_mode, self._poll_interval,
+                                           mountinfo=self._mountinfo)
+        for kind in self._kinds.values():
+            self._watcher.watch(kind.name, kind.root)
+        self._watcher.start()
+        self._thread = threading.Thread(target=self._run, name="catalog-indexer", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        with self._wakeup:
+            self._wakeup.notify_all()
+        if self._watcher:
+            self._watcher.stop()
+        if self._thread:
+            self._thread.join(timeout=30)
+        self._thread = None
+
+    def health(self):
+        if self._thread is None:
+            return True, "not started"
+        if not self._thread.is_alive():
+            return False, "indexer thread stopped"
+        modes = self._watcher.modes() if self._watcher else {}
+        detail = ", ".join(f"{name}: {mode}" for name, mode in modes.items())
+        if self._last_scan is None:
+            detail += "; initial scan running"
+        if self._last_error:
+            detail += f"; last error: {self._last_error}"
+        return True, detail
+
+    def watch_modes(self):
+        return self._watcher.modes() if self._watcher else {}
+
+    # -- events (called from watchdog threads: record only) ------------------
+
+    def notify(self, kind_name, path, immediate=False, is_directory=False):
+        kind = self._kinds.get(kind_name)
+        if kind is None:
+            return
+        relpath = relative_to(os.path.normpath(kind.root), os.path.normpath(path))
+        if relpath is None:
+            return
+        self._m_events.labels(kind_name).inc()
+        if relpath and is_temporary(relpath):
+            return
+        if not is_directory and relpath:
+            owner = getattr(kind, "owner_of", None)
+            owned = owner(relpath) if owner else None
+            if owned:
+                relpath, immediate = owned, True
+            elif not kind.accepts(relpath):
+                # Unknown names may be folders (deleted ones no longer tell).
+                if os.path.isfile(path):
+                    return
+        with self._wakeup:
+            key = (kind_name, relpath)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = _Pending(kind_name, relpath)
+            pending.immediate = pending.immediate or immediate
+            now = self._clock()
+            self._last_event = now
+            if self._first_event is None:
+                self._first_event = now
+            self._wakeup.notify_all()
+
+    # -- the worker --------------------------------------------------------
+
+    def _run(self):
+        next_scan = self._clock()
+        while not self._stop.is_set():
+            now = self._clock()
+            if now >= next_scan:
+                self._safely(self.scan, full_from_worker=True)
+                next_scan = self._clock() + self._rescan_interval
+                if self._watcher:
+                    self._watcher.retry_missing()
+                continue
+            due = self._pending_due(now)
+            if due is not None and due <= now:
+                self._safely(self._process_pending)
+                continue
+            timeout = next_scan - now
+            if due is not None:
+                timeout = min(timeout, due - now)
+            if self._watcher and self._watcher.missing():
+                timeout = min(timeout, max(self._poll_interval, 1.0))
+                self._watcher.retry_missing()
+            with self._wakeup:
+                if self._stop.is_set():
+                    break
+                self._wakeup.wait(timeout=max(0.01, min(timeout, 60)))
+
+    def _safely(self, func, **kwargs):
+        try:
+            func(**kwargs)
+            self._last_error = None
+        except Exception as exc:  # the watcher must survive a database hiccup
+            self._last_error = str(exc)[:200]
+            log.exception("catalog indexing failed; will retry")
+            time.sleep(min(1.0, self._poll_interval))
+
+    def _pending_due(self, now):
+        """When the worker should next look at pending paths, or None."""
+        with self._wakeup:
+            if not self._pending:
+                return None
+            quiet = self._last_event + DEBOUNCE_SECONDS
+            forced = (self._first_event or now) + MAX_EVENT_DELAY
+            due = min(quiet, forced)
+            settling = [p.since + self._settle for p in self._pending.values()
+                        if p.since is not None and not p.immediate]
+            fresh = any(p.since is None or p.immediate for p in self._pending.values())
+            if not fresh and settling:
+                due = max(due, min(settling))
+            return due
+
+    def _process_pending(self):
+        with self._wakeup:
+            batch = list(self._pending.values())
+            self._first_event = None
+        results = {}
+        now = self._clock()
+        with self._lock:
+            for pending in batch:
+                kind = self._kinds[pending.kind]
+                result = results.setdefault(kind.name, ScanResult(kind.name))
+                done = self._look_at(kind, pending, now, result)
+                if done:
+                    with self._wakeup:
+                        if self._pending.get((kind.name, pending.relpath)) is pending:
+                            del self._pending[(kind.name, pending.relpath)]
+            for result in results.values():
+                if result.changed or result.invalid:
+                    self._finish(self._kinds[result.kind], result)
+
+    def _look_at(self, kind, pending, now, result):
+        """Deal with one pending path; False while it is still settling."""
+        path = os.path.join(kind.root, *pending.relpath.split("/")) if pending.relpath else kind.root
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            self._remove_below(kind, pending.relpath, result)
+            return True
+        except OSError as exc:
+            log.warning("catalog %s: cannot stat %s: %s", kind.name, path, exc.strerror)
+            return True
+        if os.path.isdir(path):
+            # A folder appeared or was renamed into place: everything in it.
+            for relpath in self._walk(kind, path):
+                self.notify(kind.name, os.path.join(kind.root, relpath), immediate=pending.immediate)
+            self._remove_vanished_below(kind, pending.relpath, result)
+            return True
+        if not kind.accepts(pending.relpath):
+            return True
+        state = FileState.of(stat, _companion(kind, path))
+        if pending.immediate:
+            self._index_one(kind, pending.relpath, path, state, result)
+            return True
+        if pending.state != state:
+            pending.state, pending.since = state, now
+            return False
+        if now - pending.since < self._settle:
+            return False
+        self._index_one(kind, pending.relpath, path, state, result)
+        return True
+
+    def _index_one(self, kind, relpath, path, state, result, known=None):
+        """Read and store one file unless the index already has this state."""
+        if known is not None:
+            previous = known.get(relpath)
+        elif hasattr(kind, "state_of"):
+            previous = kind.state_of(relpath)
+        else:
+            previous = kind.known().get(relpath)
+        if previous == state:
+            result.unchanged += 1
+            return
+        entry = self._parse(kind, relpath, path, state)
+        if entry is None:  # changed while being read: still being written
+            result.deferred.append(relpath)
+            self.notify(kind.name, path)
+            return
+        kind.store(entry)
+        (result.added if previous is None else result.updated).append(relpath)
+        self._m_changes.labels(kind.name, "added" if previous is None else "updated").inc()
+        if not entry.valid:
+            result.invalid.append(relpath)
+            # Logged here, once per change of the file, never on unchanged rescans.
+            log.warning("catalog %s: %s is invalid: %s", kind.name, path, entry.error)
+        else:
+            log.info("catalog %s: indexed %s", kind.name, path)
+
+    def _parse(self, kind, relpath, path, state):
+        try:
+            document, error = kind.parse(path, relpath), None
+        except InvalidFile as exc:
+            document, error = None, str(exc) or "invalid file"
+        except Exception as exc:  # a bug in a parser must not stop the watcher
+            log.exception("catalog %s: reading %s failed", kind.name, path)
+            document, error = None, f"cannot be read: {exc}"
+        try:
+            after = FileState.of(os.stat(path), _companion(kind, path))
+        except FileNotFoundError:
+            return None
+        if after != state:
+            return None
+        return Entry(relpath, path, state, document, error)
+
+    def _remove_below(self, kind, relpath, result):
+        known = kind.known()
+        prefix = relpath + "/" if relpath else ""
+        gone = [r for r in known if r == relpath or r.startswith(prefix)]
+        # Another daemon may have re-created it meanwhile: only what is really gone.
+        gone = [r for r in gone if not os.path.exists(os.path.join(kind.root, *r.split("/")))]
+        if gone:
+            kind.remove(gone)
+            result.removed.extend(gone)
+            self._m_changes.labels(kind.name, "removed").inc(len(gone))
+            for r in gone:
+                log.info("catalog %s: removed %s", kind.name, r)
+
+    def _remove_vanished_below(self, kind, relpath, result):
+        self._remove_below(kind, relpath, result)
+
+    # -- full reconciliation -------------------------------------------------
+
+    def scan(self, names=None, full_from_worker=False):
+        """Make the index of each kind (all by default) equal to its folder.
+
+        Returns ``{kind name: ScanResult}``. Files still being written (modified
+        less than the settle time ago, or changing while read) are deferred to
+        the watcher, not indexed half-way.
+        """
+        names = list(self._kinds) if names is None else list(names)
+        for name in names:
+            if name not in self._kinds:
+                raise KeyError(name)
+        results = {}
+        with self._lock:
+            for name in names:
+                kind = self._kinds[name]
+                started = time.monotonic()
+                result = ScanResult(name, full=True)
+                self._reconcile(kind, result)
+                result.duration_ms = int((time.monotonic() - started) * 1000)
+                self._m_scan.labels(name).observe(result.duration_ms / 1000)
+                results[name] = result
+                self._finish(kind, result, always=True)
+                if result.changed:
+                    log.info("catalog %s: scan added %d, updated %d, removed %d, invalid %d in %d ms",
+                             name, len(result.added), len(result.updated), len(result.removed),
+                             len(result.invalid), result.duration_ms)
+        self._last_scan = time.time()
+        return results
+
+    def _reconcile(self, kind, result):
+        known = kind.known()
+        seen = set()
+        wall_now = time.time()
+        for relpath in self._walk(kind, kind.root):
+            path = os.path.join(kind.root, *relpath.split("/"))
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            seen.add(relpath)
+            state = FileState.of(stat, _companion(kind, path))
+            if known.get(relpath) == state:
+                result.unchanged += 1
+                continue
+            if wall_now - stat.st_mtime < self._settle:
+                # Modified a moment ago: perhaps still being copied.
+                result.deferred.append(relpath)
+                self.notify(kind.name, path)
+                continue
+            self._index_one(kind, relpath, path, state, result, known=known)
+        vanished = [r for r in known if r not in seen
+                    and not os.path.exists(os.path.join(kind.root, *r.split("/")))]
+        if vanished:
+            kind.remove(vanished)
+            result.removed.extend(vanished)
+            self._m_changes.labels(kind.name, "removed").inc(len(vanished))
+            for r in vanished:
+                log.info("catalog %s: removed %s", kind.name, r)
+
+    def _walk(self, kind, top):
+        """Relpaths of the files under ``top`` that ``kind`` accepts."""
+        root = os.path.normpath(kind.root)
+        for folder, dirs, files in os.walk(top, onerror=None, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                relpath = relative_to(root, os.path.join(folder, name))
+                if relpath and not is_temporary(relpath) and kind.accepts(relpath):
+                    yield relpath
+
+    def _finish(self, kind, result, always=False):
+        counter = getattr(kind, "count", None)
+        if counter:
+            try:
+                valid, invalid = counter()
+                self._m_files.labels(kind.name, "valid").set(valid)
+                self._m_files.labels(kind.name, "invalid").set(invalid)
+            except Exception:
+                log.exception("catalog %s: counting failed", kind.name)
+        if not (result.changed or always):
+            return
+        if not result.changed:
+            return
+        hook = getattr(kind, "after_scan", None)
+        for callback in ([hook] if hook else []) + list(self._listeners):
+            try:
+                callback(result)
+            except Exception:
+                log.exception("catalog %s: listener %r failed", kind.name, callback)
+
+    # -- for tests and tools -------------------------------------------------
+
+    def idle(self):
+        with self._wakeup:
+            return not self._pending
+
+
+def _companion(kind, path):
+    getter = getattr(kind, "companion_state", None)
+    return getter(path) if getter else ""
+
+
+def indexer_for(portal):
+    """The app's one indexer, created and registered as a service on first use."""
+    indexer = portal.areas.get("catalog")
+    if indexer is None:
+        indexer = Indexer(portal.config.catalog, portal.registry)
+        portal.areas["catalog"] = indexer
+        portal.services.append(indexer)
+    return indexer
