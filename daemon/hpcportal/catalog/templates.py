@@ -491,6 +491,11 @@ def _schema_problems(error, root):
         parts = list(error.absolute_path)
         return [_problem(format_path(parts), f"{error.instance!r} is not valid here: {described}",
                          *_mark_of(root, parts))]
+    if error.validator == "required" and isinstance(error.instance, dict):
+        parts = list(error.absolute_path)
+        line, _column = _mark_of(root, parts)
+        missing = [p for p in error.validator_value if p not in error.instance]
+        return [_problem(format_path(parts + [p]), f"{p} is required", line) for p in missing]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = set(error.schema.get("properties", {}))
         extras = [k for k in error.instance if k not in known]
@@ -520,14 +525,7 @@ def _mark_of(root, parts, key=False):
 def _schema_problem(error, root):
     parts = list(error.absolute_path)
     message = error.message
-    if error.validator == "required":
-        missing = [p for p in error.validator_value if isinstance(error.instance, dict) and p not in error.instance]
-        if missing:
-            node = _node_at(root, parts)
-            parts = parts + [missing[0]]
-            message = f"{missing[0]} is required"
-            return _problem(format_path(parts), message, node.start_mark.line + 1 if node else None)
-    elif error.validator == "pattern" and parts and parts[-1] == "version":
+    if error.validator == "pattern" and parts and parts[-1] == "version":
         message = f"{error.instance!r} is not a semantic version such as 1.2.0"
     elif error.validator == "type" and parts == ["version"]:
         message = f"must be a string such as \"1.2.0\" (quote it in YAML), got {error.instance!r}"
@@ -871,7 +869,7 @@ def _check_files(document, items, errors, stat=os.stat):
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
 
 
-def _resolve_slurm(document, overrides, errors):
+def _resolve_slurm(document, overrides, errors, default_job_name="job"):
     """Checked ``{template key: value}`` and the ``#SBATCH`` directives."""
     if overrides is None:
         overrides = {}
@@ -883,7 +881,7 @@ def _resolve_slurm(document, overrides, errors):
     values, directives = {}, []
     job_name = overrides.pop("job_name", overrides.pop("jobName", None))
     if job_name is None:
-        job_name = document.get("id") or "job"
+        job_name = default_job_name
     if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
         errors["overrides.job_name"] = "use 1-128 letters, digits and . _ + -"
     else:
@@ -1018,7 +1016,8 @@ def render(document, request, *, template_id, image=None, job_dir, apptainer_com
         environment[f"INPUT_FILE_{index}"] = path
     environment["INPUT_FILE_COUNT"] = str(len(ordered))
 
-    slurm_values, directives = _resolve_slurm(document, request.get("overrides"), errors)
+    slurm_values, directives = _resolve_slurm(document, request.get("overrides"), errors,
+                                              default_job_name=template_id.rsplit(".", 1)[-1])
     container = document.get("apptainer")
     if container and image is None:
         errors["image"] = f"no valid image in the catalog matches {container['image']!r}"
