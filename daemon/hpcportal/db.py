@@ -34,6 +34,7 @@ MIGRATIONS = [
     (1, "audit records", _create_tables("audit")),
     (2, "catalog generations and image index", _create_tables("catalog")),
     (3, "uploads, their chunks and finished files", _create_tables("uploads")),
+    (5, "template index", _create_tables("templates")),
 ]
 
 

@@ -3,9 +3,9 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit, catalog, uploads
+from . import audit, catalog, templates, uploads
 
-ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *uploads.MODELS]
+ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS]
 
 
 def bind(database):
