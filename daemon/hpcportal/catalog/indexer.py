@@ -79,6 +79,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import peewee
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import watcher as watchermod
@@ -238,8 +239,9 @@ class ModelKind:
         """(valid, invalid) entries in the index."""
         m = self.model
         with self._database.connection_context():
-            rows = dict(m.select(m.valid, m.id.count()).group_by(m.valid).tuples())
-        return rows.get(True, 0) + rows.get(1, 0), rows.get(False, 0) + rows.get(0, 0)
+            rows = m.select(m.valid, peewee.fn.COUNT(m.id)).group_by(m.valid).tuples()
+            counts = {bool(valid): number for valid, number in rows}
+        return counts.get(True, 0), counts.get(False, 0)
 
 
 def path_hash(relpath):
@@ -254,7 +256,6 @@ def _utcnow():
 
 def upsert(database, model, row, key_field, update):
     """INSERT ... ON CONFLICT (key) DO UPDATE, portable to MariaDB/MySQL."""
-    import peewee
     query = model.insert(row)
     if isinstance(database, peewee.MySQLDatabase):
         query = query.on_conflict(update=update)

@@ -1,0 +1,122 @@
+"""/api/v2/apptainer/images and /api/v2/apptainer/scan: thin HTTP over catalog.images."""
+
+import collections
+import hashlib
+import json
+import threading
+
+from ..catalog import images as imagesmod
+from ..catalog.indexer import indexer_for
+from ..errors import NotFound, PermissionDenied
+from .base import bool_param, paging, require_admin
+
+MAX_AGE = 300           # the dashboard caches the list for 5 minutes
+CACHED_ANSWERS = 64
+
+
+class _Answers:
+    """Serialized list answers by (index generation, query): a repeated query
+    costs one generation lookup, not a JSON dump of the whole catalog."""
+
+    def __init__(self, size=CACHED_ANSWERS):
+        self._size = size
+        self._items = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+def _encode(body):
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return '"' + hashlib.sha256(payload).hexdigest()[:32] + '"', payload
+
+
+def _answer(req, resp, etag, payload):
+    resp.set_header("ETag", etag)
+    resp.set_header("Cache-Control", f"private, max-age={MAX_AGE}")
+    resp.set_header("Vary", "Authorization")
+    candidates = [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]
+    if etag in candidates or "*" in candidates:
+        resp.status = 304
+        return
+    resp.data = payload
+    resp.content_type = "application/json"
+
+
+def _include_invalid(req):
+    wanted = bool_param(req, "include_invalid", False)
+    if wanted and not req.context.user.admin:
+        raise PermissionDenied("Only administrators may list invalid images.", code="admin_only")
+    return wanted
+
+
+def _public(image):
+    return {k: v for k, v in image.items() if k != "help"}
+
+
+class ImagesResource:
+    def __init__(self, catalog):
+        self._catalog = catalog
+        self._answers = _Answers()
+
+    def on_get(self, req, resp):
+        include_invalid = _include_invalid(req)
+        limit, offset = paging(req)
+        filters = {name: (req.get_param(name) or "").strip() or None
+                   for name in ("partition", "type", "app", "q")}
+        generation = self._catalog.generation()
+        key = (generation, include_invalid, limit, offset, tuple(sorted(filters.items())))
+        cached = self._answers.get(key)
+        if cached is None:
+            _, found = self._catalog.search(partition=filters["partition"],
+                                            image_type=filters["type"], app=filters["app"],
+                                            q=filters["q"], include_invalid=include_invalid)
+            body = {"images": [_public(i) for i in found[offset:offset + limit]],
+                    "total": len(found)}
+            cached = _encode(body)
+            self._answers.put(key, cached)
+        _answer(req, resp, *cached)
+
+    def on_get_item(self, req, resp, image_id):
+        image = self._catalog.get(image_id, include_invalid=req.context.user.admin)
+        if image is None:
+            raise NotFound(f"There is no image with id {image_id!r}.", code="image_not_found")
+        _answer(req, resp, *_encode(image))
+
+
+class ScanResource:
+    def __init__(self, indexer, catalog):
+        self._indexer = indexer
+        self._catalog = catalog
+
+    def on_post(self, req, resp):
+        require_admin(req)
+        result = self._indexer.scan([self._catalog.kind.name])[self._catalog.kind.name]
+        _, invalid = self._catalog.kind.count()
+        counts = result.counts()
+        req.context.audit_target = self._catalog.root
+        req.context.audit_detail = counts
+        resp.media = {"success": True, "added": counts["added"], "updated": counts["updated"],
+                      "removed": counts["removed"], "invalid": invalid,
+                      "deferred": counts["deferred"], "unchanged": counts["unchanged"],
+                      "duration_ms": counts["duration_ms"]}
+
+
+def add_routes(app, portal):
+    catalog = imagesmod.setup(portal)
+    indexer = indexer_for(portal)
+    app.add_route("/api/v2/apptainer/images", ImagesResource(catalog))
+    app.add_route("/api/v2/apptainer/images/{image_id}", ImagesResource(catalog), suffix="item")
+    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog))
