@@ -227,6 +227,8 @@ SETTINGS = (
       "Free space always left on the uploads filesystem."),
     S("uploads", "retention_days", _optional(parse_float), None,
       "Completed files older than this many days are removed; null keeps them."),
+    S("uploads", "cleanup_interval", parse_duration, "5m",
+      "How often expired uploads and files past retention are looked for."),
     # catalog
     S("catalog", "watcher", one_of("auto", "inotify", "poll"), "auto",
       "How to watch shared folders: auto picks polling on network filesystems."),

@@ -1,0 +1,430 @@
+"""HTTP side of uploads: the dashboard's chunk protocol, tus 1.0.0, files.
+
+Thin: parse the request, call ``hpcportal.uploads.Uploads``, answer. Chunk
+and PATCH bodies are streamed from the request into the partial file one
+block at a time (never read whole into memory).
+"""
+
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+
+import falcon
+
+from .. import uploads as uploads_domain
+from ..errors import (PayloadTooLarge, RangeNotSatisfiable, UnsupportedMediaType,
+                      ValidationError)
+from ..uploads import tus
+from ..uploads.storage import BLOCK
+from .base import paging, read_json
+
+FILE_TYPES = ("archive", "sif", "mesh", "data", "script", "text", "binary")
+FIELD_LIMIT = 4096
+
+
+def _int_header(req, name, required=True):
+    raw = req.get_header(name)
+    if raw is None:
+        if required:
+            raise ValidationError(f"The {name} header is required.", errors={name: "required"})
+        return None
+    if not re.fullmatch(r"\d{1,19}", raw.strip()):
+        raise ValidationError(f"The {name} header must be a non-negative integer.",
+                              errors={name: "must be a non-negative integer"})
+    return int(raw.strip())
+
+
+def _media_type(req):
+    return (req.content_type or "").split(";")[0].strip().lower()
+
+
+# -- the chunk protocol ------------------------------------------------------
+
+
+class InitResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_post(self, req, resp):
+        body = read_json(req)
+        row = self._uploads.start(
+            req.context.user, body.get("filename"), body.get("size"), job_id=body.get("job_id"),
+            sha256=body.get("sha256"), chunk_size=body.get("chunk_size"))
+        req.context.audit_target = f"upload:{row.id}"
+        req.context.audit_detail = {"filename": row.filename, "size": row.size}
+        answer = self._uploads.serialize_upload(row, received=[])
+        resp.status = falcon.HTTP_201
+        resp.media = {key: answer[key] for key in
+                      ("upload_id", "chunk_size", "total_chunks", "expires_at", "received_chunks")}
+
+
+class ChunkResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_post(self, req, resp):
+        user = req.context.user
+        fields = {name: req.get_param(name) for name in ("upload_id", "chunk_index", "chunk_sha256")}
+        kind = _media_type(req)
+        if kind == "application/octet-stream":
+            answer = self._uploads.receive_chunk(
+                user, fields["upload_id"], self._index(fields), req.bounded_stream,
+                content_length=req.content_length, chunk_sha256=fields["chunk_sha256"])
+        elif kind == "multipart/form-data":
+            answer = self._multipart(req, user, fields)
+        else:
+            raise UnsupportedMediaType(
+                "Send a chunk as multipart/form-data (fields upload_id, chunk_index, optional "
+                "chunk_sha256, file part 'chunk') or as application/octet-stream with upload_id "
+                "and chunk_index in the query string.")
+        req.context.audit_target = f"upload:{answer['upload_id']}"
+        req.context.audit_detail = {"chunk_index": answer["chunk_index"]}
+        resp.media = answer
+
+    @staticmethod
+    def _index(fields):
+        raw = fields.get("chunk_index")
+        if raw is None or not re.fullmatch(r"\d{1,9}", str(raw).strip()):
+            raise ValidationError("chunk_index is required and must be a non-negative integer.",
+                                  errors={"chunk_index": "must be a non-negative integer"})
+        return int(str(raw).strip())
+
+    def _multipart(self, req, user, fields):
+        answer = None
+        spool = None
+        sha_after_chunk = False
+        try:
+            for part in req.get_media():
+                if part.name == "chunk":
+                    if answer is not None or spool is not None:
+                        raise ValidationError("The request carries more than one chunk part.",
+                                              errors={"chunk": "sent twice"})
+                    if fields["upload_id"] and fields["chunk_index"] is not None:
+                        answer = self._uploads.receive_chunk(
+                            user, fields["upload_id"], self._index(fields), part.stream,
+                            chunk_sha256=fields["chunk_sha256"])
+                    else:
+                        # Fields after the file part: keep the bytes on disk until we know
+                        # where they go (slower; browsers send fields in append order).
+                        spool = tempfile.TemporaryFile()
+                        shutil.copyfileobj(part.stream, spool, BLOCK)
+                        spool.seek(0)
+                elif part.name in fields:
+                    value = part.stream.read(FIELD_LIMIT + 1)
+                    if len(value) > FIELD_LIMIT:
+                        raise ValidationError(f"The field {part.name} is too long.",
+                                              errors={part.name: "too long"})
+                    try:
+                        fields[part.name] = value.decode("utf-8").strip()
+                    except UnicodeDecodeError:
+                        raise ValidationError(f"The field {part.name} is not UTF-8 text.",
+                                              errors={part.name: "not UTF-8"}) from None
+                    if part.name == "chunk_sha256" and answer is not None:
+                        sha_after_chunk = True
+            if spool is not None:
+                answer = self._uploads.receive_chunk(
+                    user, fields["upload_id"], self._index(fields), spool,
+                    chunk_sha256=fields["chunk_sha256"])
+        finally:
+            if spool is not None:
+                spool.close()
+        if answer is None:
+            raise ValidationError("The request has no file part named 'chunk'.",
+                                  errors={"chunk": "required"})
+        if sha_after_chunk:
+            self._uploads.verify_chunk(user, fields["upload_id"], self._index(fields),
+                                       fields["chunk_sha256"])
+        return answer
+
+
+class CompleteResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_post(self, req, resp):
+        body = read_json(req)
+        req.context.audit_target = f"upload:{body.get('upload_id')}"
+        resp.media = self._uploads.complete(req.context.user, body.get("upload_id"))
+
+
+class UploadResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp, upload_id):
+        resp.media = self._uploads.status(req.context.user, upload_id)
+        resp.set_header("Cache-Control", "no-store")
+
+    def on_delete(self, req, resp, upload_id):
+        req.context.audit_target = f"upload:{upload_id}"
+        self._uploads.cancel(req.context.user, upload_id)
+        resp.status = falcon.HTTP_204
+
+
+# -- tus 1.0.0 ---------------------------------------------------------------
+
+
+class _TusBase:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def _begin(self, req, resp, check_version=True):
+        """Headers every tus answer carries; False after answering a 412."""
+        resp.set_header("Tus-Resumable", tus.VERSION)
+        resp.set_header("Cache-Control", "no-store")
+        if check_version and req.get_header("Tus-Resumable") != tus.VERSION:
+            resp.status = falcon.HTTP_412
+            resp.set_header("Tus-Version", tus.VERSION)
+            resp.media = {"success": False, "error": "unsupported_tus_version",
+                          "message": f"This server speaks tus {tus.VERSION}; send "
+                                     f"'Tus-Resumable: {tus.VERSION}'."}
+            return False
+        return True
+
+    def _expires(self, resp, expires_at):
+        if expires_at is not None:
+            resp.set_header("Upload-Expires", tus.http_date(expires_at))
+
+    def _append(self, req, resp, upload_id, offset):
+        """Stream the body at ``offset``; False when a 460 was answered."""
+        if _media_type(req) != tus.OFFSET_CONTENT_TYPE:
+            raise UnsupportedMediaType(f"A tus PATCH body must be {tus.OFFSET_CONTENT_TYPE}.")
+        limit = self._uploads.settings.max_chunk_size
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(
+                f"A PATCH body may be at most {limit} bytes (uploads.max_chunk_size); set the tus "
+                "client's chunk size to at most that.", code="chunk_too_large",
+                extra={"max_chunk_size": limit})
+        checksum = None
+        if req.get_header("Upload-Checksum"):
+            checksum = tus.parse_checksum(req.get_header("Upload-Checksum"))
+        stream = req.bounded_stream if req.content_length is not None else req.stream
+        try:
+            new_offset, finished = self._uploads.tus_append(
+                req.context.user, upload_id, offset, stream, req.content_length, checksum)
+        except tus.ChecksumMismatch as exc:
+            resp.status = "460 Checksum Mismatch"
+            resp.media = {"success": False, "error": "checksum_mismatch", "message": str(exc)}
+            return None
+        resp.set_header("Upload-Offset", str(new_offset))
+        if finished is not None:
+            resp.set_header("Upload-File-Id", finished["file_id"])
+        return new_offset, finished
+
+
+class TusCollectionResource(_TusBase):
+    def on_options(self, req, resp):
+        self._begin(req, resp, check_version=False)
+        settings = self._uploads.settings
+        resp.set_header("Tus-Version", tus.VERSION)
+        resp.set_header("Tus-Extension", ",".join(tus.EXTENSIONS))
+        resp.set_header("Tus-Max-Size", str(settings.max_size))
+        resp.set_header("Tus-Checksum-Algorithm", ",".join(tus.CHECKSUM_ALGORITHMS))
+        resp.status = falcon.HTTP_204
+
+    def on_post(self, req, resp):
+        if not self._begin(req, resp):
+            return
+        if req.get_header("Upload-Defer-Length"):
+            raise ValidationError("Upload-Defer-Length is not supported; send Upload-Length.",
+                                  errors={"Upload-Defer-Length": "not supported"})
+        length = _int_header(req, "Upload-Length")
+        metadata = tus.parse_metadata(req.get_header("Upload-Metadata"))
+        filename = metadata.get("filename") or metadata.get("name")
+        if not filename:
+            raise ValidationError("Upload-Metadata must carry the file's name as 'filename'.",
+                                  errors={"Upload-Metadata": "filename is required"})
+        has_body = bool(req.content_length)
+        if has_body and _media_type(req) != tus.OFFSET_CONTENT_TYPE:
+            raise UnsupportedMediaType(f"A creation body must be {tus.OFFSET_CONTENT_TYPE}.")
+        row = self._uploads.start(req.context.user, filename, length,
+                                  job_id=metadata.get("job_id") or None,
+                                  sha256=metadata.get("sha256") or None,
+                                  protocol="tus", metadata=metadata)
+        req.context.audit_target = f"upload:{row.id}"
+        req.context.audit_detail = {"filename": row.filename, "size": row.size, "protocol": "tus"}
+        resp.set_header("Location", f"{req.prefix}/api/v2/files/tus/{row.id}")
+        self._expires(resp, row.expires_at)
+        body = {"upload_id": row.id}
+        if has_body or length == 0:
+            result = self._append(req, resp, row.id, 0)
+            if result is None:
+                resp.status = falcon.HTTP_201  # created; the data part was refused
+                resp.set_header("Upload-Offset", "0")
+                return
+            if result[1] is not None:
+                body["file"] = result[1]
+        resp.status = falcon.HTTP_201
+        resp.media = body
+
+
+class TusUploadResource(_TusBase):
+    def on_head(self, req, resp, upload_id):
+        if not self._begin(req, resp):
+            return
+        offset, length, metadata, expires_at, _ = self._uploads.tus_state(req.context.user, upload_id)
+        resp.set_header("Upload-Offset", str(offset))
+        resp.set_header("Upload-Length", str(length))
+        if metadata:
+            resp.set_header("Upload-Metadata", tus.encode_metadata(metadata))
+        self._expires(resp, expires_at)
+        resp.status = falcon.HTTP_200
+
+    def on_patch(self, req, resp, upload_id):
+        if not self._begin(req, resp):
+            return
+        offset = _int_header(req, "Upload-Offset")
+        req.context.audit_target = f"upload:{upload_id}"
+        result = self._append(req, resp, upload_id, offset)
+        if result is None:
+            return
+        if result[1] is None:
+            _, _, _, expires_at, _ = self._uploads.tus_state(req.context.user, upload_id)
+            self._expires(resp, expires_at)
+        resp.status = falcon.HTTP_204
+
+    def on_delete(self, req, resp, upload_id):
+        if not self._begin(req, resp):
+            return
+        req.context.audit_target = f"upload:{upload_id}"
+        self._uploads.tus_terminate(req.context.user, upload_id)
+        resp.status = falcon.HTTP_204
+
+
+# -- files -------------------------------------------------------------------
+
+
+class FilesResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp):
+        limit, offset = paging(req)
+        file_type = req.get_param("file_type")
+        if file_type and file_type not in FILE_TYPES:
+            raise ValidationError(f"file_type must be one of {', '.join(FILE_TYPES)}.",
+                                  errors={"file_type": "unknown type"})
+        files, total = self._uploads.list_files(req.context.user, job_id=req.get_param("job_id"),
+                                                file_type=file_type, limit=limit, offset=offset)
+        resp.media = {"files": files, "total": total, "limit": limit, "offset": offset}
+
+
+class FileResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp, file_id):
+        resp.media = self._uploads.get_file(req.context.user, file_id)
+
+    def on_delete(self, req, resp, file_id):
+        req.context.audit_target = f"file:{file_id}"
+        self._uploads.delete_file(req.context.user, file_id)
+        resp.status = falcon.HTTP_204
+
+
+class _FileBody:
+    """Iterates a byte range of a descriptor in blocks; closed by the server."""
+
+    def __init__(self, fd, start, length):
+        self._fd = fd
+        self._offset = start
+        self._left = length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._left <= 0 or self._fd is None:
+            self.close()
+            raise StopIteration
+        block = os.pread(self._fd, min(BLOCK, self._left), self._offset)
+        if not block:
+            self.close()
+            raise StopIteration
+        self._offset += len(block)
+        self._left -= len(block)
+        return block
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def parse_range(header, size):
+    """(start, end inclusive) for one ``bytes=`` range; None to send everything."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if not match or (match.group(1) == "" and match.group(2) == ""):
+        return None  # absent, malformed or several ranges: RFC 9110 lets us ignore it
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable("The requested range is empty.",
+                                      headers={"Content-Range": f"bytes */{size}"})
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(f"The file has {size} bytes; the requested range lies outside it.",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+class FileContentResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp, file_id):
+        info, fd = self._uploads.open_file(req.context.user, file_id)
+        try:
+            size = os.fstat(fd).st_size
+            etag = f'"{info["sha256"]}"'
+            resp.set_header("ETag", etag)
+            resp.set_header("Accept-Ranges", "bytes")
+            resp.set_header("Cache-Control", "private, no-cache")
+            quoted = urllib.parse.quote(info["filename"], safe="")
+            resp.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quoted}")
+            if etag in [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]:
+                resp.status = falcon.HTTP_304
+                os.close(fd)
+                return
+            span = parse_range(req.get_header("Range"), size)
+            if_range = req.get_header("If-Range")
+            if span is not None and if_range is not None and if_range.strip() != etag:
+                span = None  # the client's copy is outdated: send the whole file
+            start, end = span if span is not None else (0, size - 1)
+            if span is not None:
+                resp.status = falcon.HTTP_206
+                resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+        except BaseException:
+            os.close(fd)
+            raise
+        resp.content_type = info["mime_type"] or "application/octet-stream"
+        resp.content_length = end - start + 1
+        resp.stream = _FileBody(fd, start, end - start + 1)
+
+
+class FilePreviewResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp, file_id):
+        resp.media = self._uploads.preview(req.context.user, file_id)
+
+
+def add_routes(app, portal):
+    uploads = uploads_domain.build(portal)
+    app.add_route("/api/v2/files/upload/init", InitResource(uploads))
+    app.add_route("/api/v2/files/upload/chunk", ChunkResource(uploads))
+    app.add_route("/api/v2/files/upload/complete", CompleteResource(uploads))
+    app.add_route("/api/v2/files/upload/{upload_id}", UploadResource(uploads))
+    app.add_route("/api/v2/files/tus", TusCollectionResource(uploads))
+    app.add_route("/api/v2/files/tus/{upload_id}", TusUploadResource(uploads))
+    app.add_route("/api/v2/files", FilesResource(uploads))
+    app.add_route("/api/v2/files/{file_id}", FileResource(uploads))
+    app.add_route("/api/v2/files/{file_id}/content", FileContentResource(uploads))
+    app.add_route("/api/v2/files/{file_id}/preview", FilePreviewResource(uploads))
+

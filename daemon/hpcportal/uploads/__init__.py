@@ -1,0 +1,40 @@
+"""Resumable uploads (the dashboard's chunk protocol and tus 1.0.0) and the
+finished files. Domain code only: no HTTP here.
+
+``build(portal)`` makes the ``Uploads`` object registered as
+``portal.areas["uploads"]`` and adds the clean-up service to
+``portal.services``.
+
+For other areas (the jobs area uses these; each returns plain dicts shaped
+like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
+``sha256``, ``file_type``, ``mime_type``, ``storage_path``, ``job_id``,
+``created_at``):
+
+- ``uploads.file_for_user(user_name, file_id)`` -> dict or None
+- ``uploads.file_by_storage_path(user_name, storage_path)`` -> dict or None
+  (exact absolute path as answered by ``complete``)
+- ``uploads.files_for_job(user_name, job_id)`` -> list of dicts uploaded with
+  that (temporary) job id
+- ``uploads.link_job(user_name, job_id, slurm_job_id)`` -> number of files
+  linked: records Slurm's job id on the user's files uploaded with the
+  dashboard's temporary ``job_id``. Files do not move.
+
+A user only ever finds their own rows: another user's ids give None.
+"""
+
+from .classify import Classifier
+from .janitor import UploadJanitor
+from .metrics import UploadMetrics
+from .service import Uploads
+from .storage import Storage
+
+__all__ = ["Uploads", "build"]
+
+
+def build(portal):
+    config = portal.config
+    uploads = Uploads(config.uploads, portal.database, Storage(config.paths.uploads),
+                      Classifier(), UploadMetrics(portal.registry), clock=portal.clock)
+    portal.areas["uploads"] = uploads
+    portal.services.append(UploadJanitor(uploads, portal.database, config.uploads.cleanup_interval))
+    return uploads

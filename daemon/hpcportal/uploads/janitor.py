@@ -1,0 +1,64 @@
+"""Background clean-up: expired unfinished uploads and files past retention.
+
+Every head node runs one; they never step on each other because each
+removal is a conditional delete of the row (only the head whose delete
+matched removes the data).
+"""
+
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class UploadJanitor:
+    name = "uploads_cleanup"
+
+    def __init__(self, uploads, database, interval, clock=time.monotonic):
+        self._uploads = uploads
+        self._database = database
+        self._interval = interval
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = None
+        self._last_error = None
+        self._last_sweep = None
+
+    def start(self):
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="uploads-janitor", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def health(self):
+        if self._thread is None or not self._thread.is_alive():
+            return False, "not running"
+        if self._last_error:
+            return False, f"last clean-up failed: {self._last_error}"
+        if self._last_sweep is None:
+            return True, "starting"
+        return True, f"last clean-up {self._clock() - self._last_sweep:.0f}s ago"
+
+    def sweep(self):
+        """One pass; returns (expired uploads, files removed by retention)."""
+        with self._database.connection_context():
+            return self._uploads.expire_stale(), self._uploads.apply_retention()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+                self._last_error = None
+            except Exception as exc:  # keep running: the next pass may succeed
+                self._last_error = str(exc) or type(exc).__name__
+                log.exception("uploads clean-up failed")
+            self._last_sweep = self._clock()
+            self._stop.wait(self._interval)

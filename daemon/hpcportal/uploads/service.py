@@ -1,0 +1,626 @@
+"""The uploads domain: starting, receiving, completing and cancelling uploads,
+and the finished files. No HTTP here; see ``hpcportal.resources.uploads``.
+
+Every call takes the caller (``hpcportal.auth.User``) and only ever finds
+that user's rows: another user's ids are simply unknown (NotFound).
+Nothing is acknowledged before its bytes are fsynced into the partial file
+on the shared filesystem and its row is committed, so any head node can
+carry on an upload another one started, also after a crash.
+"""
+
+import datetime
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+
+import peewee
+
+from ..errors import (Conflict, InsufficientStorage, NotFound, PayloadTooLarge, QuotaExceeded,
+                      RateLimited, UnsupportedMediaType, Unprocessable, ValidationError)
+from ..models.base import isoformat
+from ..models.uploads import Upload, UploadChunk, UploadedFile
+from .classify import SAMPLE_BYTES, looks_like_text
+from .names import clean_filename, clean_job_id
+from .storage import Truncated
+from .tus import ChecksumMismatch
+
+log = logging.getLogger(__name__)
+
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+# A completion holds the upload for this long, renewed while it hashes; a
+# head that died mid-completion is taken over once the lease has run out.
+COMPLETION_LEASE = 120
+LEASE_RENEW_BYTES = 256 * 1024 * 1024
+PREVIEW_BYTES = 64 * 1024
+
+
+def _dt(timestamp):
+    return datetime.datetime.fromtimestamp(int(timestamp), datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def path_hash(path):
+    return hashlib.sha256(os.path.normpath(path).encode("utf-8")).hexdigest()
+
+
+def serialize_file(row):
+    return {
+        "file_id": row.id,
+        "filename": row.filename,
+        "size": row.size,
+        "sha256": row.sha256,
+        "file_type": row.file_type,
+        "mime_type": row.mime_type,
+        "storage_path": row.storage_path,
+        "job_id": row.job_id,
+        "created_at": isoformat(row.created_at),
+    }
+
+
+class Uploads:
+    """Registered as ``portal.areas["uploads"]``. See the package docstring
+    for the functions other areas use."""
+
+    def __init__(self, settings, database, storage, classifier, metrics, clock=time.time,
+                 new_id=lambda: uuid.uuid4().hex):
+        self._settings = settings
+        self._database = database
+        self._storage = storage
+        self._classifier = classifier
+        self._metrics = metrics
+        self._clock = clock
+        self._new_id = new_id
+
+    @property
+    def settings(self):
+        return self._settings
+
+    def _now(self):
+        return _dt(self._clock())
+
+    def _expiry(self):
+        return _dt(self._clock() + self._settings.expire_after)
+
+    # -- starting ------------------------------------------------------------
+
+    def agreed_chunk_size(self, requested):
+        s = self._settings
+        if _is_int(requested) and s.min_chunk_size <= requested <= s.max_chunk_size:
+            return requested
+        return s.chunk_size
+
+    def start(self, user, filename, size, job_id=None, sha256=None, chunk_size=None,
+              protocol="chunk", metadata=None):
+        """A new upload row and its empty partial file. Checks, in this order:
+        the fields (400), the size limit (413), the user's quota (413) and
+        number of unfinished uploads (429), free space (507)."""
+        problems = {}
+
+        def check(field, fn):
+            try:
+                return fn()
+            except ValidationError as exc:
+                problems.update(exc.errors or {field: exc.message})
+                return None
+
+        name = check("filename", lambda: clean_filename(filename))
+        job = check("job_id", lambda: clean_job_id(job_id))
+        if not _is_int(size):
+            problems["size"] = "must be an integer number of bytes"
+        elif size < 0:
+            problems["size"] = "must not be negative"
+        if sha256 is not None and (not isinstance(sha256, str) or not SHA256_PATTERN.fullmatch(sha256)):
+            problems["sha256"] = "must be 64 hexadecimal digits"
+        if chunk_size is not None and not _is_int(chunk_size):
+            problems["chunk_size"] = "must be an integer number of bytes"
+        if problems:
+            detail = "; ".join(f"{field} {reason}" for field, reason in problems.items())
+            raise ValidationError(f"The upload cannot start: {detail}.", errors=problems)
+
+        s = self._settings
+        if size > s.max_size:
+            raise PayloadTooLarge(
+                f"The file is {size} bytes; the largest upload allowed is {s.max_size} bytes.",
+                code="file_too_large", extra={"max_size": s.max_size})
+        if s.user_quota is not None:
+            used = self.used_bytes(user.name)
+            if used + size > s.user_quota:
+                raise QuotaExceeded(
+                    f"This upload would take your stored data to {used + size} bytes, over your "
+                    f"quota of {s.user_quota} bytes. Delete files you no longer need.",
+                    extra={"quota": s.user_quota, "used": used})
+        active = Upload.select().where(Upload.user == user.name).count()
+        if active >= s.max_active_per_user:
+            raise RateLimited(
+                f"You already have {active} unfinished uploads (the limit is "
+                f"{s.max_active_per_user}); finish or cancel one first.",
+                code="too_many_uploads", retry_after=60)
+        available = self._storage.free_bytes() - s.free_space_reserve
+        if size > available:
+            raise InsufficientStorage(
+                "There is not enough free space for this file on the uploads filesystem "
+                f"({max(available, 0)} bytes available).", headers={"Retry-After": "300"})
+
+        agreed = self.agreed_chunk_size(chunk_size) if protocol == "chunk" else 0
+        total = (size + agreed - 1) // agreed if agreed else 0
+        upload_id = self._new_id()
+        self._storage.create_partial(user.name, (user.uid, user.gid), upload_id)
+        now = self._now()
+        try:
+            with self._database.atomic():
+                row = Upload.create(
+                    id=upload_id, user=user.name, uid=user.uid, gid=user.gid, protocol=protocol,
+                    filename=name, job_id=job, size=size, chunk_size=agreed, total_chunks=total,
+                    sha256=sha256.lower() if sha256 else None, metadata=metadata,
+                    created_at=now, updated_at=now, expires_at=self._expiry())
+        except BaseException:
+            self._storage.remove_partial(user.name, upload_id)
+            raise
+        self._metrics.started.labels(protocol).inc()
+        log.info("upload %s started by %s: %r, %d bytes, %s", upload_id, user.name, name, size, protocol)
+        return row
+
+    def used_bytes(self, user_name):
+        stored = (UploadedFile.select(peewee.fn.COALESCE(peewee.fn.SUM(UploadedFile.size), 0))
+                  .where(UploadedFile.user == user_name).scalar())
+        reserved = (Upload.select(peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0))
+                    .where(Upload.user == user_name).scalar())
+        return int(stored or 0) + int(reserved or 0)
+
+    # -- looking up ----------------------------------------------------------
+
+    def _upload(self, user, upload_id):
+        if not isinstance(upload_id, str) or not upload_id:
+            raise ValidationError("upload_id is required.", errors={"upload_id": "required"})
+        row = Upload.get_or_none((Upload.id == upload_id) & (Upload.user == user.name))
+        if row is None:
+            raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found")
+        return row
+
+    def _received(self, upload_id):
+        return [index for (index,) in UploadChunk.select(UploadChunk.chunk_index)
+                .where(UploadChunk.upload == upload_id).order_by(UploadChunk.chunk_index).tuples()]
+
+    def _received_bytes(self, row):
+        if row.protocol == "tus":
+            return row.tus_offset
+        total = (UploadChunk.select(peewee.fn.COALESCE(peewee.fn.SUM(UploadChunk.size), 0))
+                 .where(UploadChunk.upload == row.id).scalar())
+        return int(total or 0)
+
+    def serialize_upload(self, row, received=None):
+        received = self._received(row.id) if received is None else received
+        return {
+            "upload_id": row.id,
+            "filename": row.filename,
+            "size": row.size,
+            "job_id": row.job_id,
+            "chunk_size": row.chunk_size,
+            "total_chunks": row.total_chunks,
+            "received_chunks": received,
+            "received_bytes": self._received_bytes(row),
+            "expires_at": isoformat(row.expires_at),
+        }
+
+    def status(self, user, upload_id):
+        return self.serialize_upload(self._upload(user, upload_id))
+
+    def _touch(self, upload_id):
+        now = self._now()
+        Upload.update(updated_at=now, expires_at=self._expiry()).where(Upload.id == upload_id).execute()
+
+    # -- the chunk protocol --------------------------------------------------
+
+    def chunk_span(self, row, index):
+        """(offset, length) of chunk ``index``; 400 when out of range."""
+        if not _is_int(index) or not 0 <= index < row.total_chunks:
+            raise ValidationError(
+                f"chunk_index must be between 0 and {row.total_chunks - 1} for this upload.",
+                errors={"chunk_index": "out of range"})
+        offset = index * row.chunk_size
+        return offset, min(row.chunk_size, row.size - offset)
+
+    def receive_chunk(self, user, upload_id, index, stream, content_length=None, chunk_sha256=None):
+        """Write chunk ``index`` from ``stream`` and record it. A re-sent chunk
+        is first un-recorded, so a re-send that fails leaves it missing (and
+        the client re-sends it) rather than acknowledged with mixed bytes."""
+        row = self._upload(user, upload_id)
+        if row.protocol != "chunk":
+            raise Conflict("This upload uses the tus protocol; continue it with tus.",
+                           code="wrong_protocol")
+        if row.state != "active":
+            raise Conflict("This upload is being completed; it takes no more chunks.",
+                           code="upload_completing")
+        offset, expected = self.chunk_span(row, index)
+        if content_length is not None and content_length != expected:
+            self._metrics.failed.labels("chunk_size").inc()
+            raise ValidationError(
+                f"Chunk {index} must be exactly {expected} bytes; the request declares {content_length}.",
+                errors={"chunk": f"must be {expected} bytes"})
+        if chunk_sha256 is not None and not SHA256_PATTERN.fullmatch(chunk_sha256):
+            raise ValidationError("chunk_sha256 must be 64 hexadecimal digits.",
+                                  errors={"chunk_sha256": "must be 64 hexadecimal digits"})
+        UploadChunk.delete().where((UploadChunk.upload == row.id)
+                                   & (UploadChunk.chunk_index == index)).execute()
+        self._touch(row.id)
+        digest = hashlib.sha256() if chunk_sha256 else None
+        fd = self._storage.open_partial(user.name, (row.uid, row.gid), row.id)
+        try:
+            try:
+                written = self._storage.write_at(fd, offset, stream, expected,
+                                                 [digest] if digest else ())
+            except Truncated as exc:
+                self._metrics.failed.labels("chunk_size").inc()
+                raise ValidationError(
+                    f"Chunk {index} has {exc.args[0]} bytes; it must be exactly {expected} bytes. "
+                    "It was not recorded; send it again.",
+                    errors={"chunk": f"must be {expected} bytes"}) from None
+        finally:
+            os.close(fd)
+        self._metrics.bytes_received.labels("chunk").inc(written)
+        if stream.read(1):
+            self._metrics.failed.labels("chunk_size").inc()
+            raise ValidationError(
+                f"Chunk {index} is larger than {expected} bytes. It was not recorded.",
+                errors={"chunk": f"must be {expected} bytes"})
+        if digest and digest.hexdigest() != chunk_sha256.lower():
+            self._metrics.failed.labels("chunk_checksum").inc()
+            raise ValidationError(
+                f"Chunk {index} does not match its chunk_sha256 (received data has "
+                f"{digest.hexdigest()}). It was not recorded; send it again.",
+                code="checksum_mismatch", errors={"chunk_sha256": "does not match the data"})
+        try:
+            UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
+                               received_at=self._now()).on_conflict_ignore().execute()
+        except peewee.IntegrityError:  # cancelled or expired meanwhile
+            raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
+        received = self._received(row.id)
+        return {"upload_id": row.id, "chunk_index": index,
+                "received_bytes": self._received_bytes(row), "received_chunks": received}
+
+    def verify_chunk(self, user, upload_id, index, chunk_sha256):
+        """Check an already written chunk against a checksum that arrived after
+        it; a mismatch un-records the chunk (400)."""
+        if not isinstance(chunk_sha256, str) or not SHA256_PATTERN.fullmatch(chunk_sha256):
+            raise ValidationError("chunk_sha256 must be 64 hexadecimal digits.",
+                                  errors={"chunk_sha256": "must be 64 hexadecimal digits"})
+        row = self._upload(user, upload_id)
+        offset, length = self.chunk_span(row, index)
+        fd = self._storage.open_partial(row.user, (row.uid, row.gid), row.id, write=False)
+        try:
+            digest = hashlib.sha256()
+            done = 0
+            while done < length:
+                block = os.pread(fd, min(4 * 1024 * 1024, length - done), offset + done)
+                if not block:
+                    break
+                digest.update(block)
+                done += len(block)
+        finally:
+            os.close(fd)
+        if digest.hexdigest() != chunk_sha256.lower():
+            UploadChunk.delete().where((UploadChunk.upload == row.id)
+                                       & (UploadChunk.chunk_index == index)).execute()
+            self._metrics.failed.labels("chunk_checksum").inc()
+            raise ValidationError(
+                f"Chunk {index} does not match its chunk_sha256. It was not recorded; send it again.",
+                code="checksum_mismatch", errors={"chunk_sha256": "does not match the data"})
+
+    def complete(self, user, upload_id):
+        """The finished file; 409 naming missing chunks; 422 on a sha256 mismatch.
+        Completing an upload that is already complete answers its file again."""
+        if not isinstance(upload_id, str) or not upload_id:
+            raise ValidationError("upload_id is required.", errors={"upload_id": "required"})
+        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
+                                        & (UploadedFile.user == user.name))
+        if done is not None:
+            return serialize_file(done)
+        row = self._upload(user, upload_id)
+        if row.protocol != "chunk":
+            raise Conflict("A tus upload completes by itself when its last byte arrives.",
+                           code="wrong_protocol")
+        self._claim(row)
+        try:
+            received = set(self._received(row.id))
+            missing = [i for i in range(row.total_chunks) if i not in received]
+            if missing:
+                raise Conflict(
+                    f"The upload is missing {len(missing)} of {row.total_chunks} chunks.",
+                    code="missing_chunks", extra={"missing_chunks": missing})
+            return self._finish(user, row)
+        except BaseException:
+            self._release(row)
+            raise
+
+    def _claim(self, row):
+        now = self._now()
+        claimed = (Upload.update(state="completing", lease_until=_dt(self._clock() + COMPLETION_LEASE))
+                   .where((Upload.id == row.id)
+                          & ((Upload.state == "active")
+                             | ((Upload.state == "completing") & (Upload.lease_until < now))))
+                   .execute())
+        if not claimed:
+            if Upload.get_or_none(Upload.id == row.id) is None:
+                raise NotFound(f"There is no upload {row.id!r}.", code="upload_not_found")
+            raise Conflict("This upload is being completed by another request.",
+                           code="upload_completing", headers={"Retry-After": "5"})
+
+    def _release(self, row):
+        Upload.update(state="active", lease_until=None).where(
+            (Upload.id == row.id) & (Upload.state == "completing")).execute()
+
+    def _finish(self, user, row):
+        owner = (row.uid, row.gid)
+        fd = self._storage.open_partial(row.user, owner, row.id, write=False)
+        try:
+            on_disk = os.fstat(fd).st_size
+            if on_disk != row.size:
+                raise Conflict(f"The partial file holds {on_disk} bytes, expected {row.size}.",
+                               code="size_mismatch")
+            progress = {"next": LEASE_RENEW_BYTES}
+
+            def renew(done):
+                if done >= progress["next"]:
+                    progress["next"] = done + LEASE_RENEW_BYTES
+                    Upload.update(lease_until=_dt(self._clock() + COMPLETION_LEASE)).where(
+                        Upload.id == row.id).execute()
+
+            sha256, _ = self._storage.sha256_of(fd, on_progress=renew)
+            sample = self._storage.head(fd, SAMPLE_BYTES)
+        finally:
+            os.close(fd)
+        if row.sha256 and sha256 != row.sha256:
+            self._metrics.failed.labels("file_checksum").inc()
+            raise Unprocessable(
+                f"The uploaded data's sha256 is {sha256}, not {row.sha256} as declared. "
+                "The upload is kept: re-send the chunks that differ, then complete again.",
+                code="checksum_mismatch", extra={"expected_sha256": row.sha256, "sha256": sha256})
+        file_type, mime_type = self._classifier.classify(sample, row.filename)
+
+        def remember(candidate):
+            Upload.update(final_name=candidate).where(Upload.id == row.id).execute()
+
+        name = self._storage.publish(row.user, owner, row.id, row.job_id, row.filename,
+                                     previous=row.final_name, before_link=remember)
+        storage_path = self._storage.final_path(row.user, row.job_id, name)
+        with self._database.atomic():
+            UploadedFile.delete().where(UploadedFile.storage_path_hash == path_hash(storage_path)).execute()
+            created = UploadedFile.create(
+                id=self._new_id(), upload_id=row.id, user=row.user, filename=name,
+                job_id=row.job_id, size=row.size, sha256=sha256, file_type=file_type,
+                mime_type=mime_type[:255], storage_path=storage_path,
+                storage_path_hash=path_hash(storage_path), created_at=self._now())
+            UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
+            Upload.delete().where(Upload.id == row.id).execute()
+        self._storage.remove_partial(row.user, row.id)
+        self._metrics.completed.labels(row.protocol).inc()
+        log.info("upload %s complete: %s (%d bytes, %s)", row.id, storage_path, row.size, file_type)
+        return serialize_file(created)
+
+    def cancel(self, user, upload_id):
+        row = self._upload(user, upload_id)
+        if row.state == "completing" and row.lease_until and row.lease_until >= self._now():
+            raise Conflict("This upload is being completed and can no longer be cancelled.",
+                           code="upload_completing")
+        self._discard(row)
+        self._metrics.cancelled.inc()
+
+    def _discard(self, row, condition=None):
+        """Delete the row (only when ``condition`` still holds) and its data."""
+        with self._database.atomic():
+            query = Upload.delete().where(Upload.id == row.id)
+            if condition is not None:
+                query = query.where(condition)
+            if not query.execute():
+                return False
+            UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
+        self._storage.remove_partial(row.user, row.id)
+        return True
+
+    # -- tus -----------------------------------------------------------------
+
+    def tus_state(self, user, upload_id):
+        """(offset, length, metadata, expires_at or None) of a tus upload,
+        also once it has become a file."""
+        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
+                                        & (UploadedFile.user == user.name))
+        if done is not None:
+            return done.size, done.size, None, None, serialize_file(done)
+        row = self._upload(user, upload_id)
+        if row.protocol != "tus":
+            raise NotFound(f"There is no tus upload {upload_id!r}.", code="upload_not_found")
+        return row.tus_offset, row.size, row.metadata, row.expires_at, None
+
+    def tus_append(self, user, upload_id, offset, stream, content_length=None, checksum=None):
+        """Append at ``offset``; returns (new offset, file or None).
+
+        ``checksum`` is (hashlib object, expected digest). The partial file is
+        locked while one PATCH writes, and the offset moves by compare-and-set,
+        so two PATCHes at the same offset (two heads) cannot both succeed.
+        """
+        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
+                                        & (UploadedFile.user == user.name))
+        if done is not None:
+            if offset == done.size and not content_length:
+                return done.size, serialize_file(done)
+            raise Conflict(f"Upload-Offset must be {done.size}; the upload is complete.",
+                           code="offset_mismatch", headers={"Upload-Offset": str(done.size)})
+        row = self._upload(user, upload_id)
+        if row.protocol != "tus":
+            raise NotFound(f"There is no tus upload {upload_id!r}.", code="upload_not_found")
+        self._check_offset(row, offset)
+        room = row.size - offset
+        if content_length is not None and content_length > room:
+            raise PayloadTooLarge(
+                f"The body has {content_length} bytes but only {room} remain of Upload-Length.",
+                code="exceeds_upload_length")
+        fd = self._storage.open_partial(row.user, (row.uid, row.gid), row.id)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            row = self._upload(user, upload_id)
+            self._check_offset(row, offset)
+            if row.state != "active":
+                raise Conflict("This upload is being completed.", code="upload_completing")
+            self._touch(row.id)
+            digests = [checksum[0]] if checksum else ()
+            try:
+                written = self._storage.write_at(fd, offset, stream, content_length if
+                                                 content_length is not None else room,
+                                                 digests, exact=content_length is not None)
+            except Truncated as exc:
+                raise ValidationError(
+                    f"The body ended after {exc.args[0]} of {content_length} bytes; nothing was recorded.",
+                    code="truncated_body") from None
+            self._metrics.bytes_received.labels("tus").inc(written)
+            if content_length is None and stream.read(1):
+                raise PayloadTooLarge(f"The body is larger than the {room} bytes that remain.",
+                                      code="exceeds_upload_length")
+            if checksum and checksum[0].digest() != checksum[1]:
+                self._metrics.failed.labels("chunk_checksum").inc()
+                raise ChecksumMismatch(
+                    f"The body does not match its Upload-Checksum ({checksum[0].name}); "
+                    f"nothing was recorded, Upload-Offset stays {offset}.")
+            moved = (Upload.update(tus_offset=offset + written, updated_at=self._now())
+                     .where((Upload.id == row.id) & (Upload.tus_offset == offset)).execute())
+            if not moved:
+                raise Conflict("Another request moved this upload's offset meanwhile.",
+                               code="offset_mismatch")
+        finally:
+            os.close(fd)  # also releases the lock
+        new_offset = offset + written
+        if new_offset < row.size:
+            return new_offset, None
+        row = self._upload(user, upload_id)
+        self._claim(row)
+        try:
+            return new_offset, self._finish(user, row)
+        except BaseException:
+            self._release(row)
+            raise
+
+    def _check_offset(self, row, offset):
+        if offset != row.tus_offset:
+            raise Conflict(f"Upload-Offset is {offset} but the upload is at {row.tus_offset}.",
+                           code="offset_mismatch", headers={"Upload-Offset": str(row.tus_offset)})
+
+    def tus_terminate(self, user, upload_id):
+        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
+                                        & (UploadedFile.user == user.name))
+        if done is not None:
+            raise Conflict("This upload is complete; delete the file instead.", code="upload_complete")
+        self.cancel(user, upload_id)
+
+    # -- files ---------------------------------------------------------------
+
+    def _file(self, user, file_id):
+        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user.name))
+        if row is None:
+            raise NotFound(f"There is no file {file_id!r}.", code="file_not_found")
+        return row
+
+    def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0):
+        query = UploadedFile.select().where(UploadedFile.user == user.name)
+        if job_id:
+            query = query.where(UploadedFile.job_id == job_id)
+        if file_type:
+            query = query.where(UploadedFile.file_type == file_type)
+        total = query.count()
+        rows = query.order_by(UploadedFile.created_at.desc(), UploadedFile.id).limit(limit).offset(offset)
+        return [serialize_file(r) for r in rows], total
+
+    def get_file(self, user, file_id):
+        return serialize_file(self._file(user, file_id))
+
+    def open_file(self, user, file_id):
+        """(file dict, read-only descriptor); the caller closes the descriptor."""
+        row = self._file(user, file_id)
+        return serialize_file(row), self._storage.open_file(row.storage_path)
+
+    def preview(self, user, file_id):
+        info, fd = self.open_file(user, file_id)
+        try:
+            sample = os.pread(fd, PREVIEW_BYTES, 0)
+        finally:
+            os.close(fd)
+        if not looks_like_text(sample):
+            raise UnsupportedMediaType(
+                f"{info['filename']} is a {info['file_type']} file ({info['mime_type']}); "
+                "only text files have a preview.", code="not_text")
+        return {"file_id": info["file_id"], "filename": info["filename"],
+                "mime_type": info["mime_type"], "size": info["size"],
+                "truncated": info["size"] > PREVIEW_BYTES,
+                "content": sample.decode("utf-8", errors="ignore")}
+
+    def delete_file(self, user, file_id):
+        row = self._file(user, file_id)
+        self._remove_file(row)
+
+    def _remove_file(self, row, condition=None):
+        query = UploadedFile.delete().where(UploadedFile.id == row.id)
+        if condition is not None:
+            query = query.where(condition)
+        if query.execute():
+            self._storage.remove_file(row.storage_path)
+            return True
+        return False
+
+    # -- for other areas (jobs) ----------------------------------------------
+
+    def file_for_user(self, user_name, file_id):
+        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user_name))
+        return serialize_file(row) if row else None
+
+    def file_by_storage_path(self, user_name, storage_path):
+        if not isinstance(storage_path, str) or not storage_path:
+            return None
+        row = UploadedFile.get_or_none((UploadedFile.storage_path_hash == path_hash(storage_path))
+                                       & (UploadedFile.user == user_name))
+        return serialize_file(row) if row else None
+
+    def files_for_job(self, user_name, job_id):
+        rows = (UploadedFile.select().where((UploadedFile.user == user_name)
+                                            & (UploadedFile.job_id == job_id))
+                .order_by(UploadedFile.created_at, UploadedFile.id))
+        return [serialize_file(r) for r in rows]
+
+    def link_job(self, user_name, job_id, slurm_job_id):
+        """Records the Slurm job id on the user's files uploaded with ``job_id``."""
+        return (UploadedFile.update(slurm_job_id=str(slurm_job_id))
+                .where((UploadedFile.user == user_name) & (UploadedFile.job_id == job_id))
+                .execute())
+
+    # -- clean-up (the janitor service) --------------------------------------
+
+    def expire_stale(self):
+        """Removes unfinished uploads past their expiry; returns how many."""
+        now = self._now()
+        stale = Upload.select().where((Upload.expires_at < now)
+                                      & ((Upload.state == "active") | (Upload.lease_until < now)))
+        count = 0
+        for row in list(stale):
+            if self._discard(row, condition=Upload.expires_at < now):
+                count += 1
+                self._metrics.expired.inc()
+                log.info("upload %s of %s expired (%r)", row.id, row.user, row.filename)
+        return count
+
+    def apply_retention(self):
+        days = self._settings.retention_days
+        if days is None:
+            return 0
+        cutoff = _dt(self._clock() - days * 86400)
+        count = 0
+        for row in list(UploadedFile.select().where(UploadedFile.created_at < cutoff)):
+            if self._remove_file(row, condition=UploadedFile.created_at < cutoff):
+                count += 1
+                self._metrics.retained_removed.inc()
+                log.info("file %s of %s removed after %s days: %s", row.id, row.user, days,
+                         row.storage_path)
+        return count

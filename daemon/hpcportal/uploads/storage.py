@@ -1,0 +1,303 @@
+"""Files on the shared filesystem, opened so that users cannot redirect us.
+
+Layout under the uploads root::
+
+    <root>/<user>/files/<job_id or "unlinked">/<filename>   finished files
+    <root>/<user>/files/.partial/<upload_id>                partial data
+
+Users own (and may change) their folders, so every path below the root is
+walked one component at a time with ``O_NOFOLLOW`` relative to the parent's
+descriptor: a symlink planted anywhere in it is refused, never followed.
+Files are created with ``O_EXCL``; partial files are checked to be plain
+files of the right owner with one link before the daemon (often root)
+writes to them. A finished file appears under its final name with
+``link()``, which never replaces an existing name, then the partial name is
+removed: the move is atomic and never overwrites.
+"""
+
+import errno
+import hashlib
+import os
+import stat
+
+from ..errors import Conflict, InsufficientStorage, NotFound
+from .names import PARTIAL_FOLDER, UNLINKED_FOLDER, numbered
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+BLOCK = 1024 * 1024
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class UnsafePath(Conflict):
+    code = "unsafe_path"
+
+
+class Truncated(Exception):
+    """The body ended before the declared number of bytes arrived."""
+
+
+class Storage:
+    def __init__(self, root, is_root=None):
+        self.root = root
+        # Only root can hand files to their users; a daemon run as a plain
+        # user (development) keeps them as its own.
+        self._chown = os.geteuid() == 0 if is_root is None else is_root
+
+    # -- paths ---------------------------------------------------------------
+
+    def files_folder(self, user):
+        return os.path.join(self.root, user, "files")
+
+    def final_path(self, user, job_id, name):
+        return os.path.join(self.files_folder(user), job_id or UNLINKED_FOLDER, name)
+
+    def _open_dir(self, parts, owner=None, create=True):
+        """A descriptor of root/parts..., created (owned by ``owner``) as needed."""
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts:
+                child = self._step(fd, part, owner, create)
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _step(self, parent, part, owner, create):
+        """Open (or create) ``part`` inside ``parent``; never closes ``parent``."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(part, flags, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise NotFound("The file is no longer on disk.", code="file_missing") from None
+        except OSError as exc:
+            raise _unsafe(part, exc) from None
+        try:
+            os.mkdir(part, DIR_MODE, dir_fd=parent)
+            created = True
+        except FileExistsError:
+            created = False  # another head created it in the meantime
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        try:
+            child = os.open(part, flags, dir_fd=parent)
+        except OSError as exc:
+            raise _unsafe(part, exc) from None
+        if created:
+            self._own(child, owner, DIR_MODE)
+        return child
+
+    def _own(self, fd, owner, mode):
+        if owner is not None and self._chown:
+            os.fchown(fd, owner[0], owner[1])
+        os.fchmod(fd, mode)
+
+    def _partial_dir(self, user, owner=None, create=True):
+        return self._open_dir([user, "files", PARTIAL_FOLDER], owner, create)
+
+    # -- partial data --------------------------------------------------------
+
+    def create_partial(self, user, owner, upload_id):
+        dfd = self._partial_dir(user, owner)
+        try:
+            try:
+                fd = os.open(upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, FILE_MODE, dir_fd=dfd)
+            except OSError as exc:
+                raise _storage_error(exc) from None
+            try:
+                self._own(fd, owner, FILE_MODE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def open_partial(self, user, owner, upload_id, write=True):
+        """The partial file's descriptor, checked to be the plain file we made."""
+        try:
+            dfd = self._partial_dir(user, create=False)
+        except NotFound:
+            raise NotFound("The upload's partial data is gone; start the upload again.",
+                           code="partial_missing") from None
+        try:
+            mode = os.O_RDWR if write else os.O_RDONLY
+            try:
+                fd = os.open(upload_id, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except FileNotFoundError:
+                raise NotFound("The upload's partial data is gone; start the upload again.",
+                               code="partial_missing") from None
+            except OSError as exc:
+                raise _unsafe(upload_id, exc) from None
+        finally:
+            os.close(dfd)
+        info = os.fstat(fd)
+        if (not stat.S_ISREG(info.st_mode) or info.st_nlink != 1
+                or (self._chown and info.st_uid != owner[0])):
+            os.close(fd)
+            raise UnsafePath("The upload's partial file was replaced; refusing to use it.")
+        return fd
+
+    def remove_partial(self, user, upload_id):
+        try:
+            dfd = self._partial_dir(user, create=False)
+        except (NotFound, Conflict):
+            return
+        try:
+            os.unlink(upload_id, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dfd)
+
+    def write_at(self, fd, offset, stream, length, digests=(), exact=True):
+        """Copy ``length`` bytes of ``stream`` to ``fd`` at ``offset``.
+
+        Reads one block at a time, so memory stays flat whatever the size;
+        never writes outside [offset, offset + length). Returns the number of
+        bytes written; when ``exact``, raises Truncated if the stream ends
+        early. The data is on disk (fsync) when this returns.
+        """
+        done = 0
+        try:
+            while done < length:
+                block = stream.read(min(BLOCK, length - done))
+                if not block:
+                    if exact:
+                        raise Truncated(done)
+                    break
+                view = memoryview(block)
+                while view:
+                    written = os.pwrite(fd, view, offset + done)
+                    for digest in digests:
+                        digest.update(view[:written])
+                    view = view[written:]
+                    done += written
+            os.fsync(fd)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        return done
+
+    # -- finished files ------------------------------------------------------
+
+    def sha256_of(self, fd, on_progress=None):
+        digest = hashlib.sha256()
+        offset = 0
+        while True:
+            block = os.pread(fd, 4 * BLOCK, offset)
+            if not block:
+                break
+            digest.update(block)
+            offset += len(block)
+            if on_progress:
+                on_progress(offset)
+        return digest.hexdigest(), offset
+
+    def head(self, fd, length):
+        return os.pread(fd, length, 0)
+
+    def publish(self, user, owner, upload_id, job_id, name, previous=None, before_link=None):
+        """Link the partial file into place as ``name`` or ``name (n)``; returns the name.
+
+        The partial name stays until ``remove_partial`` (called once the file
+        row is committed), so a crash in between loses nothing. ``previous``
+        is the name an interrupted earlier attempt linked: reused when it is
+        still the same file. ``before_link(candidate)`` records each name
+        before it is tried.
+        """
+        pfd = self._partial_dir(user, create=False)
+        try:
+            tfd = self._open_dir([user, "files", job_id or UNLINKED_FOLDER], owner)
+            try:
+                try:
+                    source = os.stat(upload_id, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise NotFound("The upload's partial data is gone; start the upload again.",
+                                   code="partial_missing") from None
+                if previous:
+                    try:
+                        placed = os.stat(previous, dir_fd=tfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        placed = None
+                    if placed and os.path.samestat(placed, source):
+                        return previous
+                for number in range(0, 10000):
+                    candidate = numbered(name, number)
+                    if before_link:
+                        before_link(candidate)
+                    try:
+                        os.link(upload_id, candidate, src_dir_fd=pfd, dst_dir_fd=tfd,
+                                follow_symlinks=False)
+                    except FileExistsError:
+                        continue
+                    except OSError as exc:
+                        raise _storage_error(exc) from None
+                    os.fsync(tfd)
+                    return candidate
+                raise Conflict(f"Too many files named like {name!r} in this folder.")
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(pfd)
+
+    def _file_dir(self, path):
+        relative = os.path.relpath(path, self.root)
+        parts = relative.split(os.sep)
+        if relative.startswith("..") or len(parts) < 2:
+            raise NotFound("The file is no longer on disk.", code="file_missing")
+        return parts[:-1], parts[-1]
+
+    def open_file(self, path):
+        """A read-only descriptor of a finished file, refusing symlinks."""
+        folders, name = self._file_dir(path)
+        dfd = self._open_dir(folders, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            raise NotFound("The file is no longer on disk.", code="file_missing") from None
+        except OSError as exc:
+            raise _unsafe(name, exc) from None
+        finally:
+            os.close(dfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath("The stored file is not a plain file any more.")
+        return fd
+
+    def remove_file(self, path):
+        try:
+            folders, name = self._file_dir(path)
+            dfd = self._open_dir(folders, create=False)
+        except (NotFound, Conflict):
+            return
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dfd)
+
+    def free_bytes(self):
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        info = os.statvfs(self.root)
+        return info.f_bavail * info.f_frsize
+
+
+def _storage_error(exc):
+    if exc.errno in NO_SPACE:
+        return InsufficientStorage(
+            "The uploads filesystem is full; the upload can be resumed once space is freed.",
+            headers={"Retry-After": "60"})
+    return exc
+
+
+def _unsafe(part, exc):
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+        return UnsafePath(f"'{part}' in the upload folder is a symbolic link or not a folder; "
+                          "refusing to follow it.")
+    return exc
