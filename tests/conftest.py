@@ -20,6 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from support.daemon import Daemon, SharedTree, auth_headers, make_token  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
 
+# db_url: each test using daemons runs on SQLite and MariaDB (see support/databases.py).
+pytest_plugins = ["support.databases"]
+
 
 @pytest.fixture(scope="session")
 def users():
@@ -34,10 +37,12 @@ def shared_dir():
 
 
 @pytest.fixture
-def daemon_factory(shared_dir, users):
+def daemon_factory(shared_dir, users, db_url):
     started = []
 
     def factory(config=None, env=None, shared=None, start=True):
+        if db_url:
+            config = {"database": {"url": db_url}, **(config or {})}
         daemon = Daemon(shared or shared_dir, config=config, env=env)
         started.append(daemon)
         if start:

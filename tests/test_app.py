@@ -34,6 +34,7 @@ def test_wrong_method_is_json_405(daemon):
     assert "PUT" in answer.json()["message"]
 
 
+@pytest.mark.databases("sqlite")  # reads/breaks the SQLite file itself
 def test_state_changing_calls_are_audited(daemon):
     daemon.request("DELETE", "/api/v2/me", user="alice")
     with sqlite3.connect(f"{daemon.shared.state}/portal.db") as conn:
@@ -50,6 +51,7 @@ def test_healthz_and_readyz(daemon):
     assert ready.json()["checks"]["database"]["ok"] is True
 
 
+@pytest.mark.databases("sqlite")  # reads/breaks the SQLite file itself
 def test_unopenable_database_fails_start_with_one_line(daemon_factory, shared_dir):
     import os
     os.mkdir(f"{shared_dir.state}/portal.db")  # a folder where the SQLite file should be

@@ -188,9 +188,21 @@ SETTINGS = (
       "Root of uploaded files and job folders, on the shared filesystem."),
     # database
     S("database", "url", parse_str, "sqlite:////var/lib/hpcportal/portal.db",
-      "Database URL (playhouse.db_url): sqlite:///..., postgresql://..., mysql://..."),
+      "Database URL: sqlite:////path (one head), or a server shared by several heads: "
+      "mysql://user:password@host:3306/name (MariaDB/MySQL, needs hpcportal[mysql]) or "
+      "postgresql://user:password@host:5432/name (needs hpcportal[postgres])."),
     S("database", "busy_timeout", parse_duration, "10s",
       "How long to wait for a locked database before failing a request with 503."),
+    S("database", "max_connections", parse_int, 32,
+      "Server databases: connections this daemon keeps at most (request threads plus "
+      "background services)."),
+    S("database", "stale_timeout", parse_duration, "5m",
+      "Server databases: pooled connections older than this are replaced (keep it below "
+      "the server's wait_timeout)."),
+    S("database", "pool_timeout", parse_duration, "10s",
+      "Server databases: how long a request waits for a free connection before a 503."),
+    S("database", "connect_timeout", parse_duration, "5s",
+      "Server databases: how long to wait for the database server to accept a connection."),
     # auth
     S("auth", "algorithms", parse_str_list, ["HS256"],
       "Accepted JWT algorithms (HS256/384/512, RS256/384/512, ES256/384/512)."),
@@ -406,6 +418,10 @@ def _check(values):
         fail("auth.public_key_file", "RS*/ES* algorithms need auth.public_key_file or auth.jwks_file")
     if not values["database.url"].split(":", 1)[0]:
         fail("database.url", "expected a URL such as sqlite:////var/lib/hpcportal/portal.db")
+    if values["database.max_connections"] < 2:
+        fail("database.max_connections", "must be at least 2")
+    if values["database.connect_timeout"] <= 0:
+        fail("database.connect_timeout", "must be positive")
     if values["uploads.min_chunk_size"] < 1:
         fail("uploads.min_chunk_size", "must be at least 1 byte")
     if values["uploads.max_chunk_size"] < values["uploads.min_chunk_size"]:

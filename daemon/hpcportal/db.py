@@ -15,6 +15,7 @@ import peewee
 from playhouse.db_url import connect
 
 from . import models
+from .dbserver import SERVER_SCHEMES, open_server_database
 from .errors import ConfigError
 from .models.base import utcnow
 
@@ -69,6 +70,12 @@ def open_database(config):
                     "busy_timeout": int(timeout * 1000),
                 },
             )
+        elif scheme in SERVER_SCHEMES:
+            db = config.database
+            database = open_server_database(
+                url, max_connections=db.max_connections, stale_timeout=db.stale_timeout,
+                pool_timeout=db.pool_timeout, connect_timeout=db.connect_timeout,
+                lock_wait_timeout=db.busy_timeout)
         else:
             database = connect(url)
     except (ValueError, RuntimeError, OSError) as exc:
@@ -89,11 +96,16 @@ def _migration_lock(database):
             database.execute_sql("SELECT pg_advisory_xact_lock(72657011)")
             yield
     elif isinstance(database, peewee.MySQLDatabase):
-        database.execute_sql("SELECT GET_LOCK('hpcportal_migrate', 300)")
+        # GET_LOCK names are server-wide: the database name keeps two portals
+        # (or two test databases) on one server from waiting for each other.
+        name = f"hpcportal_migrate:{database.database}"[:64]
+        acquired, = database.execute_sql("SELECT GET_LOCK(%s, 300)", (name,)).fetchone()
+        if acquired != 1:
+            raise peewee.OperationalError("timed out waiting for another daemon's schema migration")
         try:
             yield
         finally:
-            database.execute_sql("SELECT RELEASE_LOCK('hpcportal_migrate')")
+            database.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
     else:
         yield
 
@@ -110,10 +122,28 @@ def upgrade(database):
     done = []
     with database.connection_context():
         with _migration_lock(database):
+            pending = pending_migrations(database)
+            if pending and isinstance(database, peewee.MySQLDatabase):
+                _use_binary_collation(database)
             database.create_tables([SchemaMigration], safe=True)
-            for number, description, migrate in pending_migrations(database):
+            for number, description, migrate in pending:
                 log.info("applying migration %d: %s", number, description)
                 migrate(database)
                 SchemaMigration.create(version=number, description=description)
                 done.append((number, description))
     return done
+
+
+def _use_binary_collation(database):
+    """MariaDB compares text case-insensitively by default; SQLite and PostgreSQL
+    do not. Tables created from here on compare like the other backends."""
+    collation, = database.execute_sql("SELECT @@collation_database").fetchone()
+    if collation == "utf8mb4_bin":
+        return
+    try:
+        database.execute_sql("ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        log.info("database collation changed from %s to utf8mb4_bin", collation)
+    except peewee.DatabaseError as exc:
+        log.warning("database collation is %s and cannot be changed (%s): names that differ "
+                    "only in case will collide; create the database with "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin", collation, exc)

@@ -1,0 +1,210 @@
+"""Database backends for tests: every API test runs on SQLite and on MariaDB.
+
+Loaded as a pytest plugin by ``tests/conftest.py``. It provides:
+
+- ``db_url``: the ``database.url`` the test's daemons use; ``daemon_factory``
+  applies it. Tests that use it are parametrised over the backends chosen by
+  ``--db-backends`` (or ``PORTAL_TEST_DB_BACKENDS``; default ``sqlite,mariadb``;
+  ``postgres`` is supported too). For a server backend each test gets a fresh,
+  empty database (``hpcportal_<random>``), dropped afterwards; for ``sqlite`` the
+  value is None (the daemon's file in the shared tree).
+- ``@pytest.mark.databases("sqlite")``: the backends a test runs on, whatever
+  the option says (a test that reads the SQLite file, or a multi-head test that
+  needs a server).
+- ``DatabaseServer``: a private server (own folder, own port) a test may stop,
+  kill and restart without disturbing the shared one.
+
+The shared servers come from ``scripts/dev-db start <kind>``: its URL is taken
+from ``PORTAL_TEST_MYSQL_URL`` / ``PORTAL_TEST_POSTGRES_URL`` when set (as
+``scripts/test`` does), otherwise the script is run once per session.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEV_DB = os.path.join(REPO, "scripts", "dev-db")
+BACKENDS = ("sqlite", "mariadb", "postgres")
+URL_VARIABLES = {"mariadb": "PORTAL_TEST_MYSQL_URL", "postgres": "PORTAL_TEST_POSTGRES_URL"}
+DEFAULT_BACKENDS = "sqlite,mariadb"
+
+
+def _run_dev_db(action, kind, env=None):
+    answer = subprocess.run([DEV_DB, action, kind], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **(env or {})})
+    if answer.returncode != 0:
+        raise RuntimeError(f"scripts/dev-db {action} {kind} failed:\n{answer.stderr[-3000:]}")
+    return answer.stdout
+
+
+def _url_from_output(output):
+    for line in output.splitlines():
+        if "=" in line:
+            return line.split("=", 1)[1].strip().strip("'\"")
+    raise RuntimeError(f"scripts/dev-db printed no URL: {output!r}")
+
+
+_shared_urls = {}
+
+
+def server_url(kind):
+    """URL of the session's shared server of ``kind`` (its ``hpcportal`` database)."""
+    if kind not in _shared_urls:
+        url = os.environ.get(URL_VARIABLES[kind])
+        _shared_urls[kind] = url or _url_from_output(_run_dev_db("start", kind))
+    return _shared_urls[kind]
+
+
+def with_database(url, name):
+    parsed = urlparse(url)
+    return urlunparse(parsed._replace(path="/" + name))
+
+
+def _admin_connection(url):
+    parsed = urlparse(url)
+    if parsed.scheme.startswith(("mysql", "mariadb")):
+        import pymysql
+        return pymysql.connect(host=parsed.hostname, port=parsed.port or 3306, user=parsed.username,
+                               password=parsed.password or "", database=parsed.path.lstrip("/"),
+                               autocommit=True, connect_timeout=10)
+    import psycopg2
+    conn = psycopg2.connect(host=parsed.hostname, port=parsed.port or 5432, user=parsed.username,
+                            password=parsed.password or "", dbname=parsed.path.lstrip("/"),
+                            connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def create_database(server, name=None):
+    """A new empty database on the server of URL ``server``; returns its URL."""
+    name = name or f"hpcportal_{uuid.uuid4().hex[:12]}"
+    conn = _admin_connection(server)
+    try:
+        with conn.cursor() as cursor:
+            if urlparse(server).scheme.startswith(("mysql", "mariadb")):
+                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            else:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return with_database(server, name)
+
+
+def drop_database(url):
+    name = urlparse(url).path.lstrip("/")
+    server = with_database(url, "hpcportal")
+    conn = _admin_connection(server)
+    try:
+        with conn.cursor() as cursor:
+            if urlparse(url).scheme.startswith(("mysql", "mariadb")):
+                cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            else:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def query(url, sql, params=()):
+    """Rows of one statement, on a connection of its own (for assertions)."""
+    conn = _admin_connection(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        conn.close()
+
+
+class DatabaseServer:
+    """A private server for one test: its own folder and port, stopped at the end."""
+
+    def __init__(self, kind="mariadb"):
+        from support.daemon import free_port
+        self.kind = kind
+        self.base = tempfile.mkdtemp(prefix=f"db-{kind}-", dir="/tmp")
+        os.chmod(self.base, 0o755)
+        self.port = free_port()
+        port_variable = "DEV_DB_MARIADB_PORT" if kind == "mariadb" else "DEV_DB_POSTGRES_PORT"
+        self.env = {"DEV_DB_DIR": self.base, port_variable: str(self.port)}
+        self.url = None
+
+    def start(self):
+        self.url = _url_from_output(_run_dev_db("start", self.kind, self.env))
+        return self.url
+
+    def stop(self):
+        _run_dev_db("stop", self.kind, self.env)
+
+    def kill(self):
+        """SIGKILL, like a crash (MariaDB only)."""
+        pid_file = os.path.join(self.base, "mariadb", "mysqld.pid")
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+# -- pytest plugin
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--db-backends", default=os.environ.get("PORTAL_TEST_DB_BACKENDS", DEFAULT_BACKENDS),
+        help="comma-separated database backends the API tests run on: sqlite, mariadb, postgres "
+             f"(default {DEFAULT_BACKENDS}, or $PORTAL_TEST_DB_BACKENDS)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "databases(*backends): run this test on exactly these database backends")
+    chosen = [b.strip() for b in config.getoption("--db-backends").split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"--db-backends: unknown backend(s) {unknown}; use {BACKENDS}")
+
+
+def pytest_generate_tests(metafunc):
+    if "db_url" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker:
+        backends = list(marker.args)
+    else:
+        option = metafunc.config.getoption("--db-backends")
+        backends = [b.strip() for b in option.split(",") if b.strip()]
+    metafunc.parametrize("db_url", backends, indirect=True, ids=backends)
+
+
+@pytest.fixture
+def db_url(request):
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield None
+        return
+    url = create_database(server_url(kind))
+    yield url
+    drop_database(url)
