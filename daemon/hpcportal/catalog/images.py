@@ -209,8 +209,7 @@ class ImageCatalog:
         with self._lock:
             if self._snapshot[0] == current:
                 return self._snapshot
-            with self._database.connection_context():
-                rows = list(Image.select().order_by(Image.type, Image.name))
+            rows = list(Image.select().order_by(Image.type, Image.name))
             images = self._serialize_all(rows)
             by_id = {}
             for image in images:

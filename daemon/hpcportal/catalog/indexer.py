@@ -192,16 +192,14 @@ class ModelKind:
     def known(self):
         m = self.model
         query = m.select(m.relpath, m.size, m.mtime_ns, m.inode, m.companion).tuples()
-        with self._database.connection_context():
-            return {relpath: FileState(size, mtime_ns, inode, companion or "")
-                    for relpath, size, mtime_ns, inode, companion in query}
+        return {relpath: FileState(size, mtime_ns, inode, companion or "")
+                for relpath, size, mtime_ns, inode, companion in query}
 
     def state_of(self, relpath):
         m = self.model
         query = (m.select(m.size, m.mtime_ns, m.inode, m.companion)
                  .where(m.path_hash == path_hash(relpath)).tuples())
-        with self._database.connection_context():
-            row = query.first()
+        row = query.first()
         return FileState(row[0], row[1], row[2], row[3] or "") if row else None
 
     def store(self, entry):
@@ -220,7 +218,7 @@ class ModelKind:
             **self.columns(entry),
         }
         update = {getattr(m, key): value for key, value in row.items() if key != "path_hash"}
-        with self._database.connection_context(), self._database.atomic():
+        with self._database.atomic():
             upsert(self._database, m, row, m.path_hash, update)
             bump_generation(self._database, self.name)
 
@@ -230,7 +228,7 @@ class ModelKind:
             return
         m = self.model
         hashes = [path_hash(r) for r in relpaths]
-        with self._database.connection_context(), self._database.atomic():
+        with self._database.atomic():
             for start in range(0, len(hashes), 500):
                 m.delete().where(m.path_hash.in_(hashes[start:start + 500])).execute()
             bump_generation(self._database, self.name)
@@ -238,9 +236,8 @@ class ModelKind:
     def count(self):
         """(valid, invalid) entries in the index."""
         m = self.model
-        with self._database.connection_context():
-            rows = m.select(m.valid, peewee.fn.COUNT(m.id)).group_by(m.valid).tuples()
-            counts = {bool(valid): number for valid, number in rows}
+        rows = m.select(m.valid, peewee.fn.COUNT(m.id)).group_by(m.valid).tuples()
+        counts = {bool(valid): number for valid, number in rows}
         return counts.get(True, 0), counts.get(False, 0)
 
 
@@ -274,8 +271,7 @@ def bump_generation(database, kind):
 
 def generation(database, kind):
     from ..models.catalog import CatalogGeneration as G
-    with database.connection_context():
-        row = G.select(G.generation).where(G.kind == kind).tuples().first()
+    row = G.select(G.generation).where(G.kind == kind).tuples().first()
     return row[0] if row else 0
 
 
@@ -297,7 +293,9 @@ class Indexer:
 
     name = "catalog"
 
-    def __init__(self, settings, registry, clock=time.monotonic, mountinfo="/proc/self/mountinfo"):
+    def __init__(self, settings, registry, database=None, clock=time.monotonic,
+                 mountinfo="/proc/self/mountinfo"):
+        self._database = database
         self._settle = settings.settle_seconds
         self._poll_interval = settings.poll_interval
         self._rescan_interval = settings.rescan_interval
@@ -458,6 +456,20 @@ class Indexer:
             self._last_error = str(exc)[:200]
             log.exception("catalog indexing failed; will retry")
             time.sleep(min(1.0, self._poll_interval))
+        finally:
+            self._release_connection()
+
+    def _release_connection(self):
+        """Server databases: give the connection back between batches (a
+        connection idle for hours is dropped by the server). SQLite keeps it."""
+        database = self._database
+        if database is None or isinstance(database, peewee.SqliteDatabase):
+            return
+        try:
+            if not database.is_closed() and not database.in_transaction():
+                database.close()
+        except peewee.PeeweeException:
+            log.debug("closing the indexer's connection failed", exc_info=True)
 
     def _pending_due(self, now):
         """When the worker should next look at pending paths, or None."""
@@ -689,7 +701,7 @@ def indexer_for(portal):
     """The app's one indexer, created and registered as a service on first use."""
     indexer = portal.areas.get("catalog")
     if indexer is None:
-        indexer = Indexer(portal.config.catalog, portal.registry)
+        indexer = Indexer(portal.config.catalog, portal.registry, database=portal.database)
         portal.areas["catalog"] = indexer
         portal.services.append(indexer)
     return indexer
