@@ -28,6 +28,12 @@ def cmd_scan(args, config):
               f"{counts['removed']} removed, {counts['invalid']} invalid, "
               f"{counts['deferred']} still being written, {counts['unchanged']} unchanged "
               f"in {counts['duration_ms']} ms")
+        # Kinds that keep every problem of a file (templates) list what is invalid now.
+        invalid_files = getattr(indexer.kind(name), "invalid_files", None)
+        for relpath, problems in (invalid_files() if invalid_files else []):
+            print(f"{name}: invalid {relpath}:")
+            for line in (problems or "").splitlines():
+                print(f"    {line}")
     return 0
 
 

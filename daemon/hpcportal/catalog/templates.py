@@ -701,7 +701,7 @@ def resolve_image(pattern, images):
         return None
     candidates = [i for i in images if i.get("valid", True)]
     for image in candidates:
-        if image.get("id") == pattern:
+        if pattern in (image.get("id"), image.get("qualified_id")):
             return image
     lowered = pattern.lower()
     matches = [i for i in candidates
@@ -847,7 +847,7 @@ def _check_files(document, items, errors, stat=os.stat):
             errors[key] = f"{filename!r} does not match {', '.join(slot['patterns'])}"
             continue
         size = item.get("size")
-        if size is None:
+        if size is None and stat is not None:
             try:
                 size = stat(path).st_size
             except OSError:

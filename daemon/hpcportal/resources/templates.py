@@ -1,0 +1,119 @@
+"""/api/v2/templates: thin HTTP over catalog.template_catalog."""
+
+from ..catalog import template_catalog as catalogmod
+from ..catalog import templates as tpl
+from ..catalog.indexer import indexer_for
+from ..errors import ValidationError
+from .base import answer_cacheable, bool_param, paging, read_json, require_admin
+
+MAX_AGE = 300  # the dashboard caches the list for 5 minutes
+
+
+def _text_param(req, name, max_length=200):
+    value = (req.get_param(name) or "").strip()
+    if len(value) > max_length:
+        raise ValidationError(f"Query parameter '{name}' is too long.", errors={name: "too long"})
+    return value or None
+
+
+def _version_param(req):
+    version = _text_param(req, "version", 128)
+    if version is not None:
+        try:
+            tpl.parse_semver(version)
+        except ValueError as exc:
+            raise ValidationError(f"Query parameter 'version': {exc}.",
+                                  errors={"version": "not a semantic version"}) from None
+    return version
+
+
+class TemplatesResource:
+    def __init__(self, catalog):
+        self._catalog = catalog
+
+    def on_get(self, req, resp):
+        include_invalid = bool_param(req, "include_invalid", False)
+        limit, offset = paging(req)
+        items, total = self._catalog.list(
+            req.context.user, category=_text_param(req, "category"), source=_text_param(req, "source"),
+            tag=_text_param(req, "tag"), q=_text_param(req, "q"), image=_text_param(req, "image"),
+            include_invalid=include_invalid, limit=limit, offset=offset)
+        answer_cacheable(req, resp, {"templates": items, "total": total}, max_age=MAX_AGE)
+
+    def on_get_item(self, req, resp, template_id):
+        item = self._catalog.get(req.context.user, template_id, version=_version_param(req))
+        answer_cacheable(req, resp, item, max_age=MAX_AGE)
+
+
+class SchemaResource:
+    def on_get(self, req, resp):
+        answer_cacheable(req, resp, tpl.schema(), max_age=3600)
+
+
+class ScanResource:
+    def __init__(self, indexer, catalog):
+        self._indexer = indexer
+        self._catalog = catalog
+
+    def on_post(self, req, resp):
+        require_admin(req)
+        kind = self._catalog.kind
+        result = self._indexer.scan([kind.name])[kind.name]
+        counts = result.counts()
+        _, invalid = kind.count()
+        req.context.audit_target = kind.root
+        req.context.audit_detail = counts
+        resp.media = {"success": True, "added": counts["added"], "updated": counts["updated"],
+                      "removed": counts["removed"], "invalid": invalid,
+                      "deferred": counts["deferred"], "unchanged": counts["unchanged"],
+                      "duration_ms": counts["duration_ms"]}
+
+
+class RenderResource:
+    def __init__(self, catalog, config, lookup_file):
+        self._catalog = catalog
+        self._config = config
+        self._lookup_file = lookup_file
+
+    def on_post(self, req, resp, template_id):
+        body = read_json(req, required=False)
+        user = req.context.user
+        req.context.audit_target = template_id
+        result = self._catalog.render(
+            user, template_id, body, version=_version_param(req),
+            job_dir=catalogmod.job_dir_preview(self._config.paths.uploads, user.name),
+            apptainer_command=self._config.slurm.apptainer, lookup_file=self._lookup_file)
+        resp.media = {"success": True, **result}
+
+
+def _file_lookup(portal):
+    """The user's completed upload by id, when the uploads area keeps a files table."""
+    try:
+        from ..models.uploads import UploadedFile
+    except ImportError:  # uploads not built into this daemon
+        return None
+
+    def lookup(user, file_id):
+        if not isinstance(file_id, str) or len(file_id) > 64:
+            return None
+        with portal.database.connection_context():
+            row = (UploadedFile.select()
+                   .where((UploadedFile.id == file_id) & (UploadedFile.user == user.name)).first())
+        if row is None:
+            return None
+        return {"file_id": row.id, "filename": row.filename, "size": row.size,
+                "storage_path": row.storage_path, "file_type": row.file_type}
+    return lookup
+
+
+def add_routes(app, portal):
+    catalog = catalogmod.build(portal)
+    indexer = indexer_for(portal)
+    templates = TemplatesResource(catalog)
+    # The schema route is added before {template_id} so "schema" is never taken for an id.
+    app.add_route("/api/v2/templates/schema", SchemaResource())
+    app.add_route("/api/v2/templates", templates)
+    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog))
+    app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
+    app.add_route("/api/v2/templates/{template_id}/render",
+                  RenderResource(catalog, portal.config, _file_lookup(portal)))
