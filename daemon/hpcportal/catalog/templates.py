@@ -57,7 +57,6 @@ import yaml
 from ..errors import ValidationError
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
-SHARED_SOURCES_VISIBLE = True
 USERS_SOURCE = "users"
 
 _LOCAL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
