@@ -579,11 +579,17 @@ class Indexer:
         return Entry(relpath, path, state, document, error)
 
     def _remove_below(self, kind, relpath, result):
-        known = kind.known()
-        prefix = relpath + "/" if relpath else ""
-        gone = [r for r in known if r == relpath or r.startswith(prefix)]
+        """Forget ``relpath``, or everything under it when it was a folder."""
+        if relpath and kind.accepts(relpath):
+            if hasattr(kind, "state_of"):
+                candidates = [relpath] if kind.state_of(relpath) is not None else []
+            else:
+                candidates = [relpath] if relpath in kind.known() else []
+        else:
+            prefix = relpath + "/" if relpath else ""
+            candidates = [r for r in kind.known() if r == relpath or r.startswith(prefix)]
         # Another daemon may have re-created it meanwhile: only what is really gone.
-        gone = [r for r in gone if not os.path.exists(os.path.join(kind.root, *r.split("/")))]
+        gone = [r for r in candidates if not os.path.exists(os.path.join(kind.root, *r.split("/")))]
         if gone:
             kind.remove(gone)
             result.removed.extend(gone)

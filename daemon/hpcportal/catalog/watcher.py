@@ -33,9 +33,12 @@ def _unescape(field):
 def filesystem_type(path, mountinfo="/proc/self/mountinfo"):
     """The type of the filesystem holding ``path`` (its nearest existing parent)."""
     path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    path = os.path.realpath(path)
+    existing, rest = path, ""
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing, tail = os.path.split(existing)
+        rest = os.path.join(tail, rest) if rest else tail
+    # Symlinks resolved where they exist; a folder not created yet lies where it will be.
+    path = os.path.join(os.path.realpath(existing), rest) if rest else os.path.realpath(existing)
     best, best_type = "", None
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as handle:
