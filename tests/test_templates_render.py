@@ -341,3 +341,23 @@ def test_every_example_renders_with_its_defaults():
         syntax = subprocess.run(["bash", "-n"], input=result["script"] + parsed.document["script"],
                                 capture_output=True, text=True, timeout=30)
         assert syntax.returncode == 0, (name, syntax.stderr)
+
+
+def test_the_image_is_chosen_for_the_partition():
+    parsed = load(CONTAINER)
+    images = [
+        {"id": "echo_2.0", "name": "echo_2.0.sif", "version": "2.0", "path": "/i/viz/echo_2.0.sif",
+         "partitions": ["viz"]},
+        {"id": "echo_1.0", "name": "echo_1.0.sif", "version": "1.0", "path": "/i/compute/echo_1.0.sif",
+         "partitions": ["compute", "group1"]},
+    ]
+    request = {"parameters": {"text": "x"}, "files": [{"name": "data", "storage_path": "/d/in.txt", "size": 1}]}
+    result = render(parsed, request, images=images)
+    assert result["image"]["id"] == "echo_1.0"  # the newest image is for viz only
+    assert t.resolve_image("echo*", images)["id"] == "echo_2.0"
+    with pytest.raises(ValidationError) as caught:
+        render(parsed, request, images=images[:1])
+    assert "partition compute" in caught.value.errors["image"]
+    with pytest.raises(ValidationError) as caught:
+        render(parsed, request, images=[])
+    assert "matches 'echo*'" in caught.value.errors["image"]

@@ -164,6 +164,8 @@ class _Snapshot:
     templates: dict = field(default_factory=dict)
     invalid: list = field(default_factory=list)
     images: list = field(default_factory=list)
+    # id -> the newest version as listed, serialised once per snapshot
+    listed: dict = field(default_factory=dict)
     key: tuple = None
 
 
@@ -219,6 +221,9 @@ class TemplateCatalog:
         snapshot.templates = {tid: [per_id[v] for v in tpl.sort_versions(per_id)]
                               for tid, per_id in grouped.items()}
         snapshot.images = self._images()
+        snapshot.listed = {tid: self._serialize(versions[-1], [v.template["version"] for v in versions],
+                                                snapshot.images)
+                           for tid, versions in snapshot.templates.items()}
         return snapshot
 
     def _invalid_item(self, row, problems):
@@ -287,12 +292,7 @@ class TemplateCatalog:
         if include_invalid and not (user and user.admin):
             raise PermissionDenied("Only administrators may list invalid templates.", code="admin_only")
         snapshot = self.snapshot()
-        items = []
-        for versions in snapshot.templates.values():
-            newest = versions[-1]
-            if not tpl.visible_to(newest.source, user):
-                continue
-            items.append(self._serialize(newest, [v.template["version"] for v in versions], snapshot.images))
+        items = [item for item in snapshot.listed.values() if tpl.visible_to(item["source"], user)]
         if include_invalid:
             items.extend(snapshot.invalid)
         items = [i for i in items if _matches(i, category, source, tag, q, image)]
@@ -329,14 +329,13 @@ class TemplateCatalog:
         path for a preview.
         """
         chosen, _versions, images = self._find(user, template_id, version)
-        container = chosen.template.get("apptainer")
-        image = tpl.resolve_image(container["image"], images) if container else None
         if isinstance(request, dict) and isinstance(request.get("files"), list):
             request = dict(request, files=[self._resolve_file(user, item, index, lookup_file)
                                            for index, item in enumerate(request["files"])])
-        result = tpl.render(chosen.template, request, template_id=template_id, image=image_summary(image),
+        result = tpl.render(chosen.template, request, template_id=template_id, images=images,
                             job_dir=job_dir, apptainer_command=apptainer_command,
                             extra_binds=extra_binds, stat=None)
+        result["image"] = image_summary(result["image"])
         return result
 
     def _resolve_file(self, user, item, index, lookup_file):

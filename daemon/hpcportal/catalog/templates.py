@@ -692,13 +692,16 @@ def _natural_key(text):
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in _IMAGE_VERSION_PART.split(text or "") if p]
 
 
-def resolve_image(pattern, images):
+def resolve_image(pattern, images, partition=None):
     """The valid image an ``apptainer.image`` names: an exact id, else the newest
     name/id glob match (by version, then name). ``images``: dicts with at least
-    ``id``, ``name``; ``valid`` false ones are skipped."""
+    ``id``, ``name``; ``valid`` false ones are skipped. With ``partition``, only
+    images meant for it (their ``partitions``, when they list any)."""
     if not pattern:
         return None
     candidates = [i for i in images if i.get("valid", True)]
+    if partition:
+        candidates = [i for i in candidates if not i.get("partitions") or partition in i["partitions"]]
     for image in candidates:
         if pattern in (image.get("id"), image.get("qualified_id")):
             return image
@@ -962,12 +965,14 @@ def _check_setting(key, kind, spec, value):
     return value
 
 
-def render(document, request, *, template_id, image=None, job_dir, apptainer_command="apptainer",
-           extra_binds=(), stat=os.stat):
+def render(document, request, *, template_id, image=None, images=None, job_dir,
+           apptainer_command="apptainer", extra_binds=(), stat=os.stat):
     """What a submit of ``document`` with ``request`` runs.
 
     ``request``: ``{"parameters": {name: value}, "files": [...], "overrides": {...}}``;
-    ``image``: the resolved catalog image (dict with ``path``) or None;
+    ``image``: the resolved catalog image (dict with ``path``) or None; or
+    ``images``: the image catalog, from which the newest image matching
+    ``apptainer.image`` that is meant for the chosen partition is taken;
     ``job_dir``: the job's folder, where the body is saved for container jobs.
     Raises ``ValidationError`` listing every invalid field.
     """
@@ -1018,7 +1023,15 @@ def render(document, request, *, template_id, image=None, job_dir, apptainer_com
     slurm_values, directives = _resolve_slurm(document, request.get("overrides"), errors,
                                               default_job_name=template_id.rsplit(".", 1)[-1])
     container = document.get("apptainer")
-    if container and image is None:
+    if container and images is not None:
+        image = resolve_image(container["image"], images)
+        partition = slurm_values.get("partition")
+        if image is not None and partition:
+            image = resolve_image(container["image"], images, partition=partition)
+            if image is None:
+                errors["image"] = (f"no image matching {container['image']!r} is meant for "
+                                   f"partition {partition}")
+    if container and image is None and "image" not in errors:
         errors["image"] = f"no valid image in the catalog matches {container['image']!r}"
     if errors:
         raise ValidationError(f"{len(errors)} value(s) are not acceptable for this template.",
