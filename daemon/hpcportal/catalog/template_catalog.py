@@ -8,6 +8,12 @@ with its problems. ``TemplateCatalog`` builds an in-memory snapshot of the index
 against the image catalog) and rebuilds it only when the template or the image
 index changed, in this daemon or in another (``catalog_generations``). So
 ``ready`` is re-evaluated as soon as images come and go.
+
+For job submission: ``portal.area("templates")`` is the ``TemplateCatalog``;
+``render(user, template_id, request, version=..., job_dir=<the job folder>,
+apptainer_command=config.slurm.apptainer, extra_binds=...)`` checks the values
+and returns the batch script, the environment, the image and (for container
+templates) the ``body`` to save byte for byte at ``body_path``.
 """
 
 import fnmatch

@@ -22,9 +22,10 @@ The batch script builder
 ------------------------
 ``build_batch_script(directives, environment, body, *, image_path=None,
 body_path=None, apptainer_command="apptainer", exec_options=(), binds=(),
-app=None, container_env=None, forward_env=False, comment=None)`` is the one
-function that turns validated values into a batch script; job submission
-calls it too, so a rendered script is exactly what a submit runs.
+app=None, container_env=None, forward_env=False, comment=None,
+shebang="#!/bin/bash")`` is the one function that turns validated values into a
+batch script; job submission calls it too, so a rendered script is exactly what
+a submit runs (``#!/bin/bash -l`` as ``shebang`` gives the job a login shell).
 
 - ``directives``: ``[(option, value)]`` such as ``("partition", "compute")``;
   each becomes ``#SBATCH --option=value``. Options and values are checked
@@ -751,9 +752,11 @@ _DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,255}$")
 
 def build_batch_script(directives, environment, body, *, image_path=None, body_path=None,
                        apptainer_command="apptainer", exec_options=(), binds=(), app=None,
-                       container_env=None, forward_env=False, comment=None):
+                       container_env=None, forward_env=False, comment=None, shebang="#!/bin/bash"):
     """The batch script (see the module docstring). Raises ValueError on an unsafe input."""
-    lines = ["#!/bin/bash"]
+    if not re.fullmatch(r"#![/A-Za-z0-9_. -]+", shebang):
+        raise ValueError(f"unsafe shebang: {shebang!r}")
+    lines = [shebang]
     for option, value in directives:
         value = str(value)
         if not _DIRECTIVE_OPTION.match(option) or not _DIRECTIVE_VALUE.match(value):
