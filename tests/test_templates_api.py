@@ -245,6 +245,8 @@ def test_ready_follows_the_image_catalog(shared_dir, daemon):
     ready = wait_for(lambda: (t := find(daemon, "official.contained").json())["ready"] and t)
     assert ready["image"]["path"] == image_path
     assert not [w for w in ready["warnings"] if w["path"] == "apptainer.image"]
+    assert ids(listing(daemon, image="demo_1.0")) == ["official.contained"]
+    assert ids(listing(daemon, image="other_2.0")) == []
     rendered = daemon.post(f"{LIST}/official.contained/render", user="alice", json={"parameters": {"text": "x"}})
     assert rendered.status_code == 200, rendered.text
     assert rendered.json()["image"]["path"] == image_path
@@ -287,3 +289,29 @@ def test_render_checks_values_and_returns_the_batch_script(shared_dir, daemon, t
     assert (tmp_path / "count.out").read_text() == "3"
     assert not list(tmp_path.glob("pwned*"))
     assert (tmp_path / "home").is_dir()
+
+
+def test_render_takes_the_users_own_uploads_by_file_id(shared_dir, daemon_factory):
+    from support.uploads import SMALL, upload
+
+    daemon = daemon_factory(config=SMALL)
+    drop(shared_dir, "official/with-file.yaml", simple(name="With file").replace(
+        "script: |", "files:\n  - {name: data, patterns: ['*.txt'], max_size: 100}\nscript: |"))
+    wait_for(lambda: find(daemon, "official.with-file").status_code == 200)
+    url = f"{LIST}/official.with-file/render"
+    small = upload(daemon, "alice", b"hello", filename="in.txt")
+    big = upload(daemon, "alice", b"x" * 200, filename="big.txt")
+
+    answer = daemon.post(url, user="alice", json={"parameters": {"text": "t"},
+                                                  "files": [{"name": "data", "file_id": small["file_id"]}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["environment"]["FILE_DATA"] == small["storage_path"]
+    assert answer.json()["environment"]["INPUT_FILE_0"] == small["storage_path"]
+
+    too_big = daemon.post(url, user="alice", json={"parameters": {"text": "t"},
+                                                   "files": [{"name": "data", "file_id": big["file_id"]}]})
+    assert too_big.status_code == 400 and "larger" in too_big.json()["errors"]["files.data"]
+    # Another user's upload id is unknown to bob.
+    stolen = daemon.post(url, user="bob", json={"parameters": {"text": "t"},
+                                                "files": [{"name": "data", "file_id": small["file_id"]}]})
+    assert stolen.status_code == 400 and "files[0]" in stolen.json()["errors"]
