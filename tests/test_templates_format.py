@@ -253,3 +253,13 @@ def test_image_resolution_prefers_exact_id_then_newest_match():
     assert t.resolve_image("openfoam-v2212", images)["id"] == "openfoam-v2212"
     assert t.resolve_image("python_3.11.sif", images)["id"] == "python_3.11"
     assert t.resolve_image("lammps*", images) is None
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand():
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    for level in "bcdefghij":
+        previous = chr(ord(level) - 1)
+        bomb += f"{level}: &{level} [*{previous},*{previous},*{previous},*{previous},*{previous},*{previous}]\n"
+    parsed = parse(MINIMAL + bomb + "description: *j\n")
+    assert not parsed.valid
+    assert "aliases" in parsed.errors[0]["message"]
