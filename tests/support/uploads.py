@@ -1,0 +1,54 @@
+"""Helpers for the uploads tests: small chunk sizes, a chunk-protocol client."""
+
+import hashlib
+import os
+
+# Small chunks keep the tests quick; the HTTP server's body limit follows
+# max_chunk_size (plus 1 MiB), so bodies just above it still reach the app.
+SMALL = {"uploads": {"min_chunk_size": "1KiB", "chunk_size": "64KiB", "max_chunk_size": "1MiB",
+                     "free_space_reserve": 0}}
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def init(daemon, user, filename, size, **fields):
+    return daemon.post("/api/v2/files/upload/init", user=user,
+                       json={"filename": filename, "size": size, **fields})
+
+
+def send_chunk(daemon, user, upload_id, index, body, multipart=False, **extra):
+    if multipart:
+        fields = {"upload_id": upload_id, "chunk_index": str(index), **extra}
+        return daemon.post("/api/v2/files/upload/chunk", user=user, data=fields,
+                           files={"chunk": ("blob", body, "application/octet-stream")})
+    return daemon.post("/api/v2/files/upload/chunk", user=user, data=body,
+                       params={"upload_id": upload_id, "chunk_index": index, **extra},
+                       headers={"Content-Type": "application/octet-stream"})
+
+
+def chunks_of(data, chunk_size):
+    return [data[i:i + chunk_size] for i in range(0, len(data), chunk_size)] or [b""]
+
+
+def complete(daemon, user, upload_id):
+    return daemon.post("/api/v2/files/upload/complete", user=user, json={"upload_id": upload_id})
+
+
+def upload(daemon, user, data, filename="data.bin", chunk_size=4096, order=None, **fields):
+    """A whole chunk-protocol upload; returns the completed file's JSON."""
+    started = init(daemon, user, filename, len(data), chunk_size=chunk_size, **fields)
+    assert started.status_code == 201, started.text
+    info = started.json()
+    pieces = chunks_of(data, info["chunk_size"])[:info["total_chunks"]]
+    for index in (order or range(len(pieces))):
+        answer = send_chunk(daemon, user, info["upload_id"], index, pieces[index])
+        assert answer.status_code == 200, answer.text
+    done = complete(daemon, user, info["upload_id"])
+    assert done.status_code == 200, done.text
+    return done.json()
+
+
+def random_bytes(size):
+    return os.urandom(size)
