@@ -337,7 +337,7 @@ def test_every_example_renders_with_its_defaults():
             files.append({"name": slot["name"], "storage_path": "/shared/f/" + pattern.replace("*", "input"),
                           "size": 1})
         result = render(parsed, {"files": files}, image=images)
-        assert result["script"].startswith("#!/bin/bash\n#SBATCH --job-name=")
+        assert result["script"].startswith("#!/bin/bash -l\n#SBATCH --job-name=")
         syntax = subprocess.run(["bash", "-n"], input=result["script"] + parsed.document["script"],
                                 capture_output=True, text=True, timeout=30)
         assert syntax.returncode == 0, (name, syntax.stderr)

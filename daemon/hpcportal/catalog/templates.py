@@ -73,6 +73,8 @@ _SCRIPT_REFERENCE = re.compile(r"\$\{?((?:PARAM|FILE)_[A-Za-z0-9_]+)")
 _SBATCH_LINE = re.compile(r"^[ \t]*#[ \t]*SBATCH", re.MULTILINE)
 
 DEFAULT_STRING_MAX_LENGTH = 4096
+# Jobs get the user's login environment, as a job submitted from a login node would.
+JOB_SHEBANG = "#!/bin/bash -l"
 DEFAULT_CATEGORY = "general"
 
 
@@ -1083,10 +1085,12 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
             apptainer_command=apptainer_command, exec_options=options, binds=binds,
             app=container.get("app"),
             container_env={k: environment_value(v) for k, v in (container.get("env") or {}).items()},
-            forward_env=bool({"--cleanenv", "--containall"} & set(options)), comment=comment)
+            forward_env=bool({"--cleanenv", "--containall"} & set(options)), comment=comment,
+            shebang=JOB_SHEBANG)
         result["image"] = image
         result["body"] = body
         result["body_path"] = body_path
     else:
-        result["script"] = build_batch_script(directives, environment, body, comment=comment)
+        result["script"] = build_batch_script(directives, environment, body, comment=comment,
+                                              shebang=JOB_SHEBANG)
     return result
