@@ -255,6 +255,30 @@ SETTINGS = (
     S("slurm", "conf", _optional(parse_path), None,
       "slurm.conf to use (passed as SLURM_CONF); null for Slurm's default."),
     S("slurm", "apptainer", parse_str, "apptainer", "The apptainer command run inside jobs."),
+    S("slurm", "apptainer_binds", parse_str_list, [],
+      "Extra folders bound into every container job (the job folder and the input "
+      "files' folders are always bound)."),
+    S("slurm", "data_roots", parse_str_list, ["/shared", "~"],
+      "Folders whose files a user may pass to a job by path (checked with the user's own "
+      "permissions); ~ is the user's home. Completed uploads are always allowed."),
+    S("slurm", "command_timeout", parse_duration, "60s",
+      "How long a Slurm command may take; longer than Slurm's own retries (about 10 s) "
+      "so that a slow controller still answers."),
+    S("slurm", "squeue_interval", parse_duration, "3s",
+      "Job states come from one squeue call for all users at most this often."),
+    S("slurm", "partition_cache", parse_duration, "30s", "How long the partition list is cached."),
+    S("slurm", "poll_interval", parse_duration, "10s",
+      "How often the job monitor records job states and looks for lost submissions."),
+    S("slurm", "recovery_grace", parse_duration, "2m",
+      "A submission whose sbatch answer was lost and that Slurm does not know after this "
+      "long is given up."),
+    S("slurm", "max_script_size", parse_size, "1MiB", "Largest job script accepted."),
+    S("slurm", "max_output_slice", parse_size, "1MiB", "Most output bytes one output request returns."),
+    S("slurm", "max_streams", parse_int, 4,
+      "Live output streams open at once (each holds a worker thread); more get 429."),
+    S("slurm", "stream_max_duration", parse_duration, "30m",
+      "A live output stream ends after this long; the client resumes with Last-Event-ID."),
+    S("slurm", "stream_heartbeat", parse_duration, "15s", "Heartbeat interval of live output streams."),
 )
 del S
 
@@ -432,3 +456,9 @@ def _check(values):
         fail("catalog.settle_seconds", "must not be negative")
     if values["catalog.poll_interval"] <= 0:
         fail("catalog.poll_interval", "must be positive")
+    if values["slurm.command_timeout"] <= 0:
+        fail("slurm.command_timeout", "must be positive")
+    if values["slurm.max_streams"] < 0:
+        fail("slurm.max_streams", "must not be negative")
+    if values["server.threads"] > 1 and values["slurm.max_streams"] >= values["server.threads"]:
+        fail("slurm.max_streams", "must be smaller than server.threads (streams hold worker threads)")

@@ -35,6 +35,7 @@ MIGRATIONS = [
     (1, "audit records", _create_tables("audit")),
     (2, "catalog generations and image index", _create_tables("catalog")),
     (3, "uploads, their chunks and finished files", _create_tables("uploads")),
+    (4, "jobs submitted through the portal", _create_tables("jobs")),
     (5, "template index", _create_tables("templates")),
 ]
 

@@ -3,9 +3,9 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit, catalog, templates, uploads
+from . import audit, catalog, jobs, templates, uploads
 
-ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS]
+ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS, *jobs.MODELS]
 
 
 def bind(database):

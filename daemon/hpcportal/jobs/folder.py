@@ -1,0 +1,138 @@
+"""Job folders: ``<uploads root>/<user>/jobs/<submission id>/``, owned by the user.
+
+The daemon runs as root and the user owns the folders it works in, so every
+step is taken through directory descriptors with ``O_NOFOLLOW``: a user who
+swaps a folder or a file for a symlink makes the daemon refuse, never follow.
+Files are read only when they are plain files owned by the job's user, so a job
+cannot point its output at a file its user may not read.
+"""
+
+import os
+import shutil
+import stat
+
+from ..errors import NotFound, PermissionDenied
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class JobFolders:
+    def __init__(self, root, is_root=None):
+        self.root = os.path.normpath(root)
+        self._chown = os.geteuid() == 0 if is_root is None else is_root
+
+    def path(self, user_name, submission_id):
+        return os.path.join(self.root, user_name, "jobs", submission_id)
+
+    def _own(self, fd, user, mode):
+        if self._chown:
+            os.fchown(fd, user.uid, user.gid)
+        os.fchmod(fd, mode)
+
+    def _step(self, parent, name, user, create, trusted_owner):
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=parent)
+            except FileExistsError:
+                pass
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            info = os.fstat(fd)
+            if info.st_uid == os.geteuid() and self._chown:
+                self._own(fd, user, DIR_MODE)
+            return fd
+        info = os.fstat(fd)
+        if self._chown and info.st_uid not in trusted_owner:
+            os.close(fd)
+            raise PermissionDenied(f"The folder {name} is not owned by its user; refusing to use it.",
+                                   code="unsafe_path")
+        return fd
+
+    def open_dir(self, user, submission_id=None, create=False):
+        """A descriptor of the user's jobs folder (or one job's folder)."""
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        parts = [user.name, "jobs"] + ([submission_id] if submission_id else [])
+        try:
+            for part in parts:
+                child = self._step(fd, part, user, create, (user.uid, 0))
+                os.close(fd)
+                fd = child
+            return fd
+        except FileNotFoundError:
+            os.close(fd)
+            raise NotFound("The job's folder is gone.", code="job_folder_missing") from None
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def create(self, user, submission_id, files):
+        """A new job folder holding ``files`` ({name: (bytes, mode)}); its path."""
+        parent = self.open_dir(user, create=True)
+        try:
+            os.mkdir(submission_id, DIR_MODE, dir_fd=parent)  # new: fails if it exists
+            fd = os.open(submission_id, _DIR_FLAGS, dir_fd=parent)
+        finally:
+            os.close(parent)
+        try:
+            self._own(fd, user, DIR_MODE)
+            for name, (data, mode) in files.items():
+                file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  mode, dir_fd=fd)
+                try:
+                    self._own(file_fd, user, mode)
+                    view = memoryview(data)
+                    while view:
+                        written = os.write(file_fd, view)
+                        view = view[written:]
+                finally:
+                    os.close(file_fd)
+        finally:
+            os.close(fd)
+        return self.path(user.name, submission_id)
+
+    def remove(self, user_name, submission_id):
+        shutil.rmtree(self.path(user_name, submission_id), ignore_errors=True)
+
+    def open_file(self, owner, submission_id, name):
+        """A read descriptor of a plain file in the job folder owned by ``owner`` (a User)."""
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise NotFound(f"There is no file {name!r} in the job's folder.", code="file_not_found")
+        dfd = self.open_dir(owner, submission_id)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            raise NotFound(f"There is no file {name!r} in the job's folder.", code="file_not_found") from None
+        except OSError:  # ELOOP: a symlink
+            raise PermissionDenied(f"{name} is not a plain file of the job; refusing to read it.",
+                                   code="unsafe_path") from None
+        finally:
+            os.close(dfd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (self._chown and info.st_uid != owner.uid):
+            os.close(fd)
+            raise PermissionDenied(f"{name} is not a plain file owned by the job's user; refusing to read it.",
+                                   code="unsafe_path")
+        os.set_blocking(fd, True)
+        return fd
+
+    def list_files(self, owner, submission_id):
+        """Plain files in the job folder owned by ``owner``: [{name, size, modified}]."""
+        dfd = self.open_dir(owner, submission_id)
+        out = []
+        try:
+            for name in sorted(os.listdir(dfd)):
+                try:
+                    info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(info.st_mode) and (not self._chown or info.st_uid == owner.uid):
+                    out.append({"name": name, "size": info.st_size, "modified": info.st_mtime})
+        finally:
+            os.close(dfd)
+        return out

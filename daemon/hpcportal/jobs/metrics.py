@@ -1,0 +1,21 @@
+"""The jobs area's metrics, on the app's own registry."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+
+class JobMetrics:
+    def __init__(self, registry):
+        self.submissions = Counter("hpcportal_job_submissions", "Job submissions by outcome (ok, refused, failed)",
+                                   ["outcome"], registry=registry)
+        self.slurm_calls = Counter("hpcportal_slurm_calls", "Slurm commands run, by command and outcome",
+                                   ["command", "outcome"], registry=registry)
+        self.slurm_latency = Histogram("hpcportal_slurm_call_duration_seconds", "Slurm command latency",
+                                       ["command"], registry=registry,
+                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+        self.squeue_age = Gauge("hpcportal_squeue_cache_age_seconds",
+                                "Age of the shared squeue snapshot (-1 before the first)", registry=registry)
+        self.streams = Gauge("hpcportal_job_output_streams", "Live output streams open", registry=registry)
+
+    def observe(self, command, seconds, outcome):
+        self.slurm_calls.labels(command, outcome).inc()
+        self.slurm_latency.labels(command).observe(seconds)

@@ -1,0 +1,126 @@
+"""A job's output: slices for polling and a bounded live stream (server-sent events).
+
+Output files are opened through ``JobFolders.open_file`` (no symlinks, owned by
+the job's user). Offsets are byte offsets; a slice never ends inside a UTF-8
+character, so the next slice starts on a character boundary.
+"""
+
+import codecs
+import json
+import os
+import threading
+import time
+
+from ..errors import NotFound, RateLimited, ValidationError
+from ..slurm.parse import FINAL_STATES
+from ..slurm.runner import SlurmUnavailable
+
+STREAMS = ("stdout", "stderr")
+
+
+def read_slice(fd, offset, limit):
+    """(text, next_offset, size) of up to ``limit`` bytes at ``offset``."""
+    size = os.fstat(fd).st_size
+    if offset >= size:
+        return "", offset, size
+    raw = os.pread(fd, limit, offset)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text = decoder.decode(raw, final=False)
+    pending = len(decoder.getstate()[0])
+    if pending and offset + len(raw) >= size:
+        # A truncated character at the very end of the file: keep it for later.
+        pass
+    if pending == len(raw):  # only a partial character so far
+        return "", offset, size
+    return text, offset + len(raw) - pending, size
+
+
+class JobOutput:
+    def __init__(self, service, *, max_slice, max_streams, max_duration, heartbeat, stopping,
+                 metrics=None, poll=0.5, clock=time.monotonic):
+        self._service = service
+        self._max_slice = max_slice
+        self._streams = threading.BoundedSemaphore(max_streams) if max_streams else None
+        self._max_duration = max_duration
+        self._heartbeat = heartbeat
+        self._stopping = stopping
+        self._metrics = metrics
+        self._poll = poll
+        self._clock = clock
+
+    def _path_name(self, row, stream):
+        if stream not in STREAMS:
+            raise ValidationError("stream must be stdout or stderr.", errors={"stream": "must be stdout or stderr"})
+        path = row.stdout_path if stream == "stdout" else row.stderr_path
+        return os.path.basename(path or "")
+
+    def _state(self, row):
+        try:
+            live = self._service.live_state(row)
+        except SlurmUnavailable:
+            live = None
+        return (live or {}).get("state") or row.state, live
+
+    def slice(self, user, job_id, stream="stdout", offset=0, limit=None):
+        from .service import owner_of
+        row = self._service.row_for(user, job_id)
+        name = self._path_name(row, stream)
+        limit = min(limit or self._max_slice, self._max_slice)
+        state, _ = self._state(row)
+        try:
+            fd = self._service.folders.open_file(owner_of(row), row.submission_id, name)
+        except NotFound:
+            return {"jobId": row.slurm_job_id, "stream": stream, "data": "", "offset": offset,
+                    "next_offset": offset, "eof": state in FINAL_STATES, "state": state}
+        try:
+            text, next_offset, size = read_slice(fd, offset, limit)
+        finally:
+            os.close(fd)
+        return {"jobId": row.slurm_job_id, "stream": stream, "data": text, "offset": offset,
+                "next_offset": next_offset, "size": size,
+                "eof": state in FINAL_STATES and next_offset >= size, "state": state}
+
+    def stream(self, user, job_id, stream="stdout", offset=0):
+        """An iterator of server-sent events; raises RateLimited when too many are open."""
+        row = self._service.row_for(user, job_id)
+        self._path_name(row, stream)
+        if self._streams is None or not self._streams.acquire(blocking=False):
+            raise RateLimited("Too many live output streams are open; poll the output instead or retry shortly.",
+                              retry_after=5, code="too_many_streams")
+        if self._metrics:
+            self._metrics.streams.inc()
+        return self._events(user, row, stream, offset)
+
+    def _events(self, user, row, stream, offset):
+        try:
+            yield b"retry: 2000\n\n"
+            started = last_sent = self._clock()
+            while not self._stopping.is_set():
+                answer = self.slice(user, row.slurm_job_id, stream, offset, self._max_slice)
+                if answer["next_offset"] > offset:
+                    offset = answer["next_offset"]
+                    last_sent = self._clock()
+                    yield _event("output", offset, {"data": answer["data"], "offset": answer["offset"],
+                                                    "next_offset": offset})
+                    continue
+                if answer["eof"]:
+                    yield _event("end", offset, {"state": answer["state"], "next_offset": offset})
+                    return
+                now = self._clock()
+                if now - started >= self._max_duration:
+                    yield _event("timeout", offset, {"next_offset": offset,
+                                                     "message": "Stream time limit reached; reconnect to resume."})
+                    return
+                if now - last_sent >= self._heartbeat:
+                    last_sent = now
+                    yield b": heartbeat\n\n"
+                self._stopping.wait(self._poll)
+        finally:
+            if self._metrics:
+                self._metrics.streams.dec()
+            self._streams.release()
+
+
+def _event(kind, event_id, payload):
+    data = json.dumps(payload, separators=(",", ":"))
+    return f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n".encode("utf-8")

@@ -1,0 +1,563 @@
+"""Submitting jobs and watching them (domain code: no HTTP here).
+
+Submit, in order: check every field (nothing runs before the whole request is
+valid), write the job folder as the user, record the submission, run sbatch as
+the user, record Slurm's id. The job row is written before sbatch with the
+submission id that also goes to Slurm in ``--comment``; if sbatch's answer is
+lost, that id finds the job again (right away, and later by ``JobMonitor``).
+"""
+
+import logging
+import os
+import posixpath
+import pwd
+import re
+import subprocess
+import uuid
+
+import peewee
+
+from ..auth import User
+from ..errors import Conflict, NotFound, PermissionDenied, ServiceUnavailable, ValidationError
+from ..models.base import isoformat, utcnow
+from ..models.jobs import LOST, SUBMITTED, SUBMITTING, Job
+from ..slurm import script as batch
+from ..slurm.client import COMMENT_PREFIX
+from ..slurm.parse import FINAL_STATES
+from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
+
+log = logging.getLogger("hpcportal.jobs")
+
+BATCH_SCRIPT = "job.sbatch"
+USER_SCRIPT = "script.sh"
+MAX_FILES = 1000
+_CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def owner_of(row):
+    """The job's unix user, as a User (for reading its files)."""
+    try:
+        entry = pwd.getpwnam(row.user)
+    except KeyError:
+        raise NotFound(f"The owner of job {row.slurm_job_id} no longer exists.", code="job_not_found") from None
+    return User(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid,
+                groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)), home=entry.pw_dir)
+
+
+def serialize_job(row, live=None):
+    """The job object of the API; ``live``: squeue's view, when Slurm still shows the job."""
+    state, reason, exit_code = row.state, row.reason, row.exit_code
+    started, ended, nodes = row.started_at, row.ended_at, row.node_list
+    if live:
+        state, reason, exit_code = live["state"], live["reason"], live["exit_code"]
+        started, ended, nodes = live["started_at"] or started, live["ended_at"] or ended, live["nodes"] or nodes
+    if state in ("PENDING",):
+        started = ended = None
+    elif state not in FINAL_STATES:
+        ended = None
+    elapsed = None
+    if started:
+        elapsed = int(((ended or utcnow()) - started).total_seconds())
+    return {
+        "jobId": row.slurm_job_id,
+        "submissionId": row.submission_id,
+        "name": row.name,
+        "user": row.user,
+        "partition": row.partition,
+        "state": state,
+        "reason": reason,
+        "exit_code": exit_code,
+        "submitted_at": isoformat(row.submitted_at),
+        "started_at": isoformat(started),
+        "ended_at": isoformat(ended),
+        "elapsed": elapsed,
+        "nodes": nodes,
+        "resources": {"nodes": row.nodes, "cpus": row.cpus, "memory": row.memory, "time": row.time_limit,
+                      "account": row.account, "qos": row.qos, "gpus": row.gpus},
+        "image": row.image,
+        "template": ({"id": row.template_id, "version": row.template_version} if row.template_id else None),
+    }
+
+
+class JobService:
+    """``slurm``: hpcportal.slurm.client.Slurm; ``folders``: JobFolders; areas are optional."""
+
+    def __init__(self, config, database, slurm, folders, *, images=None, templates=None, uploads=None,
+                 metrics=None, check_readable=None):
+        self._config = config
+        self._database = database
+        self.slurm = slurm
+        self.folders = folders
+        self._images = images
+        self._templates = templates
+        self._uploads = uploads
+        self._metrics = metrics
+        self._check_readable = check_readable or readable_by
+
+    # -- submit ------------------------------------------------------------------
+
+    def submit(self, user, body):
+        if user.uid == 0 or user.uid < self._config.users.min_uid:
+            raise PermissionDenied("System accounts may not submit jobs.", code="user_denied")
+        if not isinstance(body, dict):
+            raise ValidationError("The request body must be a JSON object.")
+        try:
+            plan = self._plan(user, body)
+        except (ValidationError, PermissionDenied):
+            self._count("refused")
+            raise
+        return self._run(user, plan)
+
+    def _plan(self, user, body):
+        """Everything the submission needs, checked; a ValidationError lists every bad field."""
+        errors = {}
+        template_id = body.get("templateId")
+        use_template = template_id not in (None, "")
+        try:
+            resources = batch.check_resources(body, max_script_size=self._config.slurm.max_script_size,
+                                              need_name=not use_template, need_script=not use_template)
+        except ValidationError as exc:
+            errors.update(exc.errors or {})
+            resources = {}
+        client_job_id = body.get("jobId")
+        if client_job_id not in (None, "") and not (isinstance(client_job_id, str)
+                                                    and _CLIENT_JOB_ID.match(client_job_id)):
+            errors["jobId"] = "must be the dashboard's temporary id (letters, digits and . _ : -)"
+            client_job_id = None
+        partition = resources.get("partition")
+        partitions = self.slurm.partitions()
+        names = [p["name"] for p in partitions]
+        if partition is not None and partition not in names:
+            errors["partition"] = f"there is no partition {partition!r} (available: {', '.join(names)})"
+        effective_partition = partition or next((p["name"] for p in partitions if p["default"]), None)
+        files, template_files = self._check_files(user, body, errors)
+        image = None
+        if not use_template:
+            image = self._check_image(body.get("apptainerImage"), effective_partition, errors)
+        elif body.get("apptainerImage") not in (None, {}, ""):
+            errors["apptainerImage"] = "a template chooses its own image; leave apptainerImage out"
+        if use_template and self._templates is None:
+            errors["templateId"] = "job templates are not available on this portal"
+        if errors:
+            raise ValidationError(_summary(errors), errors=dict(sorted(errors.items())))
+        submission_id = uuid.uuid4().hex
+        job_dir = self.folders.path(user.name, submission_id)
+        plan = {"submission_id": submission_id, "job_dir": job_dir, "resources": resources,
+                "files": files, "image": image, "client_job_id": client_job_id or None,
+                "template": None, "parameters": None, "template_files": template_files}
+        if use_template:
+            self._render_template(user, body, plan)
+        else:
+            self._build_script(plan)
+        return plan
+
+    def _job_options(self, plan):
+        job_dir = plan["job_dir"]
+        if not batch.SAFE_PATH.match(job_dir):
+            raise ServiceUnavailable(f"The job folder {job_dir!r} has characters sbatch cannot take; "
+                                     "check the paths.uploads setting.", code="unsafe_config")
+        return [("output", f"{job_dir}/slurm-%j.out"), ("error", f"{job_dir}/slurm-%j.err"),
+                ("chdir", job_dir), ("comment", COMMENT_PREFIX + plan["submission_id"]),
+                ("export", "NONE")]
+
+    def _portal_environment(self, plan):
+        return {"HPCPORTAL_SUBMISSION_ID": plan["submission_id"], "HPCPORTAL_JOB_DIR": plan["job_dir"]}
+
+    def _binds(self, plan):
+        binds = [plan["job_dir"], *self._config.slurm.apptainer_binds]
+        for path in plan["files"]:
+            folder = posixpath.dirname(path)
+            if folder not in binds:
+                binds.append(folder)
+        return binds
+
+    def _build_script(self, plan):
+        resources = plan["resources"]
+        environment = self._portal_environment(plan)
+        for index, path in enumerate(plan["files"]):
+            environment[f"INPUT_FILE_{index}"] = path
+        environment["INPUT_FILE_COUNT"] = str(len(plan["files"]))
+        body = resources["script"]
+        body_path = posixpath.join(plan["job_dir"], USER_SCRIPT)
+        image = plan["image"]
+        exec_options = ["--nv"] if image and (image.get("gpu") or resources.get("gpus")) else []
+        try:
+            text = batch.build_batch_script(
+                batch.directives_for(resources), self._job_options(plan), environment, body=body,
+                body_path=body_path, image_path=image["path"] if image else None,
+                apptainer_command=self._config.slurm.apptainer, exec_options=exec_options,
+                binds=self._binds(plan) if image else ())
+        except ValueError as exc:
+            raise ValidationError(f"The job cannot be written safely: {exc}.") from None
+        plan["batch_script"] = text
+        plan["user_script"] = body
+
+    def _render_template(self, user, body, plan):
+        resources = plan["resources"]
+        overrides = {}
+        for key, field in (("job_name", "jobName"), ("partition", "partition"), ("nodes", "nodes"),
+                           ("cpus", "cpus"), ("memory", "memory"), ("time", "time"), ("account", "account"),
+                           ("qos", "qos"), ("gpus", "gpus")):
+            if resources.get(key) is not None:
+                overrides[field] = resources[key]
+        request = {"parameters": body.get("parameters") or {}, "files": plan["template_files"],
+                   "overrides": overrides}
+        version = body.get("templateVersion") or None
+        try:
+            result = self._templates.render(
+                user, body["templateId"], request, version=version, job_dir=plan["job_dir"],
+                apptainer_command=self._config.slurm.apptainer,
+                extra_binds=[b for b in self._binds(plan) if b != plan["job_dir"]],
+                lookup_file=None)
+        except NotFound as exc:
+            raise ValidationError(exc.message, errors={"templateId": exc.message}) from None
+        environment = self._portal_environment(plan)
+        try:
+            text = batch.add_job_options(result["script"], self._job_options(plan), environment)
+        except ValueError as exc:
+            raise ValidationError(f"The template's script cannot be submitted: {exc}.") from None
+        slurm_values = result.get("slurm") or {}
+        resources.update({
+            "job_name": _directive(text, "job-name") or body["templateId"],
+            "partition": slurm_values.get("partition") or resources.get("partition"),
+            "nodes": slurm_values.get("nodes", resources.get("nodes")),
+            "cpus": slurm_values.get("cpus", resources.get("cpus")),
+            "memory": slurm_values.get("memory", resources.get("memory")),
+            "time": slurm_values.get("time", resources.get("time")),
+            "account": slurm_values.get("account", resources.get("account")),
+            "qos": slurm_values.get("qos", resources.get("qos")),
+            "gpus": slurm_values.get("gpus", resources.get("gpus")),
+        })
+        partition = resources.get("partition")
+        if partition is not None and partition not in [p["name"] for p in self.slurm.partitions()]:
+            raise ValidationError(f"There is no partition {partition!r}.",
+                                  errors={"partition": f"there is no partition {partition!r}"})
+        plan["batch_script"] = text
+        plan["user_script"] = result.get("body")
+        plan["user_script_path"] = result.get("body_path")
+        plan["image"] = result.get("image")
+        plan["template"] = result.get("template") or {"id": body["templateId"], "version": version}
+        plan["parameters"] = result.get("parameters")
+
+    def _check_image(self, given, partition, errors):
+        if given in (None, {}, ""):
+            return None
+        if not isinstance(given, dict):
+            errors["apptainerImage"] = "must be an object with the image's id"
+            return None
+        image_id = given.get("id")
+        if not isinstance(image_id, str) or not image_id:
+            errors["apptainerImage"] = "needs the id of an image from the catalog"
+            return None
+        if self._images is None:
+            errors["apptainerImage"] = f"image {image_id!r}: the image catalog is not available"
+            return None
+        image = self._images.get(image_id)
+        if image is None:
+            invalid = self._images.get(image_id, include_invalid=True)
+            if invalid is not None:
+                errors["apptainerImage"] = f"image {image_id!r} is not a valid image: {invalid.get('error')}"
+            else:
+                errors["apptainerImage"] = f"there is no image {image_id!r} in the catalog"
+            return None
+        path = given.get("path")
+        if path not in (None, "") and (not isinstance(path, str) or os.path.normpath(path) != image["path"]):
+            errors["apptainerImage"] = (f"image {image_id!r}: path {path!r} is not the catalog's path "
+                                        f"{image['path']}")
+            return None
+        allowed = image.get("partitions")
+        if partition and allowed is not None and partition not in allowed:
+            errors["apptainerImage"] = (f"image {image_id!r} may not run on partition {partition!r} "
+                                        f"(allowed: {', '.join(allowed) or 'none'})")
+            return None
+        if not batch.SAFE_PATH.match(image["path"]):
+            errors["apptainerImage"] = f"image {image_id!r} has a path the portal cannot pass to apptainer"
+            return None
+        keys = ("id", "name", "path", "type", "version", "gpu", "partitions")
+        return {k: image.get(k) for k in keys}
+
+    def _check_files(self, user, body, errors):
+        """Absolute paths of the user's own files, in the order given."""
+        paths = []
+        template_files = []
+        given = body.get("files")
+        ids = body.get("fileIds")
+        items = []
+        if given not in (None, []):
+            if not isinstance(given, list):
+                errors["files"] = "must be a list of files"
+            else:
+                items += [("files", i, item) for i, item in enumerate(given)]
+        if ids not in (None, []):
+            if not isinstance(ids, list):
+                errors["fileIds"] = "must be a list of file ids"
+            else:
+                items += [("fileIds", i, {"file_id": item}) for i, item in enumerate(ids)]
+        if len(items) > MAX_FILES:
+            errors["files"] = f"at most {MAX_FILES} files per job"
+            return [], []
+        for field, index, item in items:
+            key = f"{field}[{index}]"
+            if isinstance(item, str) and field == "files":
+                item = {"storage_path": item}
+            if not isinstance(item, dict):
+                errors[key] = "must be an object with storage_path or file_id"
+                continue
+            try:
+                path = self._own_file(user, item)
+            except ValueError as exc:
+                errors[key] = str(exc)
+                continue
+            paths.append(path)
+            slot = item.get("name")
+            entry = {"storage_path": path}
+            for extra in ("filename", "size", "file_type"):
+                if extra in item:
+                    entry[extra] = item[extra]
+            if isinstance(slot, str):
+                entry["name"] = slot
+            template_files.append(entry)
+        return paths, template_files
+
+    def _own_file(self, user, item):
+        file_id = item.get("file_id", item.get("fileId", item.get("id")))
+        path = item.get("storage_path", item.get("path"))
+        if file_id not in (None, "") and self._uploads is not None and isinstance(file_id, str):
+            found = self._uploads.file_for_user(user.name, file_id)
+            if found is None:
+                raise ValueError(f"you have no uploaded file {file_id!r}")
+            if path not in (None, "") and os.path.normpath(str(path)) != os.path.normpath(found["storage_path"]):
+                raise ValueError(f"file {file_id!r} is not at {path!r}")
+            return os.path.normpath(found["storage_path"])
+        if file_id not in (None, "") and path in (None, ""):
+            raise ValueError("uploaded files are not available on this portal" if self._uploads is None
+                             else "file_id must be a string")
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path or len(path) > 4096:
+            raise ValueError("storage_path must be an absolute path")
+        normalized = os.path.normpath(path)
+        if any(c in normalized for c in "\n\r,:") or not batch.SAFE_PATH.match(normalized):
+            raise ValueError("the path has characters a job cannot be given safely")
+        if self._uploads is not None and self._uploads.file_by_storage_path(user.name, normalized):
+            return normalized
+        roots = [user.home if r == "~" else r for r in self._config.slurm.data_roots]
+        real = os.path.realpath(normalized)
+        if not any(_under(normalized, root) and _under(real, root) for root in roots if root):
+            raise ValueError(f"{normalized} is neither one of your uploads nor under "
+                             f"{', '.join(self._config.slurm.data_roots)}")
+        if not self._check_readable(user, normalized):
+            raise ValueError(f"{normalized} does not exist or you may not read it")
+        return normalized
+
+    def _run(self, user, plan):
+        submission_id = plan["submission_id"]
+        files = {BATCH_SCRIPT: (plan["batch_script"].encode("utf-8"), 0o640)}
+        if plan.get("user_script") is not None:
+            name = posixpath.basename(plan.get("user_script_path") or USER_SCRIPT)
+            files[name] = (plan["user_script"].encode("utf-8"), 0o750)
+        job_dir = self.folders.create(user, submission_id, files)
+        resources = plan["resources"]
+        template = plan["template"] or {}
+        try:
+            with self._database.atomic():
+                row = Job.create(
+                    submission_id=submission_id, status=SUBMITTING, user=user.name, uid=user.uid,
+                    name=resources.get("job_name") or "job", partition=resources.get("partition"),
+                    nodes=resources.get("nodes"), cpus=resources.get("cpus"), memory=resources.get("memory"),
+                    time_limit=resources.get("time"), account=resources.get("account"),
+                    qos=resources.get("qos"), gpus=resources.get("gpus"), image=plan["image"],
+                    template_id=template.get("id"), template_version=template.get("version"),
+                    parameters=plan["parameters"], files=plan["files"], client_job_id=plan["client_job_id"],
+                    job_dir=job_dir, script_path=posixpath.join(job_dir, BATCH_SCRIPT))
+        except peewee.PeeweeException:
+            self.folders.remove(user.name, submission_id)
+            self._count("failed")
+            raise
+        try:
+            job_id = self.slurm.submit(user, posixpath.join(job_dir, BATCH_SCRIPT), cwd=job_dir)
+        except SlurmAnswerLost as exc:
+            job_id = self._recover_now(submission_id)
+            if job_id is None:
+                self._count("failed")
+                # The row stays "submitting": JobMonitor records the job if Slurm has it.
+                raise ServiceUnavailable(
+                    f"{exc.message} The portal will record the job if Slurm accepted it "
+                    f"(submission {submission_id}).", code=exc.code,
+                    extra={"submissionId": submission_id}, headers={"Retry-After": "10"}) from None
+        except SlurmRefused:
+            self._forget(row, user)
+            self._count("refused")
+            raise
+        except SlurmUnavailable:
+            # sbatch said it could not reach the controller: Slurm has no job.
+            self._forget(row, user)
+            self._count("failed")
+            raise
+        except Exception:
+            self._forget(row, user)
+            self._count("failed")
+            raise
+        self._record_submitted(row, job_id)
+        if plan["client_job_id"] and self._uploads is not None:
+            try:
+                with self._database.atomic():
+                    self._uploads.link_job(user.name, plan["client_job_id"], job_id)
+            except peewee.PeeweeException:
+                log.exception("could not link uploads of %s to job %s", plan["client_job_id"], job_id)
+        self._count("ok")
+        return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
+                "submissionId": submission_id}
+
+    def _recover_now(self, submission_id):
+        try:
+            found = self.slurm.find_by_submission(submission_id)
+        except SlurmUnavailable:
+            return None
+        return found["job_id"] if found else None
+
+    def _record_submitted(self, row, job_id):
+        try:
+            with self._database.atomic():
+                Job.update(slurm_job_id=job_id, status=SUBMITTED, updated_at=utcnow(),
+                           stdout_path=posixpath.join(row.job_dir, f"slurm-{job_id}.out"),
+                           stderr_path=posixpath.join(row.job_dir, f"slurm-{job_id}.err")) \
+                    .where(Job.id == row.id).execute()
+        except peewee.PeeweeException:
+            # Slurm has the job: the monitor records it from its --comment later.
+            log.exception("job %s (submission %s) not recorded yet", job_id, row.submission_id)
+
+    def _forget(self, row, user):
+        try:
+            with self._database.atomic():
+                Job.delete().where(Job.id == row.id).execute()
+        except peewee.PeeweeException:
+            log.exception("could not remove the refused submission %s", row.submission_id)
+        self.folders.remove(user.name, row.submission_id)
+
+    def _count(self, outcome):
+        if self._metrics is not None:
+            self._metrics.submissions.labels(outcome).inc()
+
+    # -- reading -----------------------------------------------------------------
+
+    def _live(self):
+        """(squeue snapshot jobs or None, note)."""
+        try:
+            return self.slurm.snapshot().jobs, None
+        except SlurmUnavailable as exc:
+            return None, exc.message
+
+    def list(self, user, *, all_users=False, state=None, limit=100, offset=0):
+        if all_users and not user.admin:
+            raise PermissionDenied("Only administrators may list every user's jobs.", code="admin_only")
+        query = Job.select().where(Job.status == SUBMITTED)
+        if not all_users:
+            query = query.where(Job.user == user.name)
+        rows = list(query.order_by(Job.submitted_at.desc(), Job.id.desc()))
+        live, note = self._live()
+        jobs = [serialize_job(row, live.get(row.slurm_job_id) if live else None) for row in rows]
+        if state:
+            wanted = {s.strip().upper() for s in state.split(",") if s.strip()}
+            jobs = [j for j in jobs if j["state"] in wanted]
+        answer = {"jobs": jobs[offset:offset + limit], "total": len(jobs)}
+        if note:
+            answer["slurm"] = {"reachable": False, "message": note}
+        return answer
+
+    def row_for(self, user, job_id):
+        row = None
+        if isinstance(job_id, str) and job_id.isdigit():
+            row = (Job.select().where((Job.slurm_job_id == job_id) & (Job.status == SUBMITTED))
+                   .order_by(Job.id.desc()).first())
+        if row is None or (row.user != user.name and not user.admin):
+            raise NotFound(f"There is no job {job_id} of yours.", code="job_not_found")
+        return row
+
+    def live_state(self, row):
+        live, _ = self._live()
+        return live.get(row.slurm_job_id) if live else None
+
+    def detail(self, user, job_id):
+        row = self.row_for(user, job_id)
+        job = serialize_job(row, self.live_state(row))
+        owner = owner_of(row)
+        job.update({
+            "script": self._read_text(owner, row, BATCH_SCRIPT),
+            "user_script": self._read_text(owner, row, USER_SCRIPT),
+            "files": row.files or [],
+            "parameters": row.parameters,
+            "job_dir": row.job_dir,
+            "script_path": row.script_path,
+            "stdout_path": row.stdout_path,
+            "stderr_path": row.stderr_path,
+            "client_job_id": row.client_job_id,
+        })
+        return job
+
+    def _read_text(self, owner, row, name, limit=1024 * 1024):
+        try:
+            fd = self.folders.open_file(owner, row.submission_id, name)
+        except (NotFound, PermissionDenied):
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(limit).decode("utf-8", errors="replace")
+
+    def cancel(self, user, job_id):
+        row = self.row_for(user, job_id)
+        if row.user != user.name:
+            raise PermissionDenied("Jobs are cancelled by their owners.", code="not_owner")
+        try:
+            self.slurm.cancel(user, row.slurm_job_id)
+        except SlurmRefused as exc:
+            if "already completing or completed" in exc.message or "Invalid job id" in exc.message:
+                raise Conflict(f"Job {row.slurm_job_id} has already ended: {exc.message}",
+                               code="job_finished") from None
+            raise
+        return {"success": True, "jobId": row.slurm_job_id, "message": f"Job {row.slurm_job_id} cancelled"}
+
+    def partitions(self):
+        items = []
+        images = self._images.images() if self._images is not None else []
+        for partition in self.slurm.partitions():
+            items.append({**partition,
+                          "images": [i["id"] for i in images if partition["name"] in (i.get("partitions") or [])]})
+        return items
+
+    def associations(self, user):
+        items, note = self.slurm.associations(user)
+        answer = {"associations": items, "accounts": sorted({a["account"] for a in items}),
+                  "qos": sorted({q for a in items for q in a["qos"]})}
+        if note:
+            answer["note"] = note
+        return answer
+
+
+def _directive(script, option):
+    prefix = f"#SBATCH --{option}="
+    for line in script.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return None
+
+
+def _under(path, root):
+    root = os.path.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _summary(errors):
+    first = next(iter(sorted(errors)))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"The job request is not valid: {first} {errors[first]}{more}."
+
+
+def readable_by(user, path):
+    """Whether ``user`` may read ``path``, asked with the user's own identity."""
+    try:
+        answer = subprocess.run(["/usr/bin/test", "-r", path], user=user.uid, group=user.gid,
+                                extra_groups=[g for g in user.groups if g != user.gid],
+                                env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=10,
+                                stdin=subprocess.DEVNULL, capture_output=True) \
+            if os.geteuid() == 0 else subprocess.run(["/usr/bin/test", "-r", path], timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return answer.returncode == 0

@@ -1,0 +1,201 @@
+"""HTTP resources of job submission and monitoring: /api/slurm/..."""
+
+import os
+import re
+import urllib.parse
+
+import falcon
+
+from .. import jobs as jobs_domain
+from ..errors import RangeNotSatisfiable, ValidationError
+from ..jobs.service import owner_of
+from .base import bool_param, int_param, paging, read_json
+
+FILE_CHUNK = 256 * 1024
+
+
+class SubmitResource:
+    def __init__(self, service):
+        self._service = service
+
+    def on_post(self, req, resp):
+        body = read_json(req)
+        answer = self._service.submit(req.context.user, body)
+        req.context.audit_target = f"job {answer['jobId']}"
+        req.context.audit_detail = {"submission": answer["submissionId"]}
+        resp.media = answer
+
+
+class JobsResource:
+    def __init__(self, service):
+        self._service = service
+
+    def on_get(self, req, resp):
+        limit, offset = paging(req)
+        state = req.get_param("state")
+        if state is not None and not re.fullmatch(r"[A-Za-z_,]{1,200}", state):
+            raise ValidationError("Query parameter 'state' must be Slurm state names separated by commas.",
+                                  errors={"state": "must be state names such as RUNNING,PENDING"})
+        resp.media = self._service.list(req.context.user, all_users=bool_param(req, "all"), state=state,
+                                        limit=limit, offset=offset)
+
+    def on_get_item(self, req, resp, job_id):
+        resp.media = self._service.detail(req.context.user, job_id)
+
+    def on_delete_item(self, req, resp, job_id):
+        req.context.audit_target = f"job {job_id}"
+        resp.media = self._service.cancel(req.context.user, job_id)
+
+
+class OutputResource:
+    def __init__(self, output):
+        self._output = output
+
+    def on_get(self, req, resp, job_id):
+        stream = req.get_param("stream") or "stdout"
+        offset = int_param(req, "offset", 0, 0)
+        accept = (req.get_header("Accept") or "").lower()
+        if "text/event-stream" in accept:
+            last = req.get_header("Last-Event-ID")
+            if last is not None:
+                if not last.strip().isdigit():
+                    raise ValidationError("Last-Event-ID must be an offset.", errors={"Last-Event-ID": "not an offset"})
+                offset = int(last.strip())
+            resp.content_type = "text/event-stream"
+            resp.set_header("Cache-Control", "no-cache")
+            resp.set_header("X-Accel-Buffering", "no")
+            resp.stream = self._output.stream(req.context.user, job_id, stream, offset)
+            return
+        limit = int_param(req, "limit", None, 1)
+        resp.media = self._output.slice(req.context.user, job_id, stream, offset, limit)
+
+
+class FilesResource:
+    def __init__(self, service):
+        self._service = service
+
+    def _owner(self, req, job_id):
+        row = self._service.row_for(req.context.user, job_id)
+        return row, owner_of(row)
+
+    def on_get(self, req, resp, job_id):
+        row, owner = self._owner(req, job_id)
+        files = self._service.folders.list_files(owner, row.submission_id)
+        for item in files:
+            item["url"] = f"/api/slurm/jobs/{row.slurm_job_id}/files/{urllib.parse.quote(item['name'], safe='')}"
+            item["modified"] = _iso(item["modified"])
+        resp.media = {"jobId": row.slurm_job_id, "job_dir": row.job_dir, "files": files}
+
+    def on_get_item(self, req, resp, job_id, name):
+        row, owner = self._owner(req, job_id)
+        fd = self._service.folders.open_file(owner, row.submission_id, name)
+        try:
+            info = os.fstat(fd)
+            size = info.st_size
+            etag = f'"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"'
+            resp.set_header("ETag", etag)
+            resp.set_header("Accept-Ranges", "bytes")
+            resp.set_header("Cache-Control", "private, no-cache")
+            resp.set_header("Content-Disposition",
+                            f"attachment; filename*=UTF-8''{urllib.parse.quote(name, safe='')}")
+            span = parse_range(req.get_header("Range"), size)
+            if_range = req.get_header("If-Range")
+            if span is not None and if_range is not None and if_range.strip() != etag:
+                span = None
+            start, end = span if span is not None else (0, size - 1)
+            if span is not None:
+                resp.status = falcon.HTTP_206
+                resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+        except BaseException:
+            os.close(fd)
+            raise
+        resp.content_type = "application/octet-stream"
+        resp.content_length = max(0, end - start + 1)
+        resp.stream = _FileBody(fd, start, max(0, end - start + 1))
+
+
+class PartitionsResource:
+    def __init__(self, service):
+        self._service = service
+
+    def on_get(self, req, resp):
+        resp.media = {"partitions": self._service.partitions()}
+
+
+class AssociationsResource:
+    def __init__(self, service):
+        self._service = service
+
+    def on_get(self, req, resp):
+        resp.media = self._service.associations(req.context.user)
+
+
+def parse_range(header, size):
+    """``(start, end)`` of a single ``bytes=`` range, None for the whole file; 416 when unsatisfiable."""
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not match or (not match.group(1) and not match.group(2)):
+        return None  # a multi-range or malformed header: the whole file (RFC 9110 allows ignoring it)
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if int(first) >= size or (last and int(last) < start):
+            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+                                      headers={"Content-Range": f"bytes */{size}"})
+    else:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+                                      headers={"Content-Range": f"bytes */{size}"})
+        start, end = max(0, size - suffix), size - 1
+    return start, end
+
+
+class _FileBody:
+    """Streams ``length`` bytes of ``fd`` from ``start``; closes it at the end."""
+
+    def __init__(self, fd, start, length):
+        self._fd = fd
+        self._position = start
+        self._left = length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._left <= 0:
+            self.close()
+            raise StopIteration
+        data = os.pread(self._fd, min(FILE_CHUNK, self._left), self._position)
+        if not data:
+            self.close()
+            raise StopIteration
+        self._position += len(data)
+        self._left -= len(data)
+        return data
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _iso(timestamp):
+    import datetime
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).replace(
+        tzinfo=None, microsecond=0).isoformat() + "Z"
+
+
+def add_routes(app, portal):
+    service = jobs_domain.build(portal)
+    jobs = JobsResource(service)
+    app.add_route("/api/slurm/jobs/submit", SubmitResource(service))
+    app.add_route("/api/slurm/jobs", jobs)
+    app.add_route("/api/slurm/jobs/{job_id}", jobs, suffix="item")
+    app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(service.output))
+    app.add_route("/api/slurm/jobs/{job_id}/files", FilesResource(service))
+    app.add_route("/api/slurm/jobs/{job_id}/files/{name}", FilesResource(service), suffix="item")
+    app.add_route("/api/slurm/partitions", PartitionsResource(service))
+    app.add_route("/api/slurm/associations", AssociationsResource(service))

@@ -1,0 +1,296 @@
+"""Checking a job request and writing its batch script.
+
+Every value that reaches an ``#SBATCH`` line is checked against a strict
+character set first, so no value can add a line or an option. The user's own
+script is never pasted into the batch script: it is saved byte-for-byte as its
+own file and run from there (inside ``apptainer exec`` when an image is
+chosen), so nothing in its text can end a heredoc or add a directive.
+"""
+
+import math
+import re
+import shlex
+
+from ..errors import ValidationError
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Values allowed on an #SBATCH line or in a --bind: no space, quote, #, newline, ...
+DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,1024}$")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.@%+=/-]{0,4095}$")
+
+MAX_NODES = 100000
+MAX_TASKS = 1000000
+MAX_GPUS = 1024
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?)(B?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+_TIME = re.compile(
+    r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+))?(?::(?P<ds>\d+))?"
+    r"|(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?)$")
+
+
+def memory_megabytes(value):
+    """Megabytes from ``16GB``, ``16G``, ``16GiB``, ``512M``, ``1T``, ``2048`` (MB, like sbatch)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512M, 16G or 1T")
+    if isinstance(value, int):
+        megabytes = value
+    elif isinstance(value, float) and value.is_integer():
+        megabytes = int(value)
+    else:
+        match = _SIZE.match(value) if isinstance(value, str) else None
+        if not match or (match.group(3) and not match.group(2)):
+            raise ValueError("expected a size such as 512M, 16G, 16GB or 1T")
+        number, unit = float(match.group(1)), match.group(2).upper() or "M"
+        # Like sbatch, units are powers of 1024 whether written G, GB or GiB.
+        megabytes = math.ceil(number * 1024 ** _POWERS[unit] / 1024 ** 2)
+    if megabytes < 1:
+        raise ValueError("must be at least 1M")
+    if megabytes > 1024 ** 3:  # a petabyte per node is surely a typo
+        raise ValueError("is larger than any node")
+    return megabytes
+
+
+def slurm_memory(value):
+    """The size as ``--mem`` takes it: whole megabytes, written with the largest exact unit."""
+    megabytes = memory_megabytes(value)
+    for unit, power in (("T", 2), ("G", 1)):
+        if megabytes % 1024 ** power == 0:
+            return f"{megabytes // 1024 ** power}{unit}"
+    return f"{megabytes}M"
+
+
+def time_seconds(value):
+    """Seconds from every format sbatch's ``--time`` takes: ``M``, ``M:S``, ``H:M:S``,
+    ``D-H``, ``D-H:M``, ``D-H:M:S``; a JSON integer is minutes. None for unlimited."""
+    if isinstance(value, bool):
+        raise ValueError("expected a time such as 01:00:00")
+    if isinstance(value, int):
+        minutes = value
+        if minutes < 1:
+            raise ValueError("must be at least one minute")
+        return minutes * 60
+    if not isinstance(value, str):
+        raise ValueError("expected a time such as 01:00:00")
+    text = value.strip()
+    if text.lower() in ("unlimited", "infinite"):
+        return None
+    match = _TIME.match(text)
+    if not match:
+        raise ValueError("expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+    g = match.groupdict()
+    if g["days"] is not None:
+        seconds = (int(g["days"]) * 86400 + int(g["dh"]) * 3600 + int(g["dm"] or 0) * 60
+                   + int(g["ds"] or 0))
+    elif g["c"] is not None:
+        seconds = int(g["a"]) * 3600 + int(g["b"]) * 60 + int(g["c"])
+    elif g["b"] is not None:
+        seconds = int(g["a"]) * 60 + int(g["b"])
+    else:
+        seconds = int(g["a"]) * 60
+    if seconds < 1:
+        raise ValueError("must be positive")
+    if seconds > 3650 * 86400:
+        raise ValueError("must be at most ten years")
+    return seconds
+
+
+def slurm_time(value):
+    seconds = time_seconds(value)
+    if seconds is None:
+        return "UNLIMITED"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def _count(value, minimum, maximum):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    if value > maximum:
+        raise ValueError(f"must be at most {maximum}")
+    return value
+
+
+def _given(body, key):
+    value = body.get(key)
+    return value is not None and value != ""
+
+
+def check_resources(body, *, max_script_size, need_name=True, need_script=True):
+    """The checked Slurm fields of a request body, or a ValidationError naming every bad field.
+
+    Returns ``{"job_name", "partition", "nodes", "cpus", "memory", "time", "account",
+    "qos", "gpus", "script"}`` with normalised values (None when not given).
+    """
+    errors = {}
+    out = {}
+    name = body.get("jobName")
+    if name is None or name == "":
+        if need_name:
+            errors["jobName"] = "is required"
+        out["job_name"] = None
+    elif not isinstance(name, str) or not JOB_NAME.match(name):
+        errors["jobName"] = "use 1-128 letters, digits and . _ + - (no spaces or line breaks)"
+    else:
+        out["job_name"] = name
+    for key in ("partition", "account", "qos"):
+        value = body.get(key)
+        if not _given(body, key):
+            out[key] = None
+        elif not isinstance(value, str) or not SLURM_NAME.match(value):
+            errors[key] = "must be a name of letters, digits and . _ - (starting with a letter or digit)"
+        else:
+            out[key] = value
+    for key, minimum, maximum in (("nodes", 1, MAX_NODES), ("cpus", 1, MAX_TASKS), ("gpus", 0, MAX_GPUS)):
+        if not _given(body, key):
+            out[key] = None
+            continue
+        try:
+            out[key] = _count(body[key], minimum, maximum)
+        except ValueError as exc:
+            errors[key] = str(exc)
+    checks = (("memory", slurm_memory), ("time", slurm_time))
+    for key, check in checks:
+        if not _given(body, key):
+            out[key] = None
+            continue
+        try:
+            out[key] = check(body[key])
+        except ValueError as exc:
+            errors[key] = str(exc)
+    script = body.get("script")
+    if script is None or (isinstance(script, str) and not script.strip()):
+        if need_script:
+            errors["script"] = "is required"
+        out["script"] = None
+    elif not isinstance(script, str):
+        errors["script"] = "must be a string"
+    elif "\x00" in script:
+        errors["script"] = "must not contain NUL characters"
+    elif len(script.encode("utf-8")) > max_script_size:
+        errors["script"] = f"is larger than the limit of {max_script_size} bytes"
+    else:
+        out["script"] = script
+    if errors:
+        raise ValidationError(_summary(errors), errors=errors)
+    return out
+
+
+def _summary(errors):
+    first = next(iter(errors))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"The job request is not valid: {first} {errors[first]}{more}."
+
+
+def directives_for(resources):
+    """``[(option, value)]`` for the checked resources, in a stable order."""
+    out = [("job-name", resources.get("job_name"))]
+    for key, option in (("partition", "partition"), ("nodes", "nodes"), ("cpus", "ntasks-per-node"),
+                        ("memory", "mem"), ("time", "time"), ("account", "account"), ("qos", "qos")):
+        out.append((option, resources.get(key)))
+    if resources.get("gpus"):
+        out.append(("gres", f"gpu:{resources['gpus']}"))
+    return [(option, value) for option, value in out if value is not None]
+
+
+def bash_quote(value):
+    """One-line bash quoting; control characters become ``$'\\xNN'`` escapes, so a
+    value holding a newline never starts a line of its own in the script."""
+    text = str(value)
+    if "\x00" in text:
+        raise ValueError("a value cannot contain a NUL character")
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", text):
+        return text
+    if not re.search(r"[\x00-\x1f\x7f]", text):
+        return shlex.quote(text)
+    escaped = []
+    for char in text:
+        if char in ("\\", "'"):
+            escaped.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            escaped.append(f"\\x{ord(char):02x}")
+        else:
+            escaped.append(char)
+    return "$'" + "".join(escaped) + "'"
+
+
+def directive_lines(directives):
+    lines = []
+    for option, value in directives:
+        value = str(value)
+        if not re.fullmatch(r"[a-z][a-z-]{0,40}", option) or not DIRECTIVE_VALUE.match(value):
+            raise ValueError(f"unsafe #SBATCH value for --{option}: {value!r}")
+        lines.append(f"#SBATCH --{option}={value}")
+    return lines
+
+
+def export_lines(environment):
+    lines = []
+    for name, value in environment.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+        lines.append(f"export {name}={bash_quote(value)}")
+    return lines
+
+
+def interpreter_of(body):
+    """How to run the user's script: its ``#!`` line's interpreter (and one argument,
+    as the kernel does), else bash. Running it through the interpreter instead of
+    executing the file works on filesystems mounted noexec too."""
+    first = body.split("\n", 1)[0]
+    if first.startswith("#!"):
+        parts = first[2:].strip().split(None, 1)
+        if parts:
+            return parts
+    return ["/bin/bash"]
+
+
+def build_batch_script(directives, job_options, environment, *, body, body_path, image_path=None,
+                       apptainer_command="apptainer", exec_options=(), binds=()):
+    """The batch script: ``#SBATCH`` lines, the portal's variables, and the command
+    that runs the user's script (saved by the caller at ``body_path``).
+
+    ``directives``: the job's resources; ``job_options``: the portal's own
+    (output, error, chdir, comment, export). Raises ValueError on an unsafe value.
+    """
+    lines = ["#!/bin/bash -l"]
+    lines += directive_lines(list(directives) + list(job_options))
+    # A command ends sbatch's directive parsing: nothing below can add an option.
+    lines.append(": hpcportal batch options end here")
+    lines += export_lines(environment)
+    command = [*interpreter_of(body), body_path]
+    if image_path is not None:
+        container = [apptainer_command, "exec", *exec_options]
+        for bind in binds:
+            if not DIRECTIVE_VALUE.match(bind) or "," in bind:
+                raise ValueError(f"unsafe bind path {bind!r}")
+            container += ["--bind", bind]
+        command = [*container, image_path, *command]
+    lines.append("exec " + " ".join(bash_quote(part) for part in command))
+    return "\n".join(lines) + "\n"
+
+
+def add_job_options(rendered_script, job_options, environment):
+    """A script rendered by the template catalog, with the portal's own options and
+    variables added: after its ``#!`` line and after its end-of-options marker."""
+    lines = rendered_script.split("\n")
+    if not lines or not lines[0].startswith("#!"):
+        raise ValueError("a rendered script must start with #!")
+    shebang = "#!/bin/bash -l" if lines[0].strip() == "#!/bin/bash" else lines[0]
+    marker = next((i for i, line in enumerate(lines) if line.startswith(": hpcportal")), None)
+    if marker is None:
+        raise ValueError("a rendered script must end its options with the ': hpcportal' marker")
+    out = [shebang, *directive_lines(job_options), *lines[1:marker + 1], *export_lines(environment),
+           *lines[marker + 1:]]
+    return "\n".join(out)
