@@ -175,6 +175,8 @@ class ImageCatalog:
         self._lock = threading.Lock()
         # (generation, images, by id, search text by qualified id), replaced whole.
         self._snapshot = (None, [], {}, {})
+        self._documents = {}    # path hash -> (row key, document)
+        self._rendered = {}     # path hash -> ((row key, ambiguous), image, search text)
 
     # -- reading the index ---------------------------------------------------
 
@@ -209,22 +211,46 @@ class ImageCatalog:
         with self._lock:
             if self._snapshot[0] == current:
                 return self._snapshot
-            rows = list(Image.select().order_by(Image.type, Image.name))
-            images = self._serialize_all(rows)
+            rows = list(Image.select(*_LIGHT_COLUMNS).order_by(Image.type, Image.name))
+            self._load_documents(rows)
+            stems = {}
+            for row in rows:
+                stem = safe_stem(_stem(row.name))
+                stems[stem] = stems.get(stem, 0) + 1
+            rendered, images, haystacks = {}, [], {}
+            for row in rows:
+                ambiguous = stems[safe_stem(_stem(row.name))] > 1
+                key = (_row_key(row), ambiguous)
+                cached = self._rendered.get(row.path_hash)
+                if cached is None or cached[0] != key:
+                    image = self._serialize(row, ambiguous)
+                    cached = (key, image, _haystack(image))
+                rendered[row.path_hash] = cached
+                images.append(cached[1])
+                haystacks[cached[1]["qualified_id"]] = cached[2]
+            self._rendered = rendered
             by_id = {}
             for image in images:
                 by_id[image["id"]] = image
             for image in images:
                 by_id.setdefault(image["qualified_id"], image)
-            haystacks = {i["qualified_id"]: _haystack(i) for i in images}
             self._snapshot = (current, images, by_id, haystacks)
             return self._snapshot
 
-    def _serialize_all(self, rows):
-        stems = {}
+    def _load_documents(self, rows):
+        """Documents of new or changed rows only: a change costs one row, not all."""
+        wanted = [row.path_hash for row in rows
+                  if self._documents.get(row.path_hash, (None,))[0] != _row_key(row)]
+        for start in range(0, len(wanted), 500):
+            query = (Image.select(Image.path_hash, *_KEY_COLUMNS, Image.document)
+                     .where(Image.path_hash.in_(wanted[start:start + 500])))
+            for row in query:
+                self._documents[row.path_hash] = (_row_key(row), row.document)
+        present = {row.path_hash for row in rows}
+        for path_hash in [h for h in self._documents if h not in present]:
+            del self._documents[path_hash]
         for row in rows:
-            stems.setdefault(safe_stem(_stem(row.name)), []).append(row)
-        return [self._serialize(row, len(stems[safe_stem(_stem(row.name))]) > 1) for row in rows]
+            row.document = self._documents.get(row.path_hash, (None, None))[1]
 
     def _serialize(self, row, ambiguous):
         stem = _stem(row.name)
@@ -303,6 +329,18 @@ class ImageCatalog:
             needle = q.lower()
             images = [i for i in images if needle in haystacks.get(i["qualified_id"], "")]
         return generation, images
+
+
+_KEY_COLUMNS = (Image.size, Image.mtime_ns, Image.inode, Image.companion, Image.valid,
+                Image.error, Image.indexed_at)
+_LIGHT_COLUMNS = (Image.path_hash, Image.relpath, Image.path, Image.name, Image.type,
+                  *_KEY_COLUMNS)
+
+
+def _row_key(row):
+    """What identifies one stored version of a row (a re-store changes indexed_at)."""
+    return (row.size, row.mtime_ns, row.inode, row.companion, bool(row.valid), row.error,
+            str(row.indexed_at))
 
 
 def _haystack(image):

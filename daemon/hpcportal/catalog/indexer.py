@@ -39,6 +39,8 @@ storage half for a peewee model derived from ``models.catalog.IndexedFile``)::
         What the index holds now.
     state_of(relpath) -> FileState | None                     (optional)
         One entry's stored state (faster than ``known()`` for single files).
+    store_many(entries) -> None                               (optional)
+        Like ``store`` for several entries at once (used by scans).
     store(entry: Entry) -> None
         Upsert one entry (``entry.document`` is None when ``entry.error`` is
         set). Must be idempotent and keyed by the path (hash), so that several
@@ -90,6 +92,9 @@ log = logging.getLogger("hpcportal.catalog")
 DEBOUNCE_SECONDS = 0.2
 # Under a constant stream of events, the worker still runs at least this often.
 MAX_EVENT_DELAY = 5.0
+# Entries stored per transaction during a scan: one commit instead of one per
+# file, while holding the database's write lock only briefly (other daemons).
+STORE_BATCH = 32
 TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
 
 
@@ -202,9 +207,8 @@ class ModelKind:
         row = query.first()
         return FileState(row[0], row[1], row[2], row[3] or "") if row else None
 
-    def store(self, entry):
-        m = self.model
-        row = {
+    def _row(self, entry, now):
+        return {
             "path_hash": path_hash(entry.relpath),
             "relpath": entry.relpath,
             "path": entry.path,
@@ -214,12 +218,29 @@ class ModelKind:
             "companion": entry.state.companion,
             "valid": entry.valid,
             "error": entry.error,
-            "indexed_at": _utcnow(),
+            "indexed_at": now,
             **self.columns(entry),
         }
-        update = {getattr(m, key): value for key, value in row.items() if key != "path_hash"}
+
+    def store(self, entry):
+        self.store_many([entry])
+
+    def store_many(self, entries):
+        """Upsert several entries in one statement and one transaction (optional
+        kind member: the indexer uses it during scans when present)."""
+        if not entries:
+            return
+        now = _utcnow()
+        # One statement per set of columns: columns() may differ for invalid files.
+        groups = {}
+        for entry in entries:
+            row = self._row(entry, now)
+            groups.setdefault(tuple(row), []).append(row)
+        m = self.model
         with self._database.atomic():
-            upsert(self._database, m, row, m.path_hash, update)
+            for keys, rows in groups.items():
+                columns = [getattr(m, key) for key in keys if key != "path_hash"]
+                upsert_many(self._database, m, rows, m.path_hash, columns)
             bump_generation(self._database, self.name)
 
     def remove(self, relpaths):
@@ -249,6 +270,16 @@ def path_hash(relpath):
 def _utcnow():
     from ..models.base import utcnow
     return utcnow()
+
+
+def upsert_many(database, model, rows, key_field, columns):
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET col = EXCLUDED.col for many rows."""
+    query = model.insert_many(rows)
+    if isinstance(database, peewee.MySQLDatabase):
+        query = query.on_conflict(preserve=columns)
+    else:
+        query = query.on_conflict(conflict_target=[key_field], preserve=columns)
+    query.execute()
 
 
 def upsert(database, model, row, key_field, update):
@@ -538,6 +569,12 @@ class Indexer:
 
     def _index_one(self, kind, relpath, path, state, result, known=None):
         """Read and store one file unless the index already has this state."""
+        prepared = self._read_one(kind, relpath, path, state, result, known)
+        if prepared:
+            self._store_all(kind, [prepared], result)
+
+    def _read_one(self, kind, relpath, path, state, result, known=None):
+        """(entry, previous state) to store, or None when there is nothing to store."""
         if known is not None:
             previous = known.get(relpath)
         elif hasattr(kind, "state_of"):
@@ -546,21 +583,37 @@ class Indexer:
             previous = kind.known().get(relpath)
         if previous == state:
             result.unchanged += 1
-            return
+            return None
         entry = self._parse(kind, relpath, path, state)
         if entry is None:  # changed while being read: still being written
             result.deferred.append(relpath)
             self.notify(kind.name, path)
+            return None
+        return entry, previous
+
+    def _store_all(self, kind, prepared, result):
+        """Store read entries; several in one transaction (one commit, one fsync)."""
+        if not prepared:
             return
-        kind.store(entry)
-        (result.added if previous is None else result.updated).append(relpath)
-        self._m_changes.labels(kind.name, "added" if previous is None else "updated").inc()
-        if not entry.valid:
-            result.invalid.append(relpath)
-            # Logged here, once per change of the file, never on unchanged rescans.
-            log.warning("catalog %s: %s is invalid: %s", kind.name, path, entry.error)
+        if len(prepared) > 1 and hasattr(kind, "store_many"):
+            kind.store_many([entry for entry, _ in prepared])
+        elif self._database is not None and len(prepared) > 1:
+            with self._database.atomic():
+                for entry, _ in prepared:
+                    kind.store(entry)
         else:
-            log.info("catalog %s: indexed %s", kind.name, path)
+            for entry, _ in prepared:
+                kind.store(entry)
+        for entry, previous in prepared:
+            action = "added" if previous is None else "updated"
+            getattr(result, action).append(entry.relpath)
+            self._m_changes.labels(kind.name, action).inc()
+            if not entry.valid:
+                result.invalid.append(entry.relpath)
+                # Logged here, once per change of the file, never on unchanged rescans.
+                log.warning("catalog %s: %s is invalid: %s", kind.name, entry.path, entry.error)
+            else:
+                log.info("catalog %s: indexed %s", kind.name, entry.path)
 
     def _parse(self, kind, relpath, path, state):
         try:
@@ -634,6 +687,7 @@ class Indexer:
     def _reconcile(self, kind, result):
         known = kind.known()
         seen = set()
+        batch = []
         wall_now = time.time()
         for relpath in self._walk(kind, kind.root):
             path = os.path.join(kind.root, *relpath.split("/"))
@@ -651,7 +705,13 @@ class Indexer:
                 result.deferred.append(relpath)
                 self.notify(kind.name, path)
                 continue
-            self._index_one(kind, relpath, path, state, result, known=known)
+            prepared = self._read_one(kind, relpath, path, state, result, known=known)
+            if prepared:
+                batch.append(prepared)
+            if len(batch) >= STORE_BATCH:
+                self._store_all(kind, batch, result)
+                batch = []
+        self._store_all(kind, batch, result)
         vanished = [r for r in known if r not in seen
                     and not os.path.exists(os.path.join(kind.root, *r.split("/")))]
         if vanished:
