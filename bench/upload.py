@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Upload throughput: the chunk protocol and tus over loopback against dd.
+
+Starts a real daemon whose uploads root lies on the filesystem of ``--dir``,
+uploads one random file (default 2 GiB) through the chunk protocol and
+through tus (tuspy), writes the same bytes with ``dd ... conv=fsync`` to the
+same filesystem, and prints each throughput, its ratio to dd and the
+daemon's peak RSS (VmHWM). Needs root (the test users own the uploads).
+
+    .venv/bin/python bench/upload.py [--size 2GiB] [--dir /var/tmp/hpcportal-bench]
+"""
+
+import argparse
+import concurrent.futures
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "daemon"))
+
+import requests  # noqa: E402
+
+from hpcportal.config import parse_size  # noqa: E402
+from support.daemon import Daemon, SharedTree, auth_headers  # noqa: E402
+from support.users import ensure_test_users  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+class BenchTree(SharedTree):
+    """The shared tree under a folder of our choosing (the filesystem measured)."""
+
+    def __init__(self, base):
+        SharedTree.BASE = base
+        super().__init__()
+
+
+def make_source(path, size):
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        left = size
+        block = os.urandom(16 * MiB)
+        counter = 0
+        while left:
+            # Vary each block cheaply so the data does not repeat.
+            piece = counter.to_bytes(8, "little") + block[8:min(len(block), left)]
+            piece = piece[:min(len(block), left)]
+            handle.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+            counter += 1
+    return digest.hexdigest()
+
+
+def run_dd(source, target):
+    started = time.monotonic()
+    subprocess.run(["dd", f"if={source}", f"of={target}", "bs=4M", "conv=fsync", "status=none"],
+                   check=True)
+    return time.monotonic() - started
+
+
+def chunk_upload(daemon, source, size, chunk_size, parallel):
+    headers = auth_headers("alice")
+    started = time.monotonic()
+    info = requests.post(daemon.url + "/api/v2/files/upload/init", headers=headers, timeout=60,
+                         json={"filename": "chunked.bin", "size": size,
+                               "chunk_size": chunk_size}).json()
+    sessions = {}
+
+    def send(index):
+        session = sessions.setdefault(index % parallel, requests.Session())
+        with open(source, "rb") as handle:
+            handle.seek(index * info["chunk_size"])
+            body = handle.read(info["chunk_size"])
+        answer = session.post(daemon.url + "/api/v2/files/upload/chunk", data=body, timeout=600,
+                              params={"upload_id": info["upload_id"], "chunk_index": index},
+                              headers={**headers, "Content-Type": "application/octet-stream"})
+        answer.raise_for_status()
+
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(send, range(info["total_chunks"])))
+    done = requests.post(daemon.url + "/api/v2/files/upload/complete", headers=headers, timeout=3600,
+                         json={"upload_id": info["upload_id"]})
+    done.raise_for_status()
+    return time.monotonic() - started, done.json()
+
+
+def tus_upload(daemon, source, chunk_size):
+    from tusclient import client as tus_client
+
+    started = time.monotonic()
+    uploader = tus_client.TusClient(daemon.url + "/api/v2/files/tus/",
+                                    headers=auth_headers("alice")).uploader(
+        source, chunk_size=chunk_size, metadata={"filename": "tus.bin"})
+    uploader.upload()
+    elapsed = time.monotonic() - started
+    files = requests.get(daemon.url + "/api/v2/files", headers=auth_headers("alice"),
+                         timeout=60).json()["files"]
+    return elapsed, next(f for f in files if f["filename"] == "tus.bin")
+
+
+def peak_rss(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="2GiB")
+    parser.add_argument("--dir", default="/var/tmp/hpcportal-bench",
+                        help="folder on the filesystem to measure")
+    parser.add_argument("--chunk-size", default="32MiB", help="chunk protocol chunk size")
+    parser.add_argument("--tus-chunk-size", default="32MiB", help="tus client chunk size")
+    parser.add_argument("--parallel", type=int, default=2, help="chunks in flight at once")
+    parser.add_argument("--spool-dir", default=None,
+                        help="TMPDIR of the daemon, where waitress spools request bodies")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    chunk_size = parse_size(args.chunk_size)
+    tus_chunk = parse_size(args.tus_chunk_size)
+
+    ensure_test_users()
+    os.makedirs(args.dir, mode=0o755, exist_ok=True)
+    tree = BenchTree(args.dir)
+    work = tempfile.mkdtemp(dir=args.dir)
+    daemon = None
+    try:
+        source = os.path.join(work, "source.bin")
+        print(f"writing a {size / MiB:.0f} MiB source file ...", flush=True)
+        expected = make_source(source, size)
+        daemon = Daemon(tree, env=({"TMPDIR": args.spool_dir} if args.spool_dir else None), config={
+            "server": {"threads": 8, "log_level": "warning"},
+            "uploads": {"max_size": size + 1, "max_chunk_size": "64MiB",
+                        "free_space_reserve": 0}}).start()
+        dd_seconds = run_dd(source, os.path.join(work, "dd.out"))
+        os.unlink(os.path.join(work, "dd.out"))
+        chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
+        assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
+        os.unlink(chunk_file["storage_path"])
+        tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk)
+        assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
+        os.unlink(tus_file["storage_path"])
+        rss = peak_rss(daemon.proc.pid)
+    finally:
+        if daemon:
+            daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        tree.cleanup()
+
+    def rate(seconds):
+        return size / MiB / seconds
+
+    print(f"size {size / MiB:.0f} MiB on {args.dir}")
+    print(f"dd (bs=4M, conv=fsync)     {rate(dd_seconds):8.1f} MiB/s")
+    print(f"chunk protocol ({chunk_size // MiB} MiB x{args.parallel}) {rate(chunk_seconds):8.1f} MiB/s  "
+          f"ratio {dd_seconds / chunk_seconds:.2f}  (incl. complete: sha256 + classify + move)")
+    print(f"tus (tuspy, {tus_chunk // MiB} MiB)        {rate(tus_seconds):8.1f} MiB/s  "
+          f"ratio {dd_seconds / tus_seconds:.2f}")
+    print(f"daemon peak RSS            {rss / MiB:8.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
