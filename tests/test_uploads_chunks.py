@@ -199,8 +199,13 @@ def test_expired_uploads_and_old_files_are_cleaned_up(daemon_factory, shared_dir
                                                 "cleanup_interval": "0.2", "retention_days": 2e-5}})
     info = init(daemon, "alice", "stale.bin", 4096, chunk_size=1024).json()
     partial = os.path.join(shared_dir.uploads, "alice", "files", ".partial", info["upload_id"])
+    orphan = os.path.join(os.path.dirname(partial), "0" * 32)  # a partial file without a row
+    with open(orphan, "wb") as handle:
+        handle.write(b"left behind by a crash")
+    os.utime(orphan, (time.time() - 60, time.time() - 60))
     assert _wait_for(lambda: status(daemon, "alice", info["upload_id"]).status_code == 404)
     assert not os.path.exists(partial)
+    assert _wait_for(lambda: not os.path.exists(orphan))
     result = upload(daemon, "alice", b"old data\n", filename="old.txt", chunk_size=1024)
     assert _wait_for(lambda: daemon.get(f"/api/v2/files/{result['file_id']}", user="alice")
                      .status_code == 404)

@@ -292,6 +292,17 @@ class TusUploadResource(_TusBase):
         self._uploads.tus_terminate(req.context.user, upload_id)
         resp.status = falcon.HTTP_204
 
+    def on_post(self, req, resp, upload_id):
+        """X-HTTP-Method-Override, for clients behind proxies that drop PATCH
+        (tus-js-client ``overridePatchMethod``)."""
+        method = (req.get_header("X-HTTP-Method-Override") or "").upper()
+        responders = {"PATCH": self.on_patch, "DELETE": self.on_delete, "HEAD": self.on_head}
+        if method not in responders:
+            raise falcon.HTTPMethodNotAllowed(
+                ["HEAD", "PATCH", "DELETE"],
+                description="POST on a tus upload needs X-HTTP-Method-Override: PATCH, DELETE or HEAD.")
+        responders[method](req, resp, upload_id)
+
 
 # -- files -------------------------------------------------------------------
 

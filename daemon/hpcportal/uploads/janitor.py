@@ -48,9 +48,10 @@ class UploadJanitor:
         return True, f"last clean-up {self._clock() - self._last_sweep:.0f}s ago"
 
     def sweep(self):
-        """One pass; returns (expired uploads, files removed by retention)."""
+        """One pass; returns (expired uploads, files removed by retention, orphans)."""
         with self._database.connection_context():
-            return self._uploads.expire_stale(), self._uploads.apply_retention()
+            return (self._uploads.expire_stale(), self._uploads.apply_retention(),
+                    self._uploads.remove_orphans())
 
     def _run(self):
         while not self._stop.is_set():

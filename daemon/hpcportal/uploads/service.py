@@ -611,6 +611,20 @@ class Uploads:
                 log.info("upload %s of %s expired (%r)", row.id, row.user, row.filename)
         return count
 
+    def remove_orphans(self):
+        """Partial files without an upload row (a crash between creating the
+        file and its row, or between a completion's commit and its clean-up),
+        once older than ``expire_after``; returns how many."""
+        cutoff = self._clock() - self._settings.expire_after
+        count = 0
+        for user, name, mtime in self._storage.partial_files():
+            if mtime >= cutoff or Upload.get_or_none(Upload.id == name) is not None:
+                continue
+            self._storage.remove_partial(user, name)
+            count += 1
+            log.info("removed orphaned partial file %s of %s", name, user)
+        return count
+
     def apply_retention(self):
         days = self._settings.retention_days
         if days is None:

@@ -146,6 +146,28 @@ class Storage:
             raise UnsafePath("The upload's partial file was replaced; refusing to use it.")
         return fd
 
+    def partial_files(self):
+        """(user, name, mtime) of every plain file in the users' partial folders."""
+        try:
+            users = [e.name for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return
+        for user in users:
+            try:
+                dfd = self._partial_dir(user, create=False)
+            except (NotFound, Conflict, OSError):
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    try:
+                        info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        yield user, name, info.st_mtime
+            finally:
+                os.close(dfd)
+
     def remove_partial(self, user, upload_id):
         try:
             dfd = self._partial_dir(user, create=False)
