@@ -1,0 +1,411 @@
+"""The Ansible role on real head nodes: two Debian 12 hosts booted with
+systemd-nspawn (``tests/deploy/lab.sh``), sharing one ``/shared``.
+
+The tests run in file order against the same two heads: converge, converge
+again (nothing changes), then inspect, restart, reboot, reconfigure and upgrade.
+Needs root (namespaces, nspawn). ``scripts/deploy-test-deps`` installs what the
+machine lacks; the heads' base image is built once and cached under ``$LAB``.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from support.sifbuild import build_sif
+
+pytestmark = pytest.mark.deploy
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ANSIBLE_DIR = ROOT / "ansible"
+UNIT_FILE = ROOT / "systemd" / "hpcportald.service"
+LAB = pathlib.Path(os.environ.get("HPCPORTAL_LAB", "/var/tmp/hpcportal-lab"))
+NETNS = "hpl-ctl"
+HEADS = {"head1": "10.211.0.11", "head2": "10.211.0.12"}
+PORT = 5000
+SECRET = "lab-secret-identical-on-every-head-0123456789"  # = tests/deploy/lab-vars.yml
+WHEELHOUSE = LAB / "shared" / "hpcportal" / "wheelhouse"
+DB_PATH = "/var/lib/hpcportal/portal.db"
+# Generous bound for asynchronous effects (a head booting, a file being indexed).
+WAIT_SECONDS = 60
+
+
+def run(cmd, check=True, **kwargs):
+    result = subprocess.run(cmd, text=True, capture_output=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def in_ctl(*cmd, **kwargs):
+    """Run a command in the controller's network namespace (the only way to the heads)."""
+    return run(["ip", "netns", "exec", NETNS, *cmd], **kwargs)
+
+
+def ssh_args():
+    return ["ssh", "-i", str(LAB / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
+
+
+def on_head(head, command, check=True):
+    return in_ctl(*ssh_args(), f"root@{HEADS[head]}", command, check=check)
+
+
+def curl(url, *args):
+    """(status, body) of an HTTP request from the controller namespace."""
+    result = in_ctl("curl", "-s", "-m", "10", "-o", "/dev/stdout", "-w", "\n%{http_code}",
+                    *args, url, check=False)
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status or 0), body
+
+
+def wait_for(predicate, what, timeout=WAIT_SECONDS):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def healthy(head):
+    return curl(f"http://{HEADS[head]}:{PORT}/healthz")[0] == 200
+
+
+def starts_of_daemon(head):
+    """How often systemd has started hpcportald on ``head`` since it booted."""
+    out = on_head(head, "journalctl -b -u hpcportald.service -o cat --no-pager").stdout
+    return len(re.findall(r"^Started hpcportald\.service", out, re.M))
+
+
+def main_pid(head):
+    return on_head(head, "systemctl show -p MainPID --value hpcportald").stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def deploy_venv():
+    if os.geteuid() != 0:
+        pytest.skip("the deployment lab needs root (network namespaces, systemd-nspawn)")
+    out = run(["bash", str(ROOT / "scripts" / "deploy-test-deps")]).stdout
+    return pathlib.Path(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def lab_lock():
+    """One lab per machine: a second test session waits instead of tearing this one down."""
+    LAB.mkdir(parents=True, exist_ok=True)
+    with open(LAB / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def build_wheelhouse(venv, target, version=None):
+    """hpcportal's wheel (at ``version`` if given) + its dependencies, into ``target``.
+
+    Built from a copy of the sources (other work may be building in the checkout);
+    dependency wheels are cached per requirement set, only hpcportal is rebuilt.
+    """
+    setup_cfg = (ROOT / "setup.cfg").read_text()
+    requires = re.search(r"install_requires\s*=\s*\n((?:[ \t]+.*\n)+)", setup_cfg).group(1)
+    cache = LAB / "wheel-cache" / hashlib.sha256(requires.encode()).hexdigest()[:16]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q",
+           "wheel", "--no-build-isolation"]
+    with _temporary_dir() as source, _temporary_dir() as build:
+        for name in ("setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in"):
+            if (ROOT / name).exists():
+                shutil.copy2(ROOT / name, source / name)
+        shutil.copytree(ROOT / "daemon", source / "daemon",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        if version:
+            init = source / "daemon" / "hpcportal" / "__init__.py"
+            init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"',
+                                   init.read_text()))
+        if not (cache / ".ready").exists():
+            shutil.rmtree(cache, ignore_errors=True)
+            run([*pip, "-w", str(cache), str(source)])
+            for wheel in cache.glob("hpcportal-*.whl"):
+                wheel.unlink()
+            (cache / ".ready").touch()
+        run([*pip, "--no-deps", "-w", str(build), str(source)])
+        target.mkdir(parents=True, exist_ok=True)
+        for wheel in [*cache.glob("*.whl"), *build.glob("*.whl")]:
+            shutil.copy2(wheel, target)
+
+
+@contextlib.contextmanager
+def _temporary_dir():
+    path = pathlib.Path(LAB / f"tmp-{uuid.uuid4().hex[:8]}")
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def daemon_version():
+    init = (ROOT / "daemon" / "hpcportal" / "__init__.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', init).group(1)
+
+
+@pytest.fixture(scope="session")
+def lab(deploy_venv, lab_lock, tmp_path_factory):
+    env = dict(os.environ, LAB=str(LAB))
+    up = run(["bash", str(HERE / "lab.sh"), "up"], env=env, check=False)
+    assert up.returncode == 0, up.stderr
+    control_dir = tmp_path_factory.mktemp("ssh-control")
+    inventory = tmp_path_factory.mktemp("inventory")
+    shutil.copy2(LAB / "inventory.ini", inventory / "hosts.ini")
+    (inventory / "group_vars").mkdir()
+    shutil.copy2(HERE / "lab-vars.yml", inventory / "group_vars" / "heads.yml")
+    env.update(
+        PATH=f"{deploy_venv / 'bin'}:{env['PATH']}",
+        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+        ANSIBLE_INVENTORY=str(inventory / "hosts.ini"),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(control_dir),
+        # Throw-away heads get new host keys at every run.
+        ANSIBLE_HOST_KEY_CHECKING="False",
+        ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=60s "
+                         "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        ANSIBLE_NOCOLOR="1",
+        # Facts (OS family, service manager) are gathered once per session.
+        ANSIBLE_CACHE_PLUGIN="ansible.builtin.jsonfile",
+        ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path_factory.mktemp("facts")),
+    )
+    try:
+        build_wheelhouse(deploy_venv, WHEELHOUSE)
+        # "extra": variables later playbook runs keep passing (a reconfiguration that stays).
+        yield {"env": env, "venv": deploy_venv, "inventory": inventory, "extra": {}}
+    finally:
+        for sock in control_dir.iterdir():
+            run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "head"], check=False)
+        run(["bash", str(HERE / "lab.sh"), "down"], env=env, check=False)
+
+
+def playbook(lab, *args):
+    """Run site.yml against both heads: (result, {head: {"ok": n, "changed": n, ...}})."""
+    extra = ["-e", json.dumps(lab["extra"])] if lab["extra"] else []
+    result = in_ctl(str(lab["venv"] / "bin" / "ansible-playbook"), str(ANSIBLE_DIR / "site.yml"),
+                    *extra, *args, env=lab["env"], check=False)
+    recap = {host: {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", rest)}
+             for host, rest in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", result.stdout, re.M)}
+    return result, recap
+
+
+def show(result):
+    return f"rc={result.returncode}\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="session")
+def converged(lab):
+    result, recap = playbook(lab)
+    assert result.returncode == 0, show(result)
+    return recap
+
+
+# --- without heads ---------------------------------------------------------------
+
+def test_unit_file_verifies_except_for_the_absent_binary():
+    """Off a head, the only complaint may be that ExecStart's binary is not installed."""
+    result = run(["systemd-analyze", "verify", "--man=no", str(UNIT_FILE)], check=False)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) <= 1, lines
+    assert all("/opt/hpcportal/venv/bin/hpcportald is not executable" in line for line in lines)
+
+
+def test_role_passes_ansible_lint_offline(deploy_venv):
+    env = dict(os.environ, PATH=f"{deploy_venv / 'bin'}:{os.environ['PATH']}")
+    result = run([str(deploy_venv / "bin" / "ansible-lint"), "--offline", "--nocolor"],
+                 cwd=ANSIBLE_DIR, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- on two heads ----------------------------------------------------------------
+
+def test_converge_succeeds_on_both_heads(converged):
+    assert set(converged) == set(HEADS)
+    assert all(counts["failed"] == 0 and counts["unreachable"] == 0 for counts in converged.values())
+
+
+def test_second_run_changes_nothing(lab, converged):
+    result, recap = playbook(lab)
+    assert result.returncode == 0, show(result)
+    assert set(recap) == set(HEADS)
+    assert {head: counts["changed"] for head, counts in recap.items()} == {h: 0 for h in HEADS}, show(result)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_daemon_runs_under_systemd_with_the_repository_unit(converged, head):
+    assert on_head(head, "systemctl is-active hpcportald").stdout.strip() == "active"
+    assert on_head(head, "systemctl is-enabled hpcportald").stdout.strip() == "enabled"
+    installed = on_head(head, "cat /etc/systemd/system/hpcportald.service").stdout
+    # The lab uses the role's default paths, so the unit is exactly the repository's.
+    assert installed == UNIT_FILE.read_text()
+    verify = on_head(head, "systemd-analyze verify --man=no /etc/systemd/system/hpcportald.service 2>&1",
+                     check=False)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout
+    props = on_head(head, "systemctl show hpcportald -p Type -p ProtectSystem -p NoNewPrivileges "
+                          "-p ReadWritePaths -p CapabilityBoundingSet -p PrivateTmp").stdout
+    assert "Type=notify" in props
+    assert "ProtectSystem=strict" in props
+    assert "NoNewPrivileges=yes" in props
+    assert "ReadWritePaths=/shared/uploads\n" in props
+    assert "PrivateTmp=yes" in props
+    caps = set(re.search(r"CapabilityBoundingSet=(.*)", props).group(1).split())
+    assert caps == {"cap_chown", "cap_dac_override", "cap_dac_read_search", "cap_fowner",
+                    "cap_kill", "cap_setgid", "cap_setuid"}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_config_and_secret_files_are_private_and_secret_is_the_given_one(converged, head):
+    stat = on_head(head, "stat -c '%n %U %G %a' /etc/hpcportal/config.yaml /etc/hpcportal/jwt-secret").stdout
+    assert stat.split("\n")[:2] == ["/etc/hpcportal/config.yaml root root 640",
+                                    "/etc/hpcportal/jwt-secret root root 600"]
+    assert on_head(head, "cat /etc/hpcportal/jwt-secret").stdout.strip() == SECRET
+    check = on_head(head, "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml check-config")
+    assert "secret_file: /etc/hpcportal/jwt-secret" in check.stdout
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_healthz_answers_on_each_head_address(converged, head):
+    assert curl(f"http://{HEADS[head]}:{PORT}/healthz") == (200, '{"status": "ok"}')
+
+
+def test_shared_folders_exist_once_with_owners_and_modes(converged):
+    def mode(path):
+        st = os.stat(LAB / "shared" / path)
+        return st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)
+
+    for path in ("apptainer/images", "apptainer/images/compute", "apptainer/images/viz",
+                 "templates", "templates/official"):
+        assert mode(path) == (0, 0, "0o755"), path
+    assert mode("uploads") == (0, 0, "0o711")
+
+
+def test_a_token_from_one_secret_is_accepted_by_both_heads(converged):
+    token = on_head("head1", "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
+                             "token --user root").stdout.strip()
+    for head, address in HEADS.items():
+        status, body = curl(f"http://{address}:{PORT}/api/v2/me", "-H", f"Authorization: Bearer {token}")
+        # root is never a portal user: a valid signature gets past 401 to a refusal.
+        assert status not in (0, 401, 422), (head, status, body)
+        status, _ = curl(f"http://{address}:{PORT}/api/v2/me", "-H", "Authorization: Bearer not.a.token")
+        assert status in (401, 422), head
+
+
+def test_image_dropped_on_shared_shows_up_through_both_heads(converged):
+    token = on_head("head1", "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
+                             "token --user deploytest").stdout.strip()
+    for head in HEADS:
+        on_head(head, "id deploytest >/dev/null 2>&1 || useradd -u 2101 -M deploytest")
+    url = "http://{}:%d/api/v2/apptainer/images" % PORT
+    status, body = curl(url.format(HEADS["head1"]), "-H", f"Authorization: Bearer {token}")
+    if status == 404:
+        pytest.skip("this daemon build has no image catalog yet")
+    assert status == 200, body
+    name = f"deploy_{uuid.uuid4().hex[:8]}.sif"
+    image = LAB / "shared" / "apptainer" / "images" / "compute" / name
+    build_sif(image, labels={"org.label-schema.version": "1.0"})
+
+    def listed(head):
+        status, body = curl(url.format(HEADS[head]), "-H", f"Authorization: Bearer {token}")
+        return status == 200 and name in body
+
+    for head in HEADS:
+        wait_for(lambda head=head: listed(head), f"{name} listed by {head}")
+
+
+def test_daemon_comes_back_after_systemctl_restart(converged):
+    before = main_pid("head1")
+    on_head("head1", "systemctl restart hpcportald")
+    assert on_head("head1", "systemctl is-active hpcportald").stdout.strip() == "active"
+    assert main_pid("head1") != before
+    wait_for(lambda: healthy("head1"), "head1 healthy after restart")
+
+
+def test_daemon_comes_back_after_head_reboot(lab, converged):
+    run(["bash", str(HERE / "lab.sh"), "restart", "head2"], env=lab["env"])
+    wait_for(lambda: healthy("head2"), "head2 healthy after reboot")
+    assert on_head("head2", "systemctl is-active hpcportald").stdout.strip() == "active"
+
+
+def test_config_change_restarts_the_daemon_exactly_once(lab, converged):
+    before = {head: starts_of_daemon(head) for head in HEADS}
+    # Both the config file (threads) and the unit (an extra writable path) change;
+    # the later tests keep this configuration.
+    lab["extra"] = {"hpcportal_threads": 4, "hpcportal_extra_read_write_paths": ["/var/tmp"]}
+    result, recap = playbook(lab)
+    assert result.returncode == 0, show(result)
+    assert all(counts["changed"] >= 2 for counts in recap.values()), show(result)
+    assert {head: starts_of_daemon(head) for head in HEADS} == {h: n + 1 for h, n in before.items()}
+    for head in HEADS:
+        assert "threads: 4" in on_head(head, "cat /etc/hpcportal/config.yaml").stdout
+        props = on_head(head, "systemctl show -p ReadWritePaths hpcportald").stdout
+        assert props.strip() == "ReadWritePaths=/shared/uploads /var/tmp"
+        assert healthy(head)
+
+
+def test_upgrade_to_a_newer_wheel_keeps_the_database(lab, converged):
+    marker = f"/api/deploy-marker-{uuid.uuid4().hex[:12]}"
+    for address in HEADS.values():
+        # Every state-changing /api/ call is audited, even an unauthenticated one.
+        assert curl(f"http://{address}:{PORT}{marker}", "-X", "POST")[0] == 401
+    count_marker = (f"python3 -c \"import sqlite3; print(sqlite3.connect('{DB_PATH}').execute("
+                    f"'select count(*) from audit_record where target = ?', ('{marker}',)).fetchone()[0])\"")
+    for head in HEADS:
+        assert on_head(head, count_marker).stdout.strip() == "1"
+    newer = f"{daemon_version()}.post1"
+    build_wheelhouse(lab["venv"], WHEELHOUSE, version=newer)
+    before = {head: starts_of_daemon(head) for head in HEADS}
+
+    result, recap = playbook(lab)
+    assert result.returncode == 0, show(result)
+    for head in HEADS:
+        version = on_head(head, "/opt/hpcportal/venv/bin/hpcportald --version").stdout.strip()
+        assert version == f"hpcportald {newer}"
+        assert starts_of_daemon(head) == before[head] + 1
+        assert on_head(head, count_marker).stdout.strip() == "1"
+        assert healthy(head)
+
+
+def test_preflight_refuses_a_missing_secret(lab, converged):
+    result, _ = playbook(lab, "--tags", "preflight", "-e", "hpcportal_jwt_secret=''")
+    assert result.returncode != 0
+    assert "Set hpcportal_jwt_secret" in result.stdout
+
+
+def test_preflight_refuses_different_secrets_per_head(lab, converged):
+    host_vars = lab["inventory"] / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    (host_vars / "head2.yml").write_text("hpcportal_jwt_secret: another-secret-on-head2\n")
+    try:
+        result, _ = playbook(lab, "--tags", "preflight")
+    finally:
+        shutil.rmtree(host_vars)
+    assert result.returncode != 0
+    assert "differ between heads" in result.stdout
+
+
+def test_nginx_snippet_proxies_the_api(lab, converged):
+    result, _ = playbook(lab, "--tags", "configure", "-e", "hpcportal_nginx_proxy=true",
+                         "--limit", "head1")
+    assert result.returncode == 0, show(result)
+    site = ("server { listen 8080; include snippets/hpcportal.conf; }")
+    on_head("head1", f"echo '{site}' > /etc/nginx/sites-enabled/portal && nginx -t -q && "
+                     "systemctl restart nginx")
+    snippet = on_head("head1", "cat /etc/nginx/snippets/hpcportal.conf").stdout
+    assert "proxy_request_buffering off;" in snippet
+    assert "client_max_body_size 80m;" in snippet
+    status, body = curl(f"http://{HEADS['head1']}:8080/api/v2/me")
+    assert status == 401 and json.loads(body)["msg"] == "Missing Authorization Header", body
