@@ -239,3 +239,16 @@ def test_tus_upload_is_listed_like_a_chunk_upload(small):
     assert listed[0]["file_type"] == "script"
     text = small.get("/metrics").text
     assert 'hpcportal_uploads_completed_total{protocol="tus"} 1.0' in text
+
+
+def test_empty_files_through_both_protocols(small):
+    created = create(small, "alice", 0, filename="empty-tus.txt")
+    assert created.status_code == 201, created.text
+    assert created.json()["file"]["size"] == 0
+    assert created.json()["file"]["sha256"] == sha256(b"")
+    started = small.post("/api/v2/files/upload/init", user="alice",
+                         json={"filename": "empty.txt", "size": 0}).json()
+    assert started["total_chunks"] == 0
+    done = small.post("/api/v2/files/upload/complete", user="alice",
+                      json={"upload_id": started["upload_id"]})
+    assert done.status_code == 200 and done.json()["sha256"] == sha256(b"")

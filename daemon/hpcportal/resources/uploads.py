@@ -5,6 +5,7 @@ and PATCH bodies are streamed from the request into the partial file one
 block at a time (never read whole into memory).
 """
 
+import io
 import os
 import re
 import shutil
@@ -248,7 +249,13 @@ class TusCollectionResource(_TusBase):
         resp.set_header("Location", f"{req.prefix}/api/v2/files/tus/{row.id}")
         self._expires(resp, row.expires_at)
         body = {"upload_id": row.id}
-        if has_body or length == 0:
+        if not has_body and length == 0:
+            # An empty file is complete at creation; there is no body to check.
+            _, finished = self._uploads.tus_append(req.context.user, row.id, 0, io.BytesIO(), 0)
+            resp.set_header("Upload-Offset", "0")
+            resp.set_header("Upload-File-Id", finished["file_id"])
+            body["file"] = finished
+        elif has_body:
             result = self._append(req, resp, row.id, 0)
             if result is None:
                 resp.status = falcon.HTTP_201  # created; the data part was refused
