@@ -19,6 +19,8 @@ from . import db as dbmod
 from . import errors
 from .auth import Authenticator, TokenVerifier, UserDirectory
 from .models.audit import AuditRecord
+from .ratelimit import RateLimits
+from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
 access_log = logging.getLogger("hpcportal.access")
@@ -54,6 +56,8 @@ class Portal:
     registry: CollectorRegistry
     authenticator: Authenticator
     clock: object = time.time
+    # Per-user limits on expensive calls: ``portal.rate_limits.check(user, "submit")``.
+    rate_limits: RateLimits = None
     services: list = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     # Areas register themselves here (images, templates, uploads, jobs, ...).
@@ -224,7 +228,8 @@ def build_portal(config, clock=time.time):
     verifier = TokenVerifier(config, clock=clock)
     directory = UserDirectory(config.users.min_uid, config.users.deny)
     return Portal(config=config, database=database, registry=CollectorRegistry(auto_describe=True),
-                  authenticator=Authenticator(verifier, directory), clock=clock)
+                  authenticator=Authenticator(verifier, directory), clock=clock,
+                  rate_limits=RateLimits(config.security.rate_limits))
 
 
 def create_app(config, clock=time.time):
@@ -232,7 +237,8 @@ def create_app(config, clock=time.time):
     from .resources import health, me
 
     portal = build_portal(config, clock=clock)
-    app = PortalApp(middleware=[RequestContextMiddleware(portal), AuthMiddleware(portal.authenticator)])
+    app = PortalApp(middleware=[RequestContextMiddleware(portal), SecurityMiddleware(config),
+                                AuthMiddleware(portal.authenticator)])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
     _add_error_handlers(app)

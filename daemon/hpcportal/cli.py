@@ -30,8 +30,10 @@ def _setup_logging(level="info"):
 def cmd_serve(args, config):
     from .app import create_app
     from .db import upgrade
+    from .security import check_secret_file
     from .server import Server
 
+    check_secret_file(config.auth.secret_file)
     app = create_app(config)
     applied = upgrade(app.portal.database)
     for number, description in applied:
@@ -44,6 +46,8 @@ def cmd_check_config(args, config):
     print(f"# effective configuration (source: {config.source or 'defaults and environment'})")
     # Building the verifier also checks that key files are readable.
     from .auth import TokenVerifier
+    from .security import check_secret_file
+    check_secret_file(config.auth.secret_file)
     TokenVerifier(config)
     print(yaml.safe_dump(config.as_dict(mask_secrets=True), sort_keys=False), end="")
     return 0

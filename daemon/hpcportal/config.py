@@ -17,6 +17,7 @@ from typing import Any, Callable
 import yaml
 
 from .errors import ConfigError
+from .ratelimit import parse_rate_limits
 
 DEFAULT_CONFIG_PATH = "/etc/hpcportal/config.yaml"
 ENV_PREFIX = "HPCPORTAL_"
@@ -179,6 +180,15 @@ SETTINGS = (
     S("server", "trusted_proxies", parse_str_list, [],
       "Addresses of reverse proxies whose X-Forwarded-For is believed for audit records."),
     S("server", "log_level", one_of("debug", "info", "warning", "error"), "info", "Log level."),
+    # security (hpcportal.security, hpcportal.ratelimit)
+    S("security", "cors_origins", parse_str_list, [],
+      "Origins (scheme://host[:port]) whose pages may call the API from a browser, e.g. the "
+      "dashboard's when served from another origin; empty turns CORS off; * allows any."),
+    S("security", "cors_max_age", parse_duration, "10m", "How long browsers may cache a CORS preflight."),
+    S("security", "rate_limits", parse_rate_limits, {"submit": 120, "upload_init": 300, "scan": 30},
+      "Calls per minute one user may make, by action (submit, upload_init, scan), counted per "
+      "head; bursts up to the limit pass at once; 0 disables a limit; unlisted actions keep "
+      "their default."),
     # paths
     S("paths", "images", parse_path, "/shared/apptainer/images",
       "Root of the image folders; each sub-folder is an image type."),
