@@ -15,11 +15,12 @@ FILE_CHUNK = 256 * 1024
 
 
 class SubmitResource:
-    def __init__(self, service):
+    def __init__(self, service, max_body):
         self._service = service
+        self._max_body = max_body
 
     def on_post(self, req, resp):
-        body = read_json(req)
+        body = read_json(req, max_size=self._max_body)
         answer = self._service.submit(req.context.user, body)
         req.context.audit_target = f"job {answer['jobId']}"
         req.context.audit_detail = {"submission": answer["submissionId"]}
@@ -191,7 +192,9 @@ def _iso(timestamp):
 def add_routes(app, portal):
     service = jobs_domain.build(portal)
     jobs = JobsResource(service)
-    app.add_route("/api/slurm/jobs/submit", SubmitResource(service))
+    # A script may be up to slurm.max_script_size; JSON escaping may double it.
+    max_body = max(portal.config.server.max_json_body, 2 * portal.config.slurm.max_script_size + 65536)
+    app.add_route("/api/slurm/jobs/submit", SubmitResource(service, max_body))
     app.add_route("/api/slurm/jobs", jobs)
     app.add_route("/api/slurm/jobs/{job_id}", jobs, suffix="item")
     app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(service.output))
