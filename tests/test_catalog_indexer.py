@@ -243,3 +243,31 @@ def test_auto_mode_polls_on_network_filesystems(tmp_path):
     assert watcher.choose_mode("auto", "/srv/images", str(info)) == "inotify"
     assert watcher.choose_mode("inotify", "/shared/x", str(info)) == "inotify"
     assert watcher.choose_mode("poll", "/srv/x", str(info)) == "poll"
+
+
+def test_a_vanished_root_keeps_the_index_and_is_watched_again(database, root, tmp_path):
+    indexer, kind = make(database, root, settle_seconds=0.2, watcher="inotify", poll_interval=0.2)
+    write(root / "a.txt", "alpha", mtime=time.time() - 100)
+    indexer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while set(rows()) != {"a.txt"}:
+            assert time.monotonic() < deadline, rows()
+            time.sleep(0.05)
+        os.rename(root, tmp_path / "unmounted")      # as an NFS outage looks to the daemon
+        while "folder missing" not in indexer.health()[1]:
+            assert time.monotonic() < deadline, indexer.health()
+            time.sleep(0.05)
+        assert indexer.scan()["notes"].removed == []
+        assert set(rows()) == {"a.txt"}
+        os.rename(tmp_path / "unmounted", root)
+        # Back: the watch is re-attached and new files are followed again.
+        while "folder missing" in indexer.health()[1]:
+            assert time.monotonic() < deadline, indexer.health()
+            time.sleep(0.05)
+        write(root / "b.txt", "beta")
+        while set(rows()) != {"a.txt", "b.txt"}:
+            assert time.monotonic() < deadline, rows()
+            time.sleep(0.05)
+    finally:
+        indexer.stop()

@@ -95,6 +95,7 @@ MAX_EVENT_DELAY = 5.0
 # Entries stored per transaction during a scan: one commit instead of one per
 # file, while holding the database's write lock only briefly (other daemons).
 STORE_BATCH = 32
+FAILED_SCAN_RETRY = 30.0
 TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
 
 
@@ -435,7 +436,7 @@ class Indexer:
             owner = getattr(kind, "owner_of", None)
             owned = owner(relpath) if owner else None
             if owned:
-                relpath, immediate = owned, True
+                relpath = owned   # the image's own state still has to settle
             elif not kind.accepts(relpath):
                 # Unknown names may be folders (deleted ones no longer tell).
                 if os.path.isfile(path):
@@ -459,8 +460,10 @@ class Indexer:
         while not self._stop.is_set():
             now = self._clock()
             if now >= next_scan:
-                self._safely(self.scan, full_from_worker=True)
-                next_scan = self._clock() + self._rescan_interval
+                ok = self._safely(self.scan, full_from_worker=True)
+                # A failed scan (database down) is retried soon, not in 10 minutes.
+                delay = self._rescan_interval if ok else min(self._rescan_interval, FAILED_SCAN_RETRY)
+                next_scan = self._clock() + delay
                 if self._watcher:
                     self._watcher.retry_missing()
                 continue
@@ -472,21 +475,24 @@ class Indexer:
             if due is not None:
                 timeout = min(timeout, due - now)
             if self._watcher and self._watcher.missing():
-                timeout = min(timeout, max(self._poll_interval, 1.0))
                 self._watcher.retry_missing()
+            # Wake up now and then to notice a watched folder that went away.
+            timeout = min(timeout, 2 * max(self._poll_interval, 1.0))
             with self._wakeup:
                 if self._stop.is_set():
                     break
-                self._wakeup.wait(timeout=max(0.01, min(timeout, 60)))
+                self._wakeup.wait(timeout=max(0.01, timeout))
 
     def _safely(self, func, **kwargs):
         try:
             func(**kwargs)
             self._last_error = None
+            return True
         except Exception as exc:  # the watcher must survive a database hiccup
             self._last_error = str(exc)[:200]
             log.exception("catalog indexing failed; will retry")
-            time.sleep(min(1.0, self._poll_interval))
+            self._stop.wait(min(1.0, self._poll_interval))
+            return False
         finally:
             self._release_connection()
 
@@ -538,6 +544,8 @@ class Indexer:
 
     def _look_at(self, kind, pending, now, result):
         """Deal with one pending path; False while it is still settling."""
+        if not os.path.isdir(kind.root):
+            return True   # root gone (unmounted?): keep the index; the watcher re-attaches
         path = os.path.join(kind.root, *pending.relpath.split("/")) if pending.relpath else kind.root
         try:
             stat = os.stat(path)
@@ -688,8 +696,19 @@ class Indexer:
         known = kind.known()
         seen = set()
         batch = []
+        walk_errors = []
         wall_now = time.time()
-        for relpath in self._walk(kind, kind.root):
+        if not os.path.isdir(kind.root):
+            # Unmounted or not created yet: an NFS outage must not empty the catalog.
+            if known:
+                log.warning("catalog %s: %s is not a folder now; the index is kept as it is",
+                            kind.name, kind.root)
+            return
+        for relpath in self._walk(kind, kind.root, walk_errors):
+            if self._stop.is_set() and self._thread is not None:
+                # Stopping: keep what was read; what was not seen is not "vanished".
+                self._store_all(kind, batch, result)
+                return
             path = os.path.join(kind.root, *relpath.split("/"))
             try:
                 stat = os.stat(path)
@@ -712,6 +731,10 @@ class Indexer:
                 self._store_all(kind, batch, result)
                 batch = []
         self._store_all(kind, batch, result)
+        if walk_errors:
+            log.warning("catalog %s: cannot list %s (%s); nothing is removed until it can be",
+                        kind.name, walk_errors[0].filename, walk_errors[0].strerror)
+            return
         vanished = [r for r in known if r not in seen
                     and not os.path.exists(os.path.join(kind.root, *r.split("/")))]
         if vanished:
@@ -721,10 +744,12 @@ class Indexer:
             for r in vanished:
                 log.info("catalog %s: removed %s", kind.name, r)
 
-    def _walk(self, kind, top):
-        """Relpaths of the files under ``top`` that ``kind`` accepts."""
+    def _walk(self, kind, top, errors=None):
+        """Relpaths of the files under ``top`` that ``kind`` accepts; folders that
+        cannot be listed are appended to ``errors``."""
         root = os.path.normpath(kind.root)
-        for folder, dirs, files in os.walk(top, onerror=None, followlinks=False):
+        onerror = errors.append if errors is not None else None
+        for folder, dirs, files in os.walk(top, onerror=onerror, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 relpath = relative_to(root, os.path.join(folder, name))

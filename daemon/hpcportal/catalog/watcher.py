@@ -99,7 +99,7 @@ class Watcher:
         self._mountinfo = mountinfo
         self._observers = {}
         self._roots = {}        # kind name -> (root, mode)
-        self._watching = set()
+        self._watching = {}     # kind name -> watchdog ObservedWatch
         self._started = False
 
     def watch(self, kind_name, root):
@@ -136,14 +136,27 @@ class Watcher:
         if not os.path.isdir(root):
             return False
         try:
-            self._observer(mode).schedule(_Handler(self._indexer.notify, name), root, recursive=True)
+            watch = self._observer(mode).schedule(_Handler(self._indexer.notify, name), root,
+                                                  recursive=True)
         except OSError as exc:
             log.warning("catalog %s: cannot watch %s: %s", name, root, exc)
             return False
-        self._watching.add(name)
+        self._watching[name] = watch
         return True
 
     def missing(self):
+        # A watched folder that was removed (or unmounted) lost its watch: drop it
+        # so that it is watched again once it is back.
+        for name, watch in list(self._watching.items()):
+            root, mode = self._roots[name]
+            if not os.path.isdir(root):
+                log.warning("catalog %s: %s is gone; will watch it again when it is back",
+                            name, root)
+                try:
+                    self._observers[mode].unschedule(watch)
+                except (KeyError, ValueError, OSError):
+                    pass
+                del self._watching[name]
         return [name for name in self._roots if name not in self._watching]
 
     def retry_missing(self):
