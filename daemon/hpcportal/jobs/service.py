@@ -505,6 +505,10 @@ class JobService:
         row = self.row_for(user, job_id)
         if row.user != user.name:
             raise PermissionDenied("Jobs are cancelled by their owners.", code="not_owner")
+        live = self.live_state(row)
+        state = live["state"] if live else row.state
+        if state in FINAL_STATES:
+            raise Conflict(f"Job {row.slurm_job_id} has already ended ({state}).", code="job_finished")
         try:
             self.slurm.cancel(user, row.slurm_job_id)
         except SlurmRefused as exc:

@@ -62,10 +62,11 @@ class OutputResource:
                 if not last.strip().isdigit():
                     raise ValidationError("Last-Event-ID must be an offset.", errors={"Last-Event-ID": "not an offset"})
                 offset = int(last.strip())
+            events = self._output.stream(req.context.user, job_id, stream, offset)
             resp.content_type = "text/event-stream"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
-            resp.stream = self._output.stream(req.context.user, job_id, stream, offset)
+            resp.stream = events
             return
         limit = int_param(req, "limit", None, 1)
         resp.media = self._output.slice(req.context.user, job_id, stream, offset, limit)
