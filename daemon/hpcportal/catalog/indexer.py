@@ -310,11 +310,13 @@ def generation(database, kind):
 class _Pending:
     """A path seen by the watcher and not yet dealt with."""
 
-    __slots__ = ("kind", "relpath", "immediate", "state", "since")
+    __slots__ = ("kind", "relpath", "immediate", "state", "since", "events", "immediate_event")
 
     def __init__(self, kind, relpath):
         self.kind = kind
         self.relpath = relpath
+        self.events = 0         # bumped by every notify: "news since you looked"
+        self.immediate_event = 0
         self.immediate = False
         self.state = None       # last observed FileState
         self.since = None       # monotonic time the state was first observed
@@ -447,6 +449,9 @@ class Indexer:
             if pending is None:
                 pending = self._pending[key] = _Pending(kind_name, relpath)
             pending.immediate = pending.immediate or immediate
+            pending.events += 1
+            if immediate:
+                pending.immediate_event = pending.events
             now = self._clock()
             self._last_event = now
             if self._first_event is None:
@@ -525,19 +530,21 @@ class Indexer:
 
     def _process_pending(self):
         with self._wakeup:
-            batch = list(self._pending.values())
+            batch = [(p, p.events) for p in self._pending.values()]
             self._first_event = None
         results = {}
         now = self._clock()
         with self._lock:
-            for pending in batch:
+            for pending, events_seen in batch:
                 kind = self._kinds[pending.kind]
                 result = results.setdefault(kind.name, ScanResult(kind.name))
                 done = self._look_at(kind, pending, now, result)
-                if done:
-                    with self._wakeup:
-                        if self._pending.get((kind.name, pending.relpath)) is pending:
-                            del self._pending[(kind.name, pending.relpath)]
+                with self._wakeup:
+                    if pending.events != events_seen:
+                        # News while we looked: look again (at once only for a new rename).
+                        pending.immediate = pending.immediate_event > events_seen
+                    elif done and self._pending.get((kind.name, pending.relpath)) is pending:
+                        del self._pending[(kind.name, pending.relpath)]
             for result in results.values():
                 if result.changed or result.invalid:
                     self._finish(self._kinds[result.kind], result)
