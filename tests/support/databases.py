@@ -8,9 +8,9 @@ Loaded as a pytest plugin by ``tests/conftest.py``. It provides:
   ``postgres`` is supported too). For a server backend each test gets a fresh,
   empty database (``hpcportal_<random>``), dropped afterwards; for ``sqlite`` the
   value is None (the daemon's file in the shared tree).
-- ``@pytest.mark.databases("sqlite")``: the backends a test runs on, whatever
-  the option says (a test that reads the SQLite file, or a multi-head test that
-  needs a server).
+- ``@pytest.mark.databases("mariadb", "postgres")``: the backends a test
+  supports; it runs on those of them that are chosen, or else on the first one
+  (a test that reads the SQLite file; a multi-head test that needs a server).
 - ``DatabaseServer``: a private server (own folder, own port) a test may stop,
   kill and restart without disturbing the shared one.
 
@@ -190,12 +190,13 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "db_url" not in metafunc.fixturenames:
         return
+    option = metafunc.config.getoption("--db-backends")
+    backends = [b.strip() for b in option.split(",") if b.strip()]
     marker = metafunc.definition.get_closest_marker("databases")
     if marker:
-        backends = list(marker.args)
-    else:
-        option = metafunc.config.getoption("--db-backends")
-        backends = [b.strip() for b in option.split(",") if b.strip()]
+        # The backends the test supports: those chosen, or else its first one
+        # (a SQLite-only test still runs when only servers are chosen).
+        backends = [b for b in backends if b in marker.args] or [marker.args[0]]
     metafunc.parametrize("db_url", backends, indirect=True, ids=backends)
 
 
