@@ -487,8 +487,10 @@ class Uploads:
                 raise ChecksumMismatch(
                     f"The body does not match its Upload-Checksum ({checksum[0].name}); "
                     f"nothing was recorded, Upload-Offset stays {offset}.")
-            moved = (Upload.update(tus_offset=offset + written, updated_at=self._now())
-                     .where((Upload.id == row.id) & (Upload.tus_offset == offset)).execute())
+            # MySQL counts changed (not matched) rows: an empty PATCH changes nothing.
+            moved = written == 0 or (
+                Upload.update(tus_offset=offset + written, updated_at=self._now())
+                .where((Upload.id == row.id) & (Upload.tus_offset == offset)).execute())
             if not moved:
                 raise Conflict("Another request moved this upload's offset meanwhile.",
                                code="offset_mismatch")
