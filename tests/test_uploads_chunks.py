@@ -54,6 +54,7 @@ def test_multi_chunk_upload_with_whole_file_checksum(small, shared_dir):
     assert status(small, "alice", info["upload_id"]).status_code == 404
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_chunk_size_is_agreed_within_bounds(small):
     assert init(small, "alice", "a", 10, chunk_size=2048).json()["chunk_size"] == 2048
     assert init(small, "alice", "a", 10, chunk_size=10).json()["chunk_size"] == 64 * 1024
@@ -75,6 +76,7 @@ def test_out_of_order_and_resent_chunks(small):
     assert complete(small, "alice", info["upload_id"]).json()["sha256"] == sha256(data)
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_wrong_chunks_are_refused_and_not_recorded(small):
     data = random_bytes(3000)
     info = init(small, "alice", "x.bin", len(data), chunk_size=1024).json()
@@ -107,6 +109,7 @@ def test_whole_file_mismatch_is_422_and_the_upload_can_be_fixed(small):
     assert complete(small, "alice", uid).json()["sha256"] == sha256(data)
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_fields_after_the_file_part_are_accepted(small):
     data = random_bytes(1500)
     info = init(small, "alice", "late.bin", 1500, chunk_size=1024).json()
@@ -230,12 +233,14 @@ def test_size_limit_quota_and_active_uploads(daemon_factory):
     assert third.status_code == 429 and third.json()["error"] == "too_many_uploads"
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_not_enough_free_space_is_507(daemon_factory):
     daemon = daemon_factory(config={"uploads": {**SMALL["uploads"], "free_space_reserve": "1000TiB"}})
     answer = init(daemon, "alice", "a.bin", 10)
     assert answer.status_code == 507 and answer.json()["error"] == "insufficient_storage"
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_checks_come_in_order(daemon_factory):
     daemon = daemon_factory(config={"uploads": {**SMALL["uploads"], "max_size": "1KiB",
                                                 "free_space_reserve": "1000TiB"}})
@@ -252,6 +257,7 @@ BAD_NAMES = [
 ]
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_bad_names_are_refused_saying_why(small):
     for name, reason in BAD_NAMES:
         answer = init(small, "alice", name, 10)
@@ -260,18 +266,21 @@ def test_bad_names_are_refused_saying_why(small):
         assert reason in answer.json()["message"], name
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_bad_job_ids_are_refused(small):
     for job_id in ("..", ".", "a/b", "x" * 65, "tmp 1", ".partial"):
         answer = init(small, "alice", "ok.txt", 10, job_id=job_id)
         assert answer.status_code == 400 and "job_id" in answer.json()["errors"], job_id
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_bad_fields_are_all_named(small):
     answer = init(small, "alice", 5, -1, sha256="nope", chunk_size="big")
     assert answer.status_code == 400
     assert set(answer.json()["errors"]) == {"filename", "size", "sha256", "chunk_size"}
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_names_are_normalised_and_clashes_numbered(small):
     first = upload(small, "alice", b"one\n", filename="e\u0301t\u00e9.txt", chunk_size=1024)
     assert first["filename"] == "\u00e9t\u00e9.txt"
@@ -282,6 +291,7 @@ def test_names_are_normalised_and_clashes_numbered(small):
         assert handle.read() == b"one\n"
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_planted_symlink_is_never_followed(small, shared_dir, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -312,6 +322,7 @@ def test_another_users_upload_and_files_are_not_found(small):
     assert small.get(f"/api/v2/files/{result['file_id']}", user="alice").status_code == 200
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_disconnect_mid_chunk_records_nothing(small):
     info = init(small, "alice", "cut.bin", 4096, chunk_size=4096).json()
     with socket.create_connection(("127.0.0.1", small.port), timeout=10) as sock:
@@ -329,6 +340,7 @@ def _bearer(user):
     return auth_headers(user)["Authorization"]
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_download_with_range_and_etag(small):
     data = random_bytes(10_000)
     result = upload(small, "alice", data, filename="blob.bin", chunk_size=1024)
@@ -389,6 +401,7 @@ def _tar_bytes():
     return buffer.getvalue()
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_malformed_and_oversized_json_bodies(daemon_factory):
     daemon = daemon_factory(config={"server": {"max_json_body": "1KiB"}})
     bad = daemon.post("/api/v2/files/upload/init", user="alice", data='{"filename": "a", "size": ',
@@ -400,6 +413,7 @@ def test_malformed_and_oversized_json_bodies(daemon_factory):
     assert huge.status_code == 413 and huge.json()["error"] == "too_large"
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_chunk_body_over_the_server_limit_is_413(small):
     info = init(small, "alice", "a.bin", 10, chunk_size=1024).json()
     answer = send_chunk(small, "alice", info["upload_id"], 0, b"x" * (3 * 1024 * 1024))
@@ -417,6 +431,7 @@ def test_state_is_in_the_database_one_row_per_chunk(small, shared_dir):
     assert rows == [(0,), (2,)]
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_disk_full_is_507_and_the_upload_resumes(daemon_factory, shared_dir, tmp_path):
     mount = tmp_path / "small-fs"
     mount.mkdir()
@@ -449,6 +464,7 @@ def test_disk_full_is_507_and_the_upload_resumes(daemon_factory, shared_dir, tmp
         os.system(f"umount {mount}")
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_upload_metrics(small):
     upload(small, "alice", b"m" * 2048, chunk_size=1024)
     send_chunk(small, "alice", init(small, "alice", "z", 10, chunk_size=1024).json()["upload_id"],
@@ -460,6 +476,7 @@ def test_upload_metrics(small):
     assert 'hpcportal_uploads_failed_total{reason="chunk_size"} 1.0' in text
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_unauthenticated_upload_is_401(small):
     answer = requests.post(small.url + "/api/v2/files/upload/init", json={"filename": "a", "size": 1},
                            timeout=10)

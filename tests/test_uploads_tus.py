@@ -48,6 +48,7 @@ def checksum(algorithm, data):
     return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, data).digest()).decode()}"
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_options_advertises_the_server(small):
     answer = requests.options(small.url + "/api/v2/files/tus", headers=auth_headers("alice"), timeout=10)
     assert answer.status_code == 204
@@ -108,6 +109,7 @@ def test_tus_protocol_by_hand(small, shared_dir):
     assert (done.headers["Upload-Offset"], done.headers["Upload-Length"]) == ("3000", "3000")
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_tus_creation_checks_and_termination(small):
     assert requests.post(small.url + "/api/v2/files/tus", timeout=10, headers={
         **auth_headers("alice"), "Upload-Length": "5", "Upload-Metadata": meta(filename="a")}
@@ -127,6 +129,7 @@ def test_tus_creation_checks_and_termination(small):
     assert head(url, "alice").status_code == 404
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_patch_larger_than_max_chunk_size_is_413(small):
     url = create(small, "alice", 4 * 1024 * 1024).headers["Location"]
     answer = patch(url, "alice", 0, b"x" * (1024 * 1024 + 1))
@@ -213,6 +216,7 @@ def run_node(modules, script_dir, **env):
     return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_tus_js_client_with_resume_after_restart(daemon_factory, tmp_path, tus_js_modules):
     daemon = daemon_factory(config=SMALL)
     data = random_bytes(200 * 1024 + 5)
