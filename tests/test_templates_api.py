@@ -311,6 +311,10 @@ def test_render_takes_the_users_own_uploads_by_file_id(shared_dir, daemon_factor
     too_big = daemon.post(url, user="alice", json={"parameters": {"text": "t"},
                                                    "files": [{"name": "data", "file_id": big["file_id"]}]})
     assert too_big.status_code == 400 and "larger" in too_big.json()["errors"]["files.data"]
+    # A client cannot shrink its upload: the record's size counts.
+    lied = daemon.post(url, user="alice", json={"parameters": {"text": "t"}, "files": [
+        {"name": "data", "storage_path": big["storage_path"], "filename": "big.txt", "size": 1}]})
+    assert lied.status_code == 400 and "larger" in lied.json()["errors"]["files.data"]
     # Another user's upload id is unknown to bob.
     stolen = daemon.post(url, user="bob", json={"parameters": {"text": "t"},
                                                 "files": [{"name": "data", "file_id": small["file_id"]}]})

@@ -178,8 +178,10 @@ class _Snapshot:
 class TemplateCatalog:
     """Read side of the template index, plus rendering."""
 
-    def __init__(self, database, kind, images=None, images_generation=None):
+    def __init__(self, database, kind, images=None, images_generation=None, uploads=None):
         self._database = database
+        # The uploads area is built after this one: looked up when needed.
+        self._uploads = uploads or (lambda: None)
         self._kind = kind
         self._images = images or (lambda: images_from_index(database))
         self._images_generation = images_generation or (lambda: generation(database, "images"))
@@ -326,32 +328,64 @@ class TemplateCatalog:
         return self._serialize(chosen, versions, images, with_script=True)
 
     def render(self, user, template_id, request, *, version=None, job_dir, apptainer_command="apptainer",
-               extra_binds=(), lookup_file=None):
+               extra_binds=(), lookup_file=None, bind_file_folders=False, stat=None):
         """What a submit runs (see ``templates.render``).
 
-        ``lookup_file(user, file_id)``: the user's uploaded file as a dict
-        (filename, size, storage_path, file_type), or None. Files given by
-        ``file_id`` are resolved with it; the daemon never stats a client's
-        path for a preview.
+        Files given by ``file_id`` are the user's uploads (``lookup_file(user,
+        file_id)``, else the uploads area); a ``storage_path`` that is one of the
+        user's uploads takes its name, size and type from the upload record, not
+        from the client. Other paths are not looked at (``stat=None``) unless
+        the caller, having checked them, passes ``stat=os.stat``.
+        ``bind_file_folders``: also bind each file's folder into the container,
+        after ``extra_binds`` (as submits do).
         """
         chosen, _versions, images = self._find(user, template_id, version)
         if isinstance(request, dict) and isinstance(request.get("files"), list):
-            request = dict(request, files=[self._resolve_file(user, item, index, lookup_file)
-                                           for index, item in enumerate(request["files"])])
+            errors = {}
+            files = [self._resolve_file(user, item, index, lookup_file, errors)
+                     for index, item in enumerate(request["files"])]
+            if errors:
+                raise ValidationError(f"{len(errors)} file(s) are not acceptable for this template.",
+                                      errors=errors)
+            request = dict(request, files=files)
+            if bind_file_folders:
+                binds = [job_dir, *extra_binds]
+                for item in files:
+                    path = item.get("storage_path") if isinstance(item, dict) else item
+                    folder = posixpath.dirname(path) if isinstance(path, str) and path.startswith("/") else None
+                    if folder and folder not in binds:
+                        binds.append(folder)
+                extra_binds = binds[1:]
         result = tpl.render(chosen.template, request, template_id=template_id, images=images,
                             job_dir=job_dir, apptainer_command=apptainer_command,
-                            extra_binds=extra_binds, stat=None)
+                            extra_binds=extra_binds, stat=stat)
         result["image"] = image_summary(result["image"])
         return result
 
-    def _resolve_file(self, user, item, index, lookup_file):
-        if not isinstance(item, dict) or "file_id" not in item or item.get("storage_path"):
+    def _resolve_file(self, user, item, index, lookup_file, errors):
+        if not isinstance(item, dict):
             return item
-        found = lookup_file(user, item["file_id"]) if lookup_file else None
-        if found is None:
-            raise ValidationError("A file is not acceptable for this template.",
-                                  errors={f"files[{index}]": f"no uploaded file {item['file_id']!r}"})
-        return {**found, **{k: v for k, v in item.items() if k == "name"}}
+        uploads = self._uploads()
+        file_id = item.get("file_id")
+        path = item.get("storage_path")
+        fields = ("storage_path", "filename", "size", "file_type")
+        if file_id not in (None, "") and not path:
+            if lookup_file is not None:
+                found = lookup_file(user, file_id)
+            else:
+                found = uploads.file_for_user(user.name, file_id) \
+                    if uploads is not None and isinstance(file_id, str) else None
+            if found is None:
+                errors[f"files[{index}]"] = f"you have no uploaded file {file_id!r}"
+                return item
+            return {**{k: found[k] for k in fields if k in found},
+                    **({"name": item["name"]} if "name" in item else {})}
+        if isinstance(path, str) and uploads is not None:
+            found = uploads.file_by_storage_path(user.name, path)
+            if found is not None:
+                # The record, not the client, says what the file is.
+                return {**item, **{k: found[k] for k in fields[1:] if k in found}}
+        return item
 
     def invalid(self):
         return list(self.snapshot().invalid)
@@ -424,6 +458,7 @@ def build(portal):
     kind = TemplateKind(portal.database, os.path.normpath(portal.config.paths.templates))
     indexer.register(kind)
     images, images_generation = _images_area(portal)
-    catalog = TemplateCatalog(portal.database, kind, images=images, images_generation=images_generation)
+    catalog = TemplateCatalog(portal.database, kind, images=images, images_generation=images_generation,
+                              uploads=lambda: portal.area("uploads"))
     portal.areas["templates"] = catalog
     return catalog

@@ -70,40 +70,22 @@ class ScanResource:
 
 
 class RenderResource:
-    def __init__(self, catalog, config, lookup_file):
+    def __init__(self, catalog, config):
         self._catalog = catalog
         self._config = config
-        self._lookup_file = lookup_file
 
     def on_post(self, req, resp, template_id):
         body = read_json(req, required=False)
         user = req.context.user
         req.context.audit_target = template_id
+        # The same job folder layout, binds and apptainer command as a submit.
         result = self._catalog.render(
             user, template_id, body, version=_version_param(req),
             job_dir=catalogmod.job_dir_preview(self._config.paths.uploads, user.name),
-            apptainer_command=self._config.slurm.apptainer, lookup_file=self._lookup_file)
+            apptainer_command=self._config.slurm.apptainer,
+            extra_binds=tuple(getattr(self._config.slurm, "apptainer_binds", ())),
+            bind_file_folders=True)
         resp.media = {"success": True, **result}
-
-
-def _file_lookup(portal):
-    """The user's completed upload by id, when the uploads area keeps a files table."""
-    try:
-        from ..models.uploads import UploadedFile
-    except ImportError:  # uploads not built into this daemon
-        return None
-
-    def lookup(user, file_id):
-        if not isinstance(file_id, str) or len(file_id) > 64:
-            return None
-        with portal.database.connection_context():
-            row = (UploadedFile.select()
-                   .where((UploadedFile.id == file_id) & (UploadedFile.user == user.name)).first())
-        if row is None:
-            return None
-        return {"file_id": row.id, "filename": row.filename, "size": row.size,
-                "storage_path": row.storage_path, "file_type": row.file_type}
-    return lookup
 
 
 def add_routes(app, portal):
@@ -116,4 +98,4 @@ def add_routes(app, portal):
     app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog))
     app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
     app.add_route("/api/v2/templates/{template_id}/render",
-                  RenderResource(catalog, portal.config, _file_lookup(portal)))
+                  RenderResource(catalog, portal.config))
