@@ -344,13 +344,13 @@ def test_config_change_restarts_the_daemon_exactly_once(lab, converged):
     before = {head: starts_of_daemon(head) for head in HEADS}
     # Both the config file (threads) and the unit (an extra writable path) change;
     # the later tests keep this configuration.
-    lab["extra"] = {"hpcportal_threads": 4, "hpcportal_extra_read_write_paths": ["/var/tmp"]}
+    lab["extra"] = {"hpcportal_threads": 12, "hpcportal_extra_read_write_paths": ["/var/tmp"]}
     result, recap = playbook(lab)
     assert result.returncode == 0, show(result)
     assert all(counts["changed"] >= 2 for counts in recap.values()), show(result)
     assert {head: starts_of_daemon(head) for head in HEADS} == {h: n + 1 for h, n in before.items()}
     for head in HEADS:
-        assert "threads: 4" in on_head(head, "cat /etc/hpcportal/config.yaml").stdout
+        assert "threads: 12" in on_head(head, "cat /etc/hpcportal/config.yaml").stdout
         props = on_head(head, "systemctl show -p ReadWritePaths hpcportald").stdout
         assert props.strip() == "ReadWritePaths=/shared/uploads /var/tmp"
         assert healthy(head)
