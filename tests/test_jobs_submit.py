@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from support.sifbuild import build_sif
-from support.slurm import (jobs_config, job, output, slurm_conf, squeue_comments, wait_finished,  # noqa: F401
-                           wait_for, write_standin)
+from support.slurm import (jobs_config, output, slurm_conf, squeue_comments, wait_finished,  # noqa: F401
+                           wait_for)
 from support.uploads import upload
 
 DASHBOARD_EXAMPLE = {

@@ -279,9 +279,6 @@ SETTINGS = (
     S("slurm", "partition_cache", parse_duration, "30s", "How long the partition list is cached."),
     S("slurm", "poll_interval", parse_duration, "10s",
       "How often the job monitor records job states and looks for lost submissions."),
-    S("slurm", "recovery_grace", parse_duration, "2m",
-      "A submission whose sbatch answer was lost and that Slurm does not know after this "
-      "long is given up."),
     S("slurm", "max_script_size", parse_size, "1MiB", "Largest job script accepted."),
     S("slurm", "max_output_slice", parse_size, "1MiB", "Most output bytes one output request returns."),
     S("slurm", "max_streams", parse_int, 4,

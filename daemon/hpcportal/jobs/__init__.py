@@ -33,9 +33,7 @@ def build(portal):
                                max_duration=slurm_config.stream_max_duration,
                                heartbeat=slurm_config.stream_heartbeat, stopping=portal.stopping,
                                metrics=metrics)
-    service.monitor = JobMonitor(slurm, portal.database, interval=slurm_config.poll_interval,
-                                 submit_timeout=slurm_config.command_timeout,
-                                 recovery_grace=slurm_config.recovery_grace)
+    service.monitor = JobMonitor(service, portal.database, interval=slurm_config.poll_interval)
     portal.services.append(service.monitor)
     portal.areas["jobs"] = service
     return service

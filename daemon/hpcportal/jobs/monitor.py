@@ -2,20 +2,24 @@
 
 Every ``poll_interval`` (and once at start-up) it reads the shared squeue
 snapshot, stores the state of each unfinished job it sees, asks sacct about
-jobs squeue has forgotten, and matches submissions whose sbatch answer was lost
-(rows still "submitting") to Slurm's jobs by the ``--comment`` carrying their
-submission id. Several daemons may run it at once: every write is idempotent.
+jobs squeue has forgotten, and records the portal's jobs that Slurm has but the
+database lacks (sbatch's answer was lost: timeout, crash, database failure),
+found by the ``--comment`` carrying their submission id, from the submission
+record kept in the job's folder. Several daemons may run it at once: the
+submission id is unique, so a job is recorded once.
 """
 
-import datetime
 import logging
-import posixpath
+import os
+import pwd
+import re
 import threading
 
 import peewee
 
+from ..auth import User
 from ..models.base import utcnow
-from ..models.jobs import LOST, SUBMITTED, SUBMITTING, Job
+from ..models.jobs import Job
 from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
@@ -26,13 +30,13 @@ log = logging.getLogger("hpcportal.jobs")
 class JobMonitor:
     name = "jobs"
 
-    def __init__(self, slurm, database, *, interval, submit_timeout, recovery_grace, stopping=None):
-        self._slurm = slurm
+    def __init__(self, service, database, *, interval):
+        self._service = service
+        self._slurm = service.slurm
         self._database = database
         self._interval = interval
-        # A submission younger than this may still be waiting for sbatch in a request thread.
-        self._submit_timeout = submit_timeout
-        self._grace = recovery_grace
+        # Submission ids known to have a row: each squeue job is looked up once.
+        self._known = set()
         self._stop = threading.Event()
         self._thread = None
         self._last_ok = None
@@ -77,28 +81,49 @@ class JobMonitor:
         self.record_states(snapshot)
 
     def recover(self, snapshot):
-        now = utcnow()
-        settled = now - datetime.timedelta(seconds=self._submit_timeout + 5)
-        rows = list(Job.select().where((Job.status == SUBMITTING) & (Job.submitted_at <= settled)))
-        for row in rows:
-            found = snapshot.by_comment.get(COMMENT_PREFIX + row.submission_id)
-            if found is not None:
-                job_id = found["job_id"]
-                with self._database.atomic():
-                    Job.update(slurm_job_id=job_id, status=SUBMITTED, updated_at=now,
-                               stdout_path=posixpath.join(row.job_dir, f"slurm-{job_id}.out"),
-                               stderr_path=posixpath.join(row.job_dir, f"slurm-{job_id}.err")) \
-                        .where((Job.id == row.id) & (Job.status == SUBMITTING)).execute()
-                log.info("recovered job %s of submission %s (its sbatch answer was lost)",
-                         job_id, row.submission_id)
-            elif row.submitted_at <= now - datetime.timedelta(seconds=self._grace + self._submit_timeout):
-                with self._database.atomic():
-                    Job.update(status=LOST, updated_at=now) \
-                        .where((Job.id == row.id) & (Job.status == SUBMITTING)).execute()
-                log.warning("submission %s of %s never reached Slurm; given up", row.submission_id, row.user)
+        """Record the portal's jobs Slurm has and the database lacks (lost sbatch answers)."""
+        unknown = {comment[len(COMMENT_PREFIX):]: job for comment, job in snapshot.by_comment.items()
+                   if comment[len(COMMENT_PREFIX):] not in self._known}
+        if not unknown:
+            return 0
+        ids = list(unknown)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for row in Job.select(Job.submission_id).where(Job.submission_id << chunk):
+                self._known.add(row.submission_id)
+        recovered = 0
+        for submission_id, job in unknown.items():
+            if submission_id in self._known or not re.fullmatch(r"[0-9a-f]{32}", submission_id):
+                continue
+            if self._record_from_slurm(submission_id, job):
+                recovered += 1
+            self._known.add(submission_id)
+        return recovered
+
+    def _record_from_slurm(self, submission_id, job):
+        # Who the job belongs to comes from Slurm, never from the folder the user can write.
+        try:
+            entry = pwd.getpwnam(job["user"] or "")
+        except KeyError:
+            return False
+        if entry.pw_uid != job.get("uid", entry.pw_uid) or entry.pw_uid == 0:
+            return False
+        owner = User(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
+        job_dir = self._service.folders.path(owner.name, submission_id)
+        if job.get("work_dir") and os.path.normpath(job["work_dir"]) != job_dir:
+            return False
+        record = self._service.read_record(owner, submission_id) or {}
+        record.update(submission_id=submission_id, user=owner.name, uid=owner.uid)
+        record.setdefault("name", job.get("name") or "job")
+        record.setdefault("partition", job.get("partition"))
+        if self._service.record(record, job["job_id"], job_dir):
+            log.info("recorded job %s of %s from its comment (submission %s; its sbatch answer was lost)",
+                     job["job_id"], owner.name, submission_id)
+            return True
+        return False
 
     def record_states(self, snapshot):
-        rows = list(Job.select().where((Job.status == SUBMITTED) & ~(Job.state << list(FINAL_STATES))))
+        rows = list(Job.select().where(~(Job.state << list(FINAL_STATES))))
         forgotten = []
         for row in rows:
             live = snapshot.jobs.get(row.slurm_job_id)

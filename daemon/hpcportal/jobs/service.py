@@ -1,12 +1,16 @@
 """Submitting jobs and watching them (domain code: no HTTP here).
 
 Submit, in order: check every field (nothing runs before the whole request is
-valid), write the job folder as the user, record the submission, run sbatch as
-the user, record Slurm's id. The job row is written before sbatch with the
-submission id that also goes to Slurm in ``--comment``; if sbatch's answer is
-lost, that id finds the job again (right away, and later by ``JobMonitor``).
+valid), write the job folder (batch script, the user's script, the submission
+record) owned by the user, run sbatch as the user, write the job row. The
+submission id also goes to Slurm in ``--comment``: if sbatch's answer is lost
+(timeout, crash, database failure), that id finds the job again, right away
+and later in ``JobMonitor``, which records it from the folder's record. A
+refused submission leaves nothing behind: no row, no folder.
 """
 
+import datetime
+import json
 import logging
 import os
 import posixpath
@@ -20,16 +24,23 @@ import peewee
 from ..auth import User
 from ..errors import Conflict, NotFound, PermissionDenied, ServiceUnavailable, ValidationError
 from ..models.base import isoformat, utcnow
-from ..models.jobs import LOST, SUBMITTED, SUBMITTING, Job
+from ..models.jobs import Job
 from ..slurm import script as batch
 from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
-from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
+from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable, as_user
 
 log = logging.getLogger("hpcportal.jobs")
 
 BATCH_SCRIPT = "job.sbatch"
 USER_SCRIPT = "script.sh"
+# What was asked, kept beside the job: a job whose sbatch answer was lost is
+# recorded from it once Slurm shows the job (found by its --comment).
+SUBMISSION_RECORD = "submission.json"
+# Fields of the record copied to the job row (identity fields come from Slurm).
+RECORD_FIELDS = ("submission_id", "user", "uid", "name", "partition", "nodes", "cpus", "memory", "time_limit",
+                 "account", "qos", "gpus", "image", "template_id", "template_version", "parameters", "files",
+                 "client_job_id")
 MAX_FILES = 1000
 _CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -350,53 +361,45 @@ class JobService:
 
     def _run(self, user, plan):
         submission_id = plan["submission_id"]
-        files = {BATCH_SCRIPT: (plan["batch_script"].encode("utf-8"), 0o640)}
+        resources = plan["resources"]
+        template = plan["template"] or {}
+        record = {
+            "submission_id": submission_id, "user": user.name, "uid": user.uid,
+            "name": resources.get("job_name") or "job", "partition": resources.get("partition"),
+            "nodes": resources.get("nodes"), "cpus": resources.get("cpus"), "memory": resources.get("memory"),
+            "time_limit": resources.get("time"), "account": resources.get("account"), "qos": resources.get("qos"),
+            "gpus": resources.get("gpus"), "image": plan["image"], "template_id": template.get("id"),
+            "template_version": template.get("version"), "parameters": plan["parameters"],
+            "files": plan["files"], "client_job_id": plan["client_job_id"],
+            "submitted_at": isoformat(utcnow()),
+        }
+        files = {BATCH_SCRIPT: (plan["batch_script"].encode("utf-8"), 0o640),
+                 SUBMISSION_RECORD: (json.dumps(record, indent=1).encode("utf-8"), 0o640)}
         if plan.get("user_script") is not None:
             name = posixpath.basename(plan.get("user_script_path") or USER_SCRIPT)
             files[name] = (plan["user_script"].encode("utf-8"), 0o750)
         job_dir = self.folders.create(user, submission_id, files)
-        resources = plan["resources"]
-        template = plan["template"] or {}
-        try:
-            with self._database.atomic():
-                row = Job.create(
-                    submission_id=submission_id, status=SUBMITTING, user=user.name, uid=user.uid,
-                    name=resources.get("job_name") or "job", partition=resources.get("partition"),
-                    nodes=resources.get("nodes"), cpus=resources.get("cpus"), memory=resources.get("memory"),
-                    time_limit=resources.get("time"), account=resources.get("account"),
-                    qos=resources.get("qos"), gpus=resources.get("gpus"), image=plan["image"],
-                    template_id=template.get("id"), template_version=template.get("version"),
-                    parameters=plan["parameters"], files=plan["files"], client_job_id=plan["client_job_id"],
-                    job_dir=job_dir, script_path=posixpath.join(job_dir, BATCH_SCRIPT))
-        except peewee.PeeweeException:
-            self.folders.remove(user.name, submission_id)
-            self._count("failed")
-            raise
         try:
             job_id = self.slurm.submit(user, posixpath.join(job_dir, BATCH_SCRIPT), cwd=job_dir)
         except SlurmAnswerLost as exc:
             job_id = self._recover_now(submission_id)
             if job_id is None:
                 self._count("failed")
-                # The row stays "submitting": JobMonitor records the job if Slurm has it.
+                # The folder stays: JobMonitor records the job if it shows up in Slurm.
                 raise ServiceUnavailable(
-                    f"{exc.message} The portal will record the job if Slurm accepted it "
+                    f"{exc.message} The portal will list the job if Slurm accepted it "
                     f"(submission {submission_id}).", code=exc.code,
                     extra={"submissionId": submission_id}, headers={"Retry-After": "10"}) from None
         except SlurmRefused:
-            self._forget(row, user)
+            self.folders.remove(user.name, submission_id)
             self._count("refused")
             raise
-        except SlurmUnavailable:
-            # sbatch said it could not reach the controller: Slurm has no job.
-            self._forget(row, user)
+        except BaseException:
+            # sbatch said it could not reach the controller (or never ran): Slurm has no job.
+            self.folders.remove(user.name, submission_id)
             self._count("failed")
             raise
-        except Exception:
-            self._forget(row, user)
-            self._count("failed")
-            raise
-        self._record_submitted(row, job_id)
+        self.record(record, job_id, job_dir)
         if plan["client_job_id"] and self._uploads is not None:
             try:
                 with self._database.atomic():
@@ -414,24 +417,34 @@ class JobService:
             return None
         return found["job_id"] if found else None
 
-    def _record_submitted(self, row, job_id):
+    def record(self, record, job_id, job_dir):
+        """The job row for Slurm's ``job_id``; True when written (False: a row exists already,
+        or the database failed, and then JobMonitor writes it from the job's comment later)."""
+        fields = {k: record.get(k) for k in RECORD_FIELDS}
+        submitted = _parse_time(record.get("submitted_at")) or utcnow()
         try:
             with self._database.atomic():
-                Job.update(slurm_job_id=job_id, status=SUBMITTED, updated_at=utcnow(),
-                           stdout_path=posixpath.join(row.job_dir, f"slurm-{job_id}.out"),
-                           stderr_path=posixpath.join(row.job_dir, f"slurm-{job_id}.err")) \
-                    .where(Job.id == row.id).execute()
+                Job.create(**fields, slurm_job_id=str(job_id), job_dir=job_dir,
+                           script_path=posixpath.join(job_dir, BATCH_SCRIPT), submitted_at=submitted,
+                           stdout_path=posixpath.join(job_dir, f"slurm-{job_id}.out"),
+                           stderr_path=posixpath.join(job_dir, f"slurm-{job_id}.err"))
+            return True
+        except peewee.IntegrityError:
+            return False  # recorded already (the monitor, or another head, was quicker)
         except peewee.PeeweeException:
-            # Slurm has the job: the monitor records it from its --comment later.
-            log.exception("job %s (submission %s) not recorded yet", job_id, row.submission_id)
+            log.exception("job %s (submission %s) not recorded yet", job_id, record.get("submission_id"))
+            return False
 
-    def _forget(self, row, user):
+    def read_record(self, owner, submission_id):
+        """The submission record the job folder holds, or None."""
+        text = self._read_text(owner, submission_id, SUBMISSION_RECORD)
+        if not text:
+            return None
         try:
-            with self._database.atomic():
-                Job.delete().where(Job.id == row.id).execute()
-        except peewee.PeeweeException:
-            log.exception("could not remove the refused submission %s", row.submission_id)
-        self.folders.remove(user.name, row.submission_id)
+            record = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return record if isinstance(record, dict) else None
 
     def _count(self, outcome):
         if self._metrics is not None:
@@ -449,7 +462,7 @@ class JobService:
     def list(self, user, *, all_users=False, state=None, limit=100, offset=0):
         if all_users and not user.admin:
             raise PermissionDenied("Only administrators may list every user's jobs.", code="admin_only")
-        query = Job.select().where(Job.status == SUBMITTED)
+        query = Job.select()
         if not all_users:
             query = query.where(Job.user == user.name)
         rows = list(query.order_by(Job.submitted_at.desc(), Job.id.desc()))
@@ -466,7 +479,7 @@ class JobService:
     def row_for(self, user, job_id):
         row = None
         if isinstance(job_id, str) and job_id.isdigit():
-            row = (Job.select().where((Job.slurm_job_id == job_id) & (Job.status == SUBMITTED))
+            row = (Job.select().where(Job.slurm_job_id == job_id)
                    .order_by(Job.id.desc()).first())
         if row is None or (row.user != user.name and not user.admin):
             raise NotFound(f"There is no job {job_id} of yours.", code="job_not_found")
@@ -481,8 +494,8 @@ class JobService:
         job = serialize_job(row, self.live_state(row))
         owner = owner_of(row)
         job.update({
-            "script": self._read_text(owner, row, BATCH_SCRIPT),
-            "user_script": self._read_text(owner, row, USER_SCRIPT),
+            "script": self._read_text(owner, row.submission_id, BATCH_SCRIPT),
+            "user_script": self._read_text(owner, row.submission_id, USER_SCRIPT),
             "files": row.files or [],
             "parameters": row.parameters,
             "job_dir": row.job_dir,
@@ -493,9 +506,9 @@ class JobService:
         })
         return job
 
-    def _read_text(self, owner, row, name, limit=1024 * 1024):
+    def _read_text(self, owner, submission_id, name, limit=1024 * 1024):
         try:
-            fd = self.folders.open_file(owner, row.submission_id, name)
+            fd = self.folders.open_file(owner, submission_id, name)
         except (NotFound, PermissionDenied):
             return None
         with os.fdopen(fd, "rb") as handle:
@@ -535,6 +548,13 @@ class JobService:
         return answer
 
 
+def _parse_time(text):
+    try:
+        return datetime.datetime.fromisoformat(str(text).rstrip("Z"))
+    except ValueError:
+        return None
+
+
 def _directive(script, option):
     prefix = f"#SBATCH --{option}="
     for line in script.splitlines():
@@ -556,12 +576,11 @@ def _summary(errors):
 
 def readable_by(user, path):
     """Whether ``user`` may read ``path``, asked with the user's own identity."""
+    argv, kwargs = as_user(user, ["/usr/bin/test", "-r", path]) if os.geteuid() == 0 \
+        else (["/usr/bin/test", "-r", path], {})
     try:
-        answer = subprocess.run(["/usr/bin/test", "-r", path], user=user.uid, group=user.gid,
-                                extra_groups=[g for g in user.groups if g != user.gid],
-                                env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=10,
-                                stdin=subprocess.DEVNULL, capture_output=True) \
-            if os.geteuid() == 0 else subprocess.run(["/usr/bin/test", "-r", path], timeout=10)
+        answer = subprocess.run(argv, env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=10,
+                                stdin=subprocess.DEVNULL, capture_output=True, **kwargs)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return answer.returncode == 0

@@ -1,24 +1,18 @@
-"""Jobs submitted through the portal.
+"""Jobs submitted through the portal: one row per job Slurm accepted.
 
-A row is written *before* sbatch runs (``status`` "submitting", no Slurm id):
-if sbatch's answer is lost, the row's ``submission_id`` (also given to Slurm in
-``--comment``) is how the job is found again. A refused or failed submission
-deletes its row, so no row ever claims a job Slurm does not have.
+A row is written once Slurm has given its job id. ``submission_id`` is also in
+the job's ``--comment``: when sbatch's answer is lost, the job monitor finds the
+job by it and writes the row then (unique, so a job is never recorded twice).
+A refused submission writes no row.
 """
 
 import peewee
 
 from .base import BaseModel, JSONField, utcnow
 
-SUBMITTING = "submitting"  # sbatch is running or its answer was lost
-SUBMITTED = "submitted"  # Slurm has it: slurm_job_id is set
-LOST = "lost"  # sbatch's answer was lost and Slurm never had the job
-
-
 class Job(BaseModel):
     submission_id = peewee.CharField(max_length=32, unique=True)
-    slurm_job_id = peewee.CharField(max_length=32, null=True, index=True)
-    status = peewee.CharField(max_length=16, default=SUBMITTING, index=True)
+    slurm_job_id = peewee.CharField(max_length=32, index=True)
     user = peewee.CharField(max_length=64, index=True)
     uid = peewee.IntegerField()
     name = peewee.CharField(max_length=128)
