@@ -37,6 +37,7 @@ class Slurm:
         self._partition_cache = partition_cache
         self._clock = clock
         self._snapshot = None
+        self._failure = None  # (SlurmUnavailable, when) of the last squeue that failed
         self._snapshot_lock = threading.Lock()
         self._partitions = None
         self._partitions_taken = None
@@ -57,10 +58,21 @@ class Slurm:
             current = self._snapshot
             if current is not None and self._clock() - current.taken <= max_age:
                 return current
+            failure = self._failure
+            if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
+                # A controller that just failed to answer is not asked again at once:
+                # waiting requests get the same answer instead of queueing for squeue's timeout.
+                raise failure[0]
             started = self._clock()
-            answer = self.runner.run("squeue", ["--json", "--all", "-t", "all"])
-            self._snapshot = Snapshot(parse_squeue_json(answer.stdout), started)
-            return self._snapshot
+            try:
+                answer = self.runner.run("squeue", ["--json", "--all", "-t", "all"])
+                snapshot = Snapshot(parse_squeue_json(answer.stdout), started)
+            except SlurmUnavailable as exc:
+                self._failure = (exc, self._clock())
+                raise
+            self._failure = None
+            self._snapshot = snapshot
+            return snapshot
 
     def snapshot_age(self):
         current = self._snapshot
