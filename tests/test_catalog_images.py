@@ -18,6 +18,8 @@ from support.sifbuild import build_sif, make_squashfs, rootfs_tree, sif_bytes
 FIXTURES = os.environ.get("HPCPORTAL_SIF_FIXTURES") or os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "sif"))
 WAIT = 30   # generous bound for asynchronous effects; never a timing assertion
+# Watching and reading files does not depend on the database: one backend is enough.
+ONE_BACKEND = pytest.mark.databases("sqlite")
 
 
 def wait_for(check, timeout=WAIT, interval=0.1, message="condition"):
@@ -95,6 +97,7 @@ def test_dropped_images_appear_with_their_metadata(daemon, shared_dir, tmp_path)
     wait_for(lambda: list(by_name(daemon)) == ["python_3.11.sif"], message="deletion")
 
 
+@ONE_BACKEND
 def test_slow_copy_never_appears_half_way(daemon_factory, shared_dir, tmp_path):
     daemon = daemon_factory(config={"catalog": {"settle_seconds": 3}})
     data = sif_bytes(labels={"complete": "yes"})
@@ -126,6 +129,7 @@ def test_slow_copy_never_appears_half_way(daemon_factory, shared_dir, tmp_path):
     assert image["labels"] == {"complete": "yes"}
 
 
+@ONE_BACKEND
 def test_rename_into_place_is_indexed_without_waiting_to_settle(daemon_factory, shared_dir,
                                                                 tmp_path):
     # A settle time far beyond the wait bound: only "renamed into place" can index it.
@@ -173,6 +177,7 @@ def test_invalid_files_are_kept_for_admins_and_logged_once(daemon, shared_dir, t
     wait_for(lambda: by_name(daemon)["notes.sif"]["valid"], message="repaired file")
 
 
+@ONE_BACKEND
 def test_polling_watcher_follows_the_folder(daemon_factory, shared_dir, tmp_path):
     daemon = daemon_factory(config={"catalog": {"watcher": "poll"}})
     checks = daemon.get("/readyz").json()["checks"]
@@ -264,6 +269,7 @@ def test_filters_paging_and_partitions(daemon, shared_dir, tmp_path, small_squas
     wait_for(lambda: names(partition="debug") == ["python_3.11.sif"], message="sidecar change")
 
 
+@ONE_BACKEND
 def test_same_stem_in_two_types_gets_qualified_ids(daemon, shared_dir, tmp_path):
     drop(tmp_path, shared_dir.images, "compute/tool.sif")
     drop(tmp_path, shared_dir.images, "viz/tool.sif")
@@ -316,6 +322,7 @@ def test_scan_is_for_admins_and_reports_counts(daemon, shared_dir, tmp_path):
     assert "hpcportal_catalog_watcher_events_total" in metrics
 
 
+@ONE_BACKEND
 @pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="shared/fixtures/sif is not available")
 def test_real_images_are_served_with_their_metadata(daemon, shared_dir):
     # Symlinks: the fixtures are used in place, never copied.
@@ -336,6 +343,7 @@ def test_real_images_are_served_with_their_metadata(daemon, shared_dir):
     assert "no root filesystem" in images["empty.sif"]["error"]
 
 
+@ONE_BACKEND
 def test_scan_command_prints_what_changed(daemon_factory, shared_dir, tmp_path):
     daemon = daemon_factory(start=False)
     drop(tmp_path, shared_dir.images, "compute/cli.sif", created=time.time() - 3600)
