@@ -119,8 +119,8 @@ def list_latency(tree, requests_count, headers):
     try:
         session = requests.Session()
         cases = {
-            "no filter (limit 100)": {},
-            "all 1000": {"limit": 1000},
+            "no filter (all)": {},
+            "limit=100": {"limit": 100},
             "partition=compute": {"partition": "compute"},
             "q=variant 2": {"q": "variant 2"},
             "app=solver&type=viz": {"app": "solver", "type": "viz"},

@@ -258,6 +258,7 @@ def test_filters_paging_and_partitions(daemon, shared_dir, tmp_path, small_squas
     assert names(q="kitware") == ["paraview_5.11.sif"]          # a label value
     assert names(q="SITE BUILD") == ["python_3.11.sif"]         # the description
     assert names(q="jupyter") == ["python_3.11.sif"]            # apps and tags
+    assert listing(daemon)["total"] == len(listing(daemon)["images"]) == 4   # no limit by default
     page = listing(daemon, limit=2, offset=1)
     assert page["total"] == 4 and len(page["images"]) == 2
     assert daemon.get("/api/v2/apptainer/images", user="alice",

@@ -8,7 +8,7 @@ import threading
 from ..catalog import images as imagesmod
 from ..catalog.indexer import indexer_for
 from ..errors import NotFound, PermissionDenied
-from .base import bool_param, paging, require_admin
+from .base import MAX_LIMIT, bool_param, int_param, require_admin
 
 MAX_AGE = 300           # the dashboard caches the list for 5 minutes
 CACHED_ANSWERS = 64
@@ -73,7 +73,9 @@ class ImagesResource:
 
     def on_get(self, req, resp):
         include_invalid = _include_invalid(req)
-        limit, offset = paging(req)
+        # No limit by default: the dashboard predates paging and caches the whole list.
+        limit = int_param(req, "limit", None, 1, MAX_LIMIT)
+        offset = int_param(req, "offset", 0, 0)
         filters = {name: (req.get_param(name) or "").strip() or None
                    for name in ("partition", "type", "app", "q")}
         generation = self._catalog.generation()
@@ -83,7 +85,8 @@ class ImagesResource:
             _, found = self._catalog.search(partition=filters["partition"],
                                             image_type=filters["type"], app=filters["app"],
                                             q=filters["q"], include_invalid=include_invalid)
-            body = {"images": [_public(i) for i in found[offset:offset + limit]],
+            page = found[offset:] if limit is None else found[offset:offset + limit]
+            body = {"images": [_public(i) for i in page],
                     "total": len(found)}
             cached = _encode(body)
             self._answers.put(key, cached)
