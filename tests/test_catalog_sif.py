@@ -136,6 +136,14 @@ def test_squashfs_fallback_reads_labels_apps_and_help(tmp_path):
     assert meta["help"] == "Old image."
 
 
+def test_definition_file_only_inside_the_squashfs(tmp_path):
+    path = build_sif(str(tmp_path / "old.sif"), with_inspect_metadata=False,
+                     deffile_descriptor=False, deffile="Bootstrap: library\nFrom: alpine:3.19\n")
+    meta = read_sif(path)
+    assert meta["deffile"] == {"bootstrap": "library", "from": "alpine:3.19"}
+    assert "deffile" not in [o["type"] for o in meta["objects"]]
+
+
 def test_labels_descriptor_comes_before_the_squashfs(tmp_path):
     path = build_sif(str(tmp_path / "x.sif"), with_inspect_metadata=False,
                      labels={"inside": "1"}, labels_descriptor={"outside": "2"})

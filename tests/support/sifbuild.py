@@ -100,13 +100,16 @@ def inspect_metadata(labels=None, apps=None, help_text=None, deffile=None):
 def build_sif(path, *, labels=None, apps=None, help_text=None,
               deffile="Bootstrap: docker\nFrom: python:3.11-slim\n", arch="amd64",
               with_inspect_metadata=True, labels_descriptor=None, squashfs=None,
-              deterministic=False, created=None, image_id=None, partition_type=2):
+              deterministic=False, created=None, image_id=None, partition_type=2,
+              deffile_descriptor=True):
     """Write a SIF file at ``path`` and return its path.
 
     ``apps``: {name: {"help": str, "labels": {...}}}. ``with_inspect_metadata``
     writes the JSON Apptainer >= 3.6 adds; without it readers must look inside
     the squashfs. ``labels_descriptor``: a dict for a JSON.Labels object.
     ``squashfs``: ready bytes (reuse one for many files), else built here.
+    ``deffile_descriptor=False`` leaves the definition file only inside the
+    squashfs (``/.singularity.d/Singularity``), as some old builders did.
     """
     labels = dict(labels or {})
     now = int(time.time()) if created is None else int(created)
@@ -114,7 +117,7 @@ def build_sif(path, *, labels=None, apps=None, help_text=None,
     if squashfs is None:
         squashfs = make_squashfs(rootfs_tree(labels, apps, help_text, deffile))
     objects = []  # (datatype, name, data, extra, align)
-    if deffile:
+    if deffile and deffile_descriptor:
         objects.append((DEFFILE, "", deffile.encode(), b"", 1))
     if with_inspect_metadata:
         meta = inspect_metadata(labels, apps, help_text, deffile)

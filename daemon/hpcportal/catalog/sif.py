@@ -298,7 +298,7 @@ class SifReader:
             labels, labels_source = oci_labels, "oci-config"
 
         if inspect is None and part_info and part_info["fs"] == "squashfs":
-            inside = self._squashfs_metadata(partition)
+            inside = self._squashfs_metadata(partition, need_deffile=not (deffile_text or deffiles))
             if inside is not None:
                 if labels is None and inside["labels"] is not None:
                     labels, labels_source = inside["labels"], "squashfs"
@@ -352,7 +352,7 @@ class SifReader:
 
     # -- inside the squashfs -----------------------------------------------
 
-    def _squashfs_metadata(self, partition):
+    def _squashfs_metadata(self, partition, need_deffile=True):
         with open(self.path, "rb") as handle:
             handle.seek(partition.offset)
             if handle.read(4) != b"hsqs":
@@ -402,7 +402,7 @@ class SifReader:
                     self.warnings.append(f"labels of app {name} are not valid JSON")
             apps.append(app)
         return {"labels": labels, "apps": apps, "help": cat("/.singularity.d/runscript.help"),
-                "deffile": cat("/.singularity.d/Singularity")}
+                "deffile": cat("/.singularity.d/Singularity") if need_deffile else None}
 
     def _unsquashfs_run(self, args):
         try:
