@@ -267,6 +267,9 @@ def test_render_checks_values_and_returns_the_batch_script(shared_dir, daemon, t
     assert set(bad.json()["errors"]) == {"parameters.text", "parameters.count", "parameters.nope",
                                          "overrides.nodes", "overrides.partition"}
     assert daemon.post(f"{LIST}/official.nothing/render", user="alice", json={}).status_code == 404
+    odd = daemon.post(url, user="alice", json={"parameters": {"text": "x"},
+                                               "files": [{"storage_path": "/shared/a,/etc/x.txt"}]})
+    assert odd.status_code == 400 and "files[0]" in odd.json()["errors"]
     assert daemon.post(url, user="alice", data="[", headers={"Content-Type": "application/json"}).status_code == 400
 
     crafted = "x\n#SBATCH --uid=0\n$(touch pwned) `touch pwned2` '; rm -rf ~; '"

@@ -316,6 +316,8 @@ def test_the_builder_refuses_unsafe_directives_and_names():
         t.build_batch_script([], {"BAD NAME": "x"}, "true\n")
     with pytest.raises(ValueError):
         t.build_batch_script([], {"X": "nul\x00"}, "true\n")
+    with pytest.raises(ValueError):  # apptainer would read two binds
+        t.build_batch_script([], {}, "true\n", image_path="/i.sif", body_path="/j/s.sh", binds=["/a,/etc"])
 
 
 def test_bash_quote_keeps_every_value_on_one_line():

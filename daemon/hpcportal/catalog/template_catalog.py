@@ -27,12 +27,15 @@ from ..errors import NotFound, PermissionDenied, ValidationError
 from ..models.base import isoformat
 from ..models.catalog import Image
 from ..models.templates import Template
+from ..slurm.script import SAFE_PATH
 from . import templates as tpl
 from .indexer import InvalidFile, ModelKind, generation
 
 log = logging.getLogger("hpcportal.catalog.templates")
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
+# Stands for the submission id in a rendered script's job folder.
+PREVIEW_SUBMISSION = "submission-id"
 KIND = "templates"
 
 
@@ -344,6 +347,11 @@ class TemplateCatalog:
             errors = {}
             files = [self._resolve_file(user, item, index, lookup_file, errors)
                      for index, item in enumerate(request["files"])]
+            for index, item in enumerate(files):
+                path = item.get("storage_path") if isinstance(item, dict) else item
+                if isinstance(path, str) and f"files[{index}]" not in errors and (
+                        any(c in path for c in "\n\r,:") or not SAFE_PATH.match(posixpath.normpath(path))):
+                    errors[f"files[{index}]"] = "the path has characters a job cannot be given safely"
             if errors:
                 raise ValidationError(f"{len(errors)} file(s) are not acceptable for this template.",
                                       errors=errors)
@@ -448,7 +456,7 @@ def _matches(item, category, source, tag, q, image):
 
 def job_dir_preview(uploads_root, user_name):
     """The job folder shown in a rendered script; a submit uses its own submission id."""
-    return posixpath.join(uploads_root, user_name, "jobs", "<submission>")
+    return posixpath.join(uploads_root, user_name, "jobs", PREVIEW_SUBMISSION)
 
 
 def build(portal):

@@ -49,13 +49,14 @@ import math
 import os
 import posixpath
 import re
-import shlex
 from dataclasses import dataclass, field
 
 import jsonschema
 import yaml
 
 from ..errors import ValidationError
+# One quoting and one #SBATCH check for the whole daemon: job submission's.
+from ..slurm.script import DIRECTIVE_VALUE, bash_quote, directive_lines, export_lines  # noqa: F401
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 USERS_SOURCE = "users"
@@ -64,7 +65,6 @@ _LOCAL_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _SOURCE_PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Unix user names as useradd accepts them by default (NAME_REGEX).
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
@@ -745,37 +745,7 @@ def resolve_image(pattern, images, partition=None):
 
 # --------------------------------------------------------------------------- bash quoting
 
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
-
-
-def bash_quote(value):
-    """One-line bash quoting: control characters as ``$'\\xNN'``, so a value
-    holding a newline never starts a line of its own in the script."""
-    text = str(value)
-    if "\x00" in text:
-        raise ValueError("a value cannot contain a NUL character")
-    if _SAFE_WORD.match(text):
-        return text
-    if not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        return shlex.quote(text)
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in ("\\", "'"):
-            out.append("\\" + char)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        else:
-            out.append(char)
-    return "$'" + "".join(out) + "'"
-
-
 # --------------------------------------------------------------------------- the batch script
-
-_DIRECTIVE_OPTION = re.compile(r"^[a-z][a-z-]{0,40}$")
-# Values of #SBATCH lines: no whitespace, quotes, backslashes, # or control characters.
-_DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,255}$")
-
 
 def build_batch_script(directives, environment, body, *, image_path=None, body_path=None,
                        apptainer_command="apptainer", exec_options=(), binds=(), app=None,
@@ -783,36 +753,28 @@ def build_batch_script(directives, environment, body, *, image_path=None, body_p
     """The batch script (see the module docstring). Raises ValueError on an unsafe input."""
     if not re.fullmatch(r"#![/A-Za-z0-9_. -]+", shebang):
         raise ValueError(f"unsafe shebang: {shebang!r}")
-    lines = [shebang]
-    for option, value in directives:
-        value = str(value)
-        if not _DIRECTIVE_OPTION.match(option) or not _DIRECTIVE_VALUE.match(value):
-            raise ValueError(f"unsafe #SBATCH value for --{option}: {value!r}")
-        lines.append(f"#SBATCH --{option}={value}")
+    lines = [shebang, *directive_lines(directives)]
     if comment:
         lines.append("# " + re.sub(r"[\x00-\x1f\x7f]", " ", comment))
     # A command line ends sbatch's directive parsing: nothing below can add one.
     lines.append(": hpcportal batch options end here")
-    for name, value in environment.items():
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        lines.append(f"export {name}={bash_quote(value)}")
+    lines += export_lines(environment)
     if image_path is None:
         lines.append("")
         text = "\n".join(lines) + "\n" + body
         return text if text.endswith("\n") else text + "\n"
     if not body_path:
         raise ValueError("a container job needs body_path, where the caller writes the body")
-    for name, value in (container_env or {}).items():
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"not an environment variable name: {name!r}")
-        lines.append(f"export APPTAINERENV_{name}={bash_quote(value)}")
+    lines += export_lines({f"APPTAINERENV_{name}": value for name, value in (container_env or {}).items()})
     if forward_env:
         # --cleanenv/--containall drop the host environment; these survive it.
         for name in environment:
             lines.append(f'export APPTAINERENV_{name}="${{{name}}}"')
     command = [apptainer_command, "exec", *exec_options]
     for bind in binds:
+        # apptainer splits --bind on commas: one path must stay one bind.
+        if not DIRECTIVE_VALUE.match(bind) or "," in bind:
+            raise ValueError(f"unsafe bind path {bind!r}")
         command += ["--bind", bind]
     if app:
         command += ["--app", app]
@@ -1074,6 +1036,17 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
     body = document["script"]
     result = {"template": {"id": template_id, "version": version}, "slurm": slurm_values,
               "parameters": params_out, "environment": environment, "image": None}
+    try:
+        _build_rendered(result, container, directives, environment, body, image, job_dir,
+                        apptainer_command, extra_binds, comment)
+    except ValueError as exc:
+        raise ValidationError(f"The job cannot be written safely: {exc}.",
+                              errors={"script": str(exc)}) from None
+    return result
+
+
+def _build_rendered(result, container, directives, environment, body, image, job_dir,
+                    apptainer_command, extra_binds, comment):
     if container:
         options = list(container.get("options", []))
         if container.get("gpu") and "--nv" not in options:
@@ -1093,4 +1066,3 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
     else:
         result["script"] = build_batch_script(directives, environment, body, comment=comment,
                                               shebang=JOB_SHEBANG)
-    return result
