@@ -17,7 +17,7 @@ import pytest
 from support.daemon import REPO
 from support.databases import query
 
-pytestmark = pytest.mark.databases("mariadb")
+pytestmark = pytest.mark.databases("mariadb", "postgres")
 
 WAIT = 60
 EXAMPLE = os.path.join(REPO, "examples", "templates", "official", "python-script.yaml")

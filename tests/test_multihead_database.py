@@ -12,7 +12,7 @@ from hpcportal.db import MIGRATIONS
 from support.databases import DatabaseServer, create_database, query
 from support.sifbuild import build_sif
 
-pytestmark = pytest.mark.databases("mariadb")
+pytestmark = pytest.mark.databases("mariadb", "postgres")
 
 WAIT = 60  # generous bound for asynchronous effects; tests never assert timings
 
@@ -45,9 +45,10 @@ def test_three_heads_started_at_once_migrate_an_empty_database_once(daemon_facto
 
 
 @pytest.fixture
-def private_mariadb():
-    """A server this test may stop and kill without disturbing the others."""
-    server = DatabaseServer("mariadb")
+def private_server(request):
+    """A server of the test's backend that it may stop and kill without
+    disturbing the others."""
+    server = DatabaseServer(request.node.callspec.params["db_url"])
     server.start()
     yield server
     server.cleanup()
@@ -71,16 +72,16 @@ def _init_upload(head, name, size=10):
 
 @pytest.mark.parametrize("outage", ["stop", "kill"])
 def test_heads_answer_503_while_the_database_is_down_then_resume(
-        daemon_factory, private_mariadb, shared_dir, outage):
-    url = create_database(private_mariadb.url)
+        daemon_factory, private_server, shared_dir, outage):
+    url = create_database(private_server.url)
     heads = [daemon_factory(config={"database": {"url": url}}) for _ in range(2)]
     a, b = heads
     acknowledged = _init_upload(a, "before.dat")
 
     if outage == "stop":
-        private_mariadb.stop()
+        private_server.stop()
     else:
-        private_mariadb.kill()
+        private_server.kill()
 
     for head in heads:
         answer, = wait_until(lambda: _database_is_gone(head), message="503 while the database is down")
@@ -98,7 +99,7 @@ def test_heads_answer_503_while_the_database_is_down_then_resume(
     build_sif(os.path.join(shared_dir.images, "compute", f"during-{outage}.sif"),
               labels={"org.opencontainers.image.version": "1.0"})
 
-    private_mariadb.start()
+    private_server.start()
 
     for head in heads:
         wait_until(lambda: _serves(head), message="requests served again")

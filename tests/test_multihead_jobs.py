@@ -11,7 +11,7 @@ import requests
 
 from support.daemon import REPO, auth_headers
 
-pytestmark = [pytest.mark.databases("mariadb"), pytest.mark.slurm]
+pytestmark = [pytest.mark.databases("mariadb", "postgres"), pytest.mark.slurm]
 
 WAIT = 90
 

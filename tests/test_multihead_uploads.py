@@ -13,7 +13,7 @@ import pytest
 
 from support.daemon import auth_headers
 
-pytestmark = pytest.mark.databases("mariadb")
+pytestmark = pytest.mark.databases("mariadb", "postgres")
 
 CHUNK = 64 * 1024
 HEAD_CONFIG = {"uploads": {"min_chunk_size": "1KiB", "chunk_size": "64KiB"}}

@@ -144,10 +144,15 @@ class DatabaseServer:
         _run_dev_db("stop", self.kind, self.env)
 
     def kill(self):
-        """SIGKILL, like a crash (MariaDB only)."""
-        pid_file = os.path.join(self.base, "mariadb", "mysqld.pid")
+        """SIGKILL of the server process, like a crash. PostgreSQL's backends
+        notice that their postmaster is gone and exit; the next start waits
+        for them and recovers from the WAL."""
+        if self.kind == "mariadb":
+            pid_file = os.path.join(self.base, "mariadb", "mysqld.pid")
+        else:
+            pid_file = os.path.join(self.base, "postgres", "data", "postmaster.pid")
         with open(pid_file) as handle:
-            pid = int(handle.read().strip())
+            pid = int(handle.readline().strip())
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
