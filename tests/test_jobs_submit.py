@@ -273,6 +273,12 @@ def test_stopped_controller_answers_503_and_records_nothing(daemon_factory, shar
     assert reply["message"].startswith("Slurm controller is not reachable")
     assert daemon.get("/api/slurm/jobs", user="alice").json()["total"] == 0
     assert os.listdir(os.path.join(shared_dir.uploads, "alice", "jobs")) == []
+    # With the whole cluster out of reach the list still answers what the portal knows.
+    down = daemon_factory(jobs_config(shared_dir, dead), shared=shared_dir)
+    listed = down.get("/api/slurm/jobs", user="alice", timeout=60)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["jobs"] == [] and listed.json()["slurm"]["reachable"] is False
+    assert listed.json()["slurm"]["message"].startswith("Slurm controller is not reachable")
 
 
 @pytest.mark.databases("sqlite")

@@ -42,7 +42,7 @@ RECORD_FIELDS = ("submission_id", "user", "uid", "name", "partition", "nodes", "
                  "account", "qos", "gpus", "image", "template_id", "template_version", "parameters", "files",
                  "client_job_id")
 MAX_FILES = 1000
-_CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 
 def owner_of(row):

@@ -13,12 +13,12 @@ import shlex
 
 from ..errors import ValidationError
 
-JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
-SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}\Z")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Values allowed on an #SBATCH line or in a --bind: no space, quote, #, newline, ...
-DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,1024}$")
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.@%+=/-]{0,4095}$")
+DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,1024}\Z")
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.@%+=/-]{0,4095}\Z")
 
 MAX_NODES = 100000
 MAX_TASKS = 1000000
@@ -28,7 +28,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?)(B?)\s*$", re.IGNORECAS
 _POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 _TIME = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+))?(?::(?P<ds>\d+))?"
-    r"|(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?)$")
+    r"|(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?)\Z")
 
 
 def memory_megabytes(value):

@@ -1,0 +1,177 @@
+"""The batch script builder and Slurm output parsing, without a daemon.
+
+Scripts built here are run by the real bash, so quoting is checked by the
+shell that will read it, not by a re-implementation."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from hpcportal.errors import ValidationError
+from hpcportal.slurm import script as batch
+from hpcportal.slurm.parse import exit_code_from_status, parse_sinfo, parse_squeue_json
+from hpcportal.slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmRunner, SlurmUnavailable, slurm_message
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("16GB", "16G"), ("16G", "16G"), ("16gb", "16G"), ("16GiB", "16G"), ("16 GB", "16G"), ("512M", "512M"),
+    ("512MB", "512M"), ("1T", "1T"), ("1TB", "1T"), ("1.5G", "1536M"), ("2048", "2G"), (2048, "2G"),
+    ("100K", "1M"), ("3000", "3000M"),
+])
+def test_memory_is_normalised_for_sbatch(given, expected):
+    assert batch.slurm_memory(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "lots", "16XB", "-1G", "1G\n#SBATCH --uid=0", "16 G B", 0, True, None,
+                                   "1e3M", "i"])
+def test_bad_memory_is_refused(given):
+    with pytest.raises(ValueError):
+        batch.slurm_memory(given)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("60", "01:00:00"), (60, "01:00:00"), ("90:30", "01:30:30"), ("01:00:00", "01:00:00"),
+    ("2-0", "2-00:00:00"), ("2-12", "2-12:00:00"), ("1-2:30", "1-02:30:00"), ("1-02:03:04", "1-02:03:04"),
+    ("UNLIMITED", "UNLIMITED"), ("infinite", "UNLIMITED"), ("0:30", "00:00:30"),
+])
+def test_every_sbatch_time_format(given, expected):
+    assert batch.slurm_time(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "1 hour", "0", 0, -5, "1-2-3", "01:00:00\n#SBATCH", "1:2:3:4", True, "a:b"])
+def test_bad_time_is_refused(given):
+    with pytest.raises(ValueError):
+        batch.slurm_time(given)
+
+
+def test_check_resources_reports_every_field():
+    with pytest.raises(ValidationError) as caught:
+        batch.check_resources({"jobName": "a b", "nodes": 0, "cpus": "x", "memory": "q", "time": "z",
+                               "partition": "-p", "account": "a;b", "gpus": -1}, max_script_size=10)
+    assert set(caught.value.errors) == {"jobName", "nodes", "cpus", "memory", "time", "partition", "account",
+                                        "gpus", "script"}
+    for field, value in (("jobName", "ok\n"), ("partition", "compute\n"), ("qos", "normal\n")):
+        with pytest.raises(ValidationError) as caught:
+            batch.check_resources({"jobName": "x", "script": "true", field: value}, max_script_size=10)
+        assert field in caught.value.errors
+    ok = batch.check_resources({"jobName": "x", "nodes": "2", "cpus": 4, "memory": "1G", "time": 30,
+                                "script": "true"}, max_script_size=10)
+    assert (ok["nodes"], ok["cpus"], ok["memory"], ok["time"]) == (2, 4, "1G", "00:30:00")
+
+
+def test_directives_refuse_anything_that_could_add_a_line_or_option():
+    for value in ("a b", "x\n#SBATCH --uid=0", "x'", "x#y", "", "x\ry"):
+        with pytest.raises(ValueError):
+            batch.directive_lines([("job-name", value)])
+    with pytest.raises(ValueError):
+        batch.directive_lines([("uid=0 --x", "1")])
+
+
+def run_bash(text, tmp_path):
+    path = tmp_path / "job.sh"
+    path.write_text(text)
+    return subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_exported_values_reach_bash_unchanged(tmp_path):
+    values = {"PLAIN": "/shared/a.txt", "SPACES": "a b  c", "QUOTES": "it's \"q\" $HOME `id` $(id)",
+              "NEWLINE": "one\n#SBATCH --uid=0\ntwo", "TAB": "a\tb", "BACKSLASH": "a\\nb\\", "EMPTY": "",
+              "UNICODE": "é ü 漢", "CONTROL": "\x01\x7f"}
+    lines = batch.export_lines(values)
+    assert all("\n" not in line for line in lines)
+    check = "\n".join(lines) + "\n" + "".join(f'printf "%s\\0" "${name}"\n' for name in values)
+    answer = run_bash(check, tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.split("\0")[:-1] == list(values.values())
+    with pytest.raises(ValueError):
+        batch.export_lines({"BAD NAME": "x"})
+    with pytest.raises(ValueError):
+        batch.bash_quote("nul\x00")
+
+
+def test_user_script_is_its_own_file_run_by_its_interpreter(tmp_path):
+    body_path = str(tmp_path / "script.sh")
+    body = "#!/usr/bin/env python3\nprint('from python')\n"
+    (tmp_path / "script.sh").write_text(body)
+    text = batch.build_batch_script([("job-name", "x")], [("comment", "hpcportal:abc")], {"INPUT_FILE_COUNT": "0"},
+                                    body=body, body_path=body_path)
+    assert text.startswith("#!/bin/bash -l\n#SBATCH --job-name=x\n#SBATCH --comment=hpcportal:abc\n")
+    assert body not in text
+    assert run_bash(text, tmp_path).stdout == "from python\n"
+    assert batch.interpreter_of("echo hi") == ["/bin/bash"]
+    assert batch.interpreter_of("#!/bin/sh -e\n") == ["/bin/sh", "-e"]
+
+
+def test_container_command_and_unsafe_binds(tmp_path):
+    text = batch.build_batch_script([], [], {}, body="true\n", body_path="/j/script.sh", image_path="/i/p.sif",
+                                    apptainer_command="/opt/apptainer", exec_options=["--nv"],
+                                    binds=["/j", "/shared/data"])
+    assert text.endswith("exec /opt/apptainer exec --nv --bind /j --bind /shared/data /i/p.sif /bin/bash "
+                         "/j/script.sh\n")
+    for bind in ("/a,/b", "/a b", "/a\n"):
+        with pytest.raises(ValueError):
+            batch.build_batch_script([], [], {}, body="", body_path="/j/s", image_path="/i", binds=[bind])
+
+
+def test_template_scripts_get_the_portals_options_after_the_shebang():
+    rendered = "#!/bin/bash\n#SBATCH --job-name=t\n: hpcportal batch options end here\nexport A=1\necho hi\n"
+    text = batch.add_job_options(rendered, [("comment", "hpcportal:x")], {"HPCPORTAL_JOB_DIR": "/j"})
+    assert text.splitlines()[:5] == ["#!/bin/bash -l", "#SBATCH --comment=hpcportal:x", "#SBATCH --job-name=t",
+                                     ": hpcportal batch options end here", "export HPCPORTAL_JOB_DIR=/j"]
+
+
+def test_squeue_json_of_slurm_22_05():
+    document = {"meta": {}, "errors": [], "jobs": [{
+        "job_id": 7, "name": "n", "user_name": "alice", "user_id": 2001, "partition": "compute",
+        "job_state": "FAILED", "state_reason": "NonZeroExitCode", "exit_code": 768, "submit_time": 1795858933,
+        "start_time": 1795858934, "end_time": 1795858935, "nodes": "localhost", "comment": "hpcportal:abc",
+        "current_working_directory": "/j"}]}
+    job, = parse_squeue_json(json.dumps(document))
+    assert (job["job_id"], job["state"], job["exit_code"], job["reason"]) == ("7", "FAILED", "3:0", "NonZeroExitCode")
+    assert exit_code_from_status(15) == "0:15"
+    with pytest.raises(SlurmUnavailable) as caught:
+        parse_squeue_json(json.dumps({"errors": [{"description": "Failed while looking for jobs"}], "jobs": []}))
+    assert caught.value.message.startswith("Slurm controller is not reachable")
+
+
+def test_sinfo_partitions():
+    parts = parse_sinfo("compute*|up|2|64|65536|infinite|gpu:a100:2|idle\ncompute*|up|1|8|4000|infinite|(null)|mix\n"
+                        "viz|down|1|8|4000|1:00:00|(null)|down\n")
+    assert parts[0] == {"name": "compute", "state": "UP", "default": True, "nodes": 3, "cpus": 136,
+                        "memory_mb": 65536, "gpus": 4, "time_limit": "infinite", "node_states": ["idle", "mix"]}
+    assert parts[1]["default"] is False and parts[1]["state"] == "DOWN"
+
+
+def fake_command(folder, name, body):
+    path = os.path.join(folder, name)
+    with open(path, "w") as handle:
+        handle.write("#!/bin/bash\n" + body)
+    os.chmod(path, 0o755)
+
+
+def test_runner_maps_failures(tmp_path):
+    folder = str(tmp_path)
+    fake_command(folder, "sbatch", "echo 'sbatch: error: Batch job submission failed: Invalid account' >&2; exit 1\n")
+    fake_command(folder, "squeue", "echo 'squeue: error: Unable to contact slurm controller (connect failure)' >&2; exit 1\n")
+    fake_command(folder, "scancel", "sleep 5\n")
+    fake_command(folder, "sinfo", "kill -9 $$\n")
+    fake_command(folder, "sacct", "env\n")
+    runner = SlurmRunner(folder, conf="/etc/x/slurm.conf", timeout=1)
+    with pytest.raises(SlurmRefused) as refused:
+        runner.run("sbatch", [])
+    assert refused.value.message == "Invalid account"
+    with pytest.raises(SlurmUnavailable) as down:
+        runner.run("squeue", [])
+    assert down.value.message == "Slurm controller is not reachable: Unable to contact slurm controller (connect failure)"
+    with pytest.raises(SlurmAnswerLost):
+        runner.run("scancel", [])
+    with pytest.raises(SlurmAnswerLost):
+        runner.run("sinfo", [])
+    with pytest.raises(SlurmUnavailable):
+        runner.run("scontrol", [])  # not installed
+    env = dict(line.split("=", 1) for line in runner.run("sacct", []).stdout.splitlines() if "=" in line)
+    assert env["SLURM_CONF"] == "/etc/x/slurm.conf"
+    assert not {k for k in env if k.startswith(("HPCPORTAL", "PYTEST"))}
+    assert slurm_message("sbatch: error: A\nsbatch: error: B\n") == "A; B"
