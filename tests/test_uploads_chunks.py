@@ -481,3 +481,38 @@ def test_unauthenticated_upload_is_401(small):
     answer = requests.post(small.url + "/api/v2/files/upload/init", json={"filename": "a", "size": 1},
                            timeout=10)
     assert answer.status_code == 401
+
+
+def _reread(daemon):
+    for line in daemon.get("/metrics").text.splitlines():
+        if line.startswith("hpcportal_upload_complete_reread_bytes_total "):
+            return float(line.split()[1])
+    raise AssertionError("no reread metric")
+
+
+def test_completion_reuses_the_hash_computed_while_chunks_arrived(daemon_factory):
+    first = daemon_factory(config=SMALL)
+    second = daemon_factory(config=SMALL)
+    data = random_bytes(6 * 1024)
+    pieces = chunks_of(data, 1024)
+    # In order on one head (any order of the first ones): nothing is read back.
+    info = init(first, "alice", "inorder.bin", len(data), chunk_size=1024).json()
+    for index in (1, 0, 2, 3, 4, 5):
+        send_chunk(first, "alice", info["upload_id"], index, pieces[index])
+    assert complete(first, "alice", info["upload_id"]).json()["sha256"] == sha256(data)
+    assert _reread(first) == 0
+    # A chunk re-sent through the other head after it was hashed here: the
+    # hash is not trusted, the file is read back, and the sha256 is right.
+    changed = pieces[:2] + [b"x" * 1024] + pieces[3:]
+    info = init(first, "alice", "resent.bin", len(data), chunk_size=1024).json()
+    for index, piece in enumerate(pieces):
+        send_chunk(first, "alice", info["upload_id"], index, piece)
+    send_chunk(second, "alice", info["upload_id"], 2, changed[2])
+    assert complete(first, "alice", info["upload_id"]).json()["sha256"] == sha256(b"".join(changed))
+    assert _reread(first) == len(data)
+    # Completed on a head that did not see the upload start: read back there.
+    info = init(first, "alice", "other.bin", len(data), chunk_size=1024).json()
+    for index, piece in enumerate(pieces):
+        send_chunk(first, "alice", info["upload_id"], index, piece)
+    assert complete(second, "alice", info["upload_id"]).json()["sha256"] == sha256(data)
+    assert _reread(second) == len(data)

@@ -107,6 +107,9 @@ def test_tus_protocol_by_hand(small, shared_dir):
                                                   "by-hand.csv")
     done = head(url, "alice")
     assert (done.headers["Upload-Offset"], done.headers["Upload-Length"]) == ("3000", "3000")
+    # Hashed as it arrived (refused bodies included, they were not counted):
+    # completion read nothing back.
+    assert "hpcportal_upload_complete_reread_bytes_total 0.0" in small.get("/metrics").text
 
 
 @pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough

@@ -42,6 +42,9 @@ class UploadChunk(BaseModel):
     upload = peewee.ForeignKeyField(Upload, backref="chunks", on_delete="CASCADE")
     chunk_index = peewee.IntegerField()
     size = peewee.BigIntegerField()
+    # New for every write of the chunk: a head that hashed the chunk as it
+    # arrived can tell at completion whether it was re-sent since.
+    token = peewee.CharField(max_length=16)
     received_at = peewee.DateTimeField(default=utcnow)
 
     class Meta:

@@ -50,8 +50,10 @@ class UploadJanitor:
     def sweep(self):
         """One pass; returns (expired uploads, files removed by retention, orphans)."""
         with self._database.connection_context():
-            return (self._uploads.expire_stale(), self._uploads.apply_retention(),
-                    self._uploads.remove_orphans())
+            counts = (self._uploads.expire_stale(), self._uploads.apply_retention(),
+                      self._uploads.remove_orphans())
+            self._uploads.prune_hashing()
+            return counts
 
     def _run(self):
         while not self._stop.is_set():

@@ -16,6 +16,10 @@ class UploadMetrics:
             "hpcportal_uploads_failed",
             "Refused chunks and completions (chunk_size, chunk_checksum, file_checksum)",
             ["reason"], registry=registry)
+        self.reread_bytes = Counter(
+            "hpcportal_upload_complete_reread_bytes",
+            "Bytes read back at completion to checksum a file (not hashed as they arrived)",
+            registry=registry)
         self.cancelled = Counter("hpcportal_uploads_cancelled", "Uploads cancelled by their users",
                                  registry=registry)
         self.expired = Counter("hpcportal_uploads_expired", "Unfinished uploads removed after expiry",

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 
@@ -36,6 +37,28 @@ SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 COMPLETION_LEASE = 120
 LEASE_RENEW_BYTES = 256 * 1024 * 1024
 PREVIEW_BYTES = 64 * 1024
+
+
+class _Hashing:
+    """The sha256 of an upload's first ``offset`` bytes, computed by this
+    process while chunks arrived in order, so that completing a large upload
+    does not read it all back. Chunk uploads also fingerprint the tokens of
+    the chunk rows hashed: a chunk re-sent since (on any head) changes its
+    token, and completion then falls back to reading the whole file."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        self.next_index = 0
+        self.offset = 0
+        self.digest = hashlib.sha256()
+        self.tokens = hashlib.sha256()
+
+
+def _token_line(index, token):
+    return f"{index}:{token};".encode()
 
 
 def _dt(timestamp):
@@ -77,6 +100,8 @@ class Uploads:
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
+        self._hashing = {}  # upload id -> _Hashing, for uploads this process saw start
+        self._hashing_lock = threading.Lock()
 
     @property
     def settings(self):
@@ -247,6 +272,7 @@ class Uploads:
         if chunk_sha256 is not None and not SHA256_PATTERN.fullmatch(chunk_sha256):
             raise ValidationError("chunk_sha256 must be 64 hexadecimal digits.",
                                   errors={"chunk_sha256": "must be 64 hexadecimal digits"})
+        self._forget_hashed(row.id, index)
         UploadChunk.delete().where((UploadChunk.upload == row.id)
                                    & (UploadChunk.chunk_index == index)).execute()
         self._touch(row.id)
@@ -262,28 +288,94 @@ class Uploads:
                     f"Chunk {index} has {exc.args[0]} bytes; it must be exactly {expected} bytes. "
                     "It was not recorded; send it again.",
                     errors={"chunk": f"must be {expected} bytes"}) from None
+            self._metrics.bytes_received.labels("chunk").inc(written)
+            if stream.read(1):
+                self._metrics.failed.labels("chunk_size").inc()
+                raise ValidationError(
+                    f"Chunk {index} is larger than {expected} bytes. It was not recorded.",
+                    errors={"chunk": f"must be {expected} bytes"})
+            if digest and digest.hexdigest() != chunk_sha256.lower():
+                self._metrics.failed.labels("chunk_checksum").inc()
+                raise ValidationError(
+                    f"Chunk {index} does not match its chunk_sha256 (received data has "
+                    f"{digest.hexdigest()}). It was not recorded; send it again.",
+                    code="checksum_mismatch", errors={"chunk_sha256": "does not match the data"})
+            try:
+                UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
+                                   token=os.urandom(8).hex(),
+                                   received_at=self._now()).on_conflict_ignore().execute()
+            except peewee.IntegrityError:  # cancelled or expired meanwhile
+                raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
+            self._hash_forward(row, fd, started=index == 0)
         finally:
             os.close(fd)
-        self._metrics.bytes_received.labels("chunk").inc(written)
-        if stream.read(1):
-            self._metrics.failed.labels("chunk_size").inc()
-            raise ValidationError(
-                f"Chunk {index} is larger than {expected} bytes. It was not recorded.",
-                errors={"chunk": f"must be {expected} bytes"})
-        if digest and digest.hexdigest() != chunk_sha256.lower():
-            self._metrics.failed.labels("chunk_checksum").inc()
-            raise ValidationError(
-                f"Chunk {index} does not match its chunk_sha256 (received data has "
-                f"{digest.hexdigest()}). It was not recorded; send it again.",
-                code="checksum_mismatch", errors={"chunk_sha256": "does not match the data"})
-        try:
-            UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
-                               received_at=self._now()).on_conflict_ignore().execute()
-        except peewee.IntegrityError:  # cancelled or expired meanwhile
-            raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
         received = self._received(row.id)
         return {"upload_id": row.id, "chunk_index": index,
                 "received_bytes": self._received_bytes(row), "received_chunks": received}
+
+    # -- hashing as chunks arrive ----------------------------------------------
+
+    def _hashing_state(self, upload_id, create=False):
+        with self._hashing_lock:
+            state = self._hashing.get(upload_id)
+            if state is None and create:
+                state = self._hashing[upload_id] = _Hashing()
+            return state
+
+    def _drop_hashing(self, upload_id):
+        with self._hashing_lock:
+            self._hashing.pop(upload_id, None)
+
+    def _forget_hashed(self, upload_id, index):
+        """A re-send of a chunk already hashed here: start the hash over."""
+        state = self._hashing_state(upload_id)
+        if state is not None:
+            with state.lock:
+                if index < state.next_index:
+                    state.reset()
+
+    def _hash_forward(self, row, fd, started=False):
+        """Hash the received chunks that continue this process's hash, in order
+        (they were just written, so they are read from the page cache). Only
+        the process that received chunk 0 keeps a hash: other heads would
+        have to read everything from the start."""
+        state = self._hashing_state(row.id, create=started)
+        if state is None:
+            return
+        with state.lock:
+            following = (UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
+                         .where((UploadChunk.upload == row.id)
+                                & (UploadChunk.chunk_index >= state.next_index))
+                         .order_by(UploadChunk.chunk_index).tuples())
+            for index, token in following:
+                if index != state.next_index:
+                    break
+                offset, length = self.chunk_span(row, index)
+                self._storage.hash_range(fd, state.digest, offset, offset + length)
+                state.tokens.update(_token_line(index, token))
+                state.next_index += 1
+                state.offset = offset + length
+
+    def _hash_start(self, row):
+        """(digest, offset): a hash of the first ``offset`` bytes still valid
+        for ``row``, or a fresh hash at 0."""
+        state = self._hashing_state(row.id)
+        if state is None:
+            return hashlib.sha256(), 0
+        with state.lock:
+            if row.protocol == "tus":
+                return state.digest.copy(), state.offset
+            tokens = hashlib.sha256()
+            count = 0
+            for index, token in (UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
+                                 .where((UploadChunk.upload == row.id)
+                                        & (UploadChunk.chunk_index < state.next_index))
+                                 .order_by(UploadChunk.chunk_index).tuples()):
+                tokens.update(_token_line(index, token))
+                count += 1
+            if count == state.next_index and tokens.digest() == state.tokens.digest():
+                return state.digest.copy(), state.offset
+        return hashlib.sha256(), 0
 
     def verify_chunk(self, user, upload_id, index, chunk_sha256):
         """Check an already written chunk against a checksum that arrived after
@@ -372,7 +464,10 @@ class Uploads:
                     Upload.update(lease_until=_dt(self._clock() + COMPLETION_LEASE)).where(
                         Upload.id == row.id).execute()
 
-            sha256, _ = self._storage.sha256_of(fd, on_progress=renew)
+            digest, start = self._hash_start(row)
+            end = self._storage.hash_range(fd, digest, start, on_progress=renew)
+            self._metrics.reread_bytes.inc(end - start)
+            sha256 = digest.hexdigest()
             sample = self._storage.head(fd, SAMPLE_BYTES)
         finally:
             os.close(fd)
@@ -400,6 +495,7 @@ class Uploads:
             UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
             Upload.delete().where(Upload.id == row.id).execute()
         self._storage.remove_partial(row.user, row.id)
+        self._drop_hashing(row.id)
         self._metrics.completed.labels(row.protocol).inc()
         log.info("upload %s complete: %s (%d bytes, %s)", row.id, storage_path, row.size, file_type)
         return serialize_file(created)
@@ -422,6 +518,7 @@ class Uploads:
                 return False
             UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
         self._storage.remove_partial(row.user, row.id)
+        self._drop_hashing(row.id)
         return True
 
     # -- tus -----------------------------------------------------------------
@@ -494,6 +591,7 @@ class Uploads:
             if not moved:
                 raise Conflict("Another request moved this upload's offset meanwhile.",
                                code="offset_mismatch")
+            self._hash_tus(row.id, fd, offset + written, started=offset == 0)
         finally:
             os.close(fd)  # also releases the lock
         new_offset = offset + written
@@ -506,6 +604,25 @@ class Uploads:
         except BaseException:
             self._release(row)
             raise
+
+    def _hash_tus(self, upload_id, fd, committed, started):
+        """tus data below the committed offset never changes: hash up to it."""
+        state = self._hashing_state(upload_id, create=started)
+        if state is None:
+            return
+        with state.lock:
+            if state.offset < committed:
+                state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed)
+
+    def prune_hashing(self):
+        """Forget hashes of uploads that ended on another head."""
+        with self._hashing_lock:
+            known = list(self._hashing)
+        alive = {upload_id for (upload_id,) in Upload.select(Upload.id)
+                 .where(Upload.id.in_(known)).tuples()} if known else set()
+        for upload_id in known:
+            if upload_id not in alive:
+                self._drop_hashing(upload_id)
 
     def _check_offset(self, row, offset):
         if offset != row.tus_offset:

@@ -214,18 +214,20 @@ class Storage:
 
     # -- finished files ------------------------------------------------------
 
-    def sha256_of(self, fd, on_progress=None):
-        digest = hashlib.sha256()
-        offset = 0
-        while True:
-            block = os.pread(fd, 4 * BLOCK, offset)
+    def hash_range(self, fd, digest, start, end=None, on_progress=None):
+        """Feed bytes [start, end) (end: end of file) of ``fd`` to ``digest``;
+        returns the offset reached."""
+        offset = start
+        while end is None or offset < end:
+            want = 4 * BLOCK if end is None else min(4 * BLOCK, end - offset)
+            block = os.pread(fd, want, offset)
             if not block:
                 break
             digest.update(block)
             offset += len(block)
             if on_progress:
                 on_progress(offset)
-        return digest.hexdigest(), offset
+        return offset
 
     def head(self, fd, length):
         return os.pread(fd, length, 0)
