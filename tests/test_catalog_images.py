@@ -268,6 +268,13 @@ def test_filters_paging_and_partitions(daemon, shared_dir, tmp_path, small_squas
     with open(os.path.join(shared_dir.images, "compute", "python_3.11.sif.yaml"), "w") as handle:
         handle.write("partitions: [debug]\n")
     wait_for(lambda: names(partition="debug") == ["python_3.11.sif"], message="sidecar change")
+    # A broken sidecar is reported, and the image stays usable with its own metadata.
+    with open(os.path.join(shared_dir.images, "viz", "paraview_5.11.sif.yaml"), "w") as handle:
+        handle.write("partitions: [unclosed\n")
+    paraview = wait_for(lambda: (lambda i: i["warnings"] and i)(by_name(daemon)["paraview_5.11.sif"]),
+                        message="sidecar warning")
+    assert paraview["valid"] is True and paraview["partitions"] == ["viz"]
+    assert "not valid YAML" in paraview["warnings"][0]
 
 
 @ONE_BACKEND

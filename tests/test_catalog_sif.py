@@ -172,6 +172,15 @@ def test_data_container_takes_arch_from_its_partition(tmp_path):
     assert meta["partition"]["type"] == "data"
 
 
+def test_encrypted_root_filesystem_is_not_opened(tmp_path):
+    path = build_sif(str(tmp_path / "secret.sif"), fs_type=5, with_inspect_metadata=False,
+                     labels_descriptor={"owner": "lab"})
+    meta = read_sif(path)
+    assert meta["encrypted"] is True
+    assert meta["labels"] == {"owner": "lab"}
+    assert any("encrypted" in w for w in meta["warnings"])
+
+
 def test_without_unsquashfs_the_image_is_still_read(tmp_path):
     path = build_sif(str(tmp_path / "old.sif"), with_inspect_metadata=False, labels={"a": "b"})
     meta = read_sif(path, unsquashfs=str(tmp_path / "no-such-unsquashfs"))

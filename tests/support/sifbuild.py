@@ -101,7 +101,7 @@ def build_sif(path, *, labels=None, apps=None, help_text=None,
               deffile="Bootstrap: docker\nFrom: python:3.11-slim\n", arch="amd64",
               with_inspect_metadata=True, labels_descriptor=None, squashfs=None,
               deterministic=False, created=None, image_id=None, partition_type=2,
-              deffile_descriptor=True):
+              deffile_descriptor=True, fs_type=1):
     """Write a SIF file at ``path`` and return its path.
 
     ``apps``: {name: {"help": str, "labels": {...}}}. ``with_inspect_metadata``
@@ -127,7 +127,7 @@ def build_sif(path, *, labels=None, apps=None, help_text=None,
         objects.append((LABELS, "", json.dumps(labels_descriptor).encode(), b"", 1))
     arch_code = ARCH_CODES.get(arch, "00").encode() + b"\0"
     if squashfs:
-        extra = struct.pack("<ii", 1, partition_type) + arch_code
+        extra = struct.pack("<ii", fs_type, partition_type) + arch_code
         objects.append((PARTITION, "", squashfs, extra, 4096))
 
     descriptors = []

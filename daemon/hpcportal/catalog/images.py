@@ -33,7 +33,7 @@ log = logging.getLogger("hpcportal.catalog")
 
 SIF_SUFFIX = ".sif"
 SIDECAR_SUFFIX = ".yaml"
-SIDECAR_KEYS = {"description", "tags", "partitions", "gpu", "version", "name"}
+SIDECAR_KEYS = {"description", "tags", "partitions", "gpu", "version"}
 MAX_SIDECAR = 64 * 1024
 # "python_3.11" -> "3.11", "openfoam-v2312" -> "v2312", "gromacs-2023.3-cuda" -> "2023.3"
 _VERSION_IN_NAME = re.compile(r"[_-](v?\d[0-9A-Za-z.+]*)")
