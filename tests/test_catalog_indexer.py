@@ -271,3 +271,13 @@ def test_a_vanished_root_keeps_the_index_and_is_watched_again(database, root, tm
             time.sleep(0.05)
     finally:
         indexer.stop()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_not_fatal(database, root):
+    indexer, kind = make(database, root)
+    write(root / "good.txt", "fine")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.txt"), "w") as handle:
+        handle.write("latin-1 name")
+    result = indexer.scan()["notes"]
+    assert result.added == ["good.txt"]
+    assert set(rows()) == {"good.txt"}

@@ -153,6 +153,23 @@ class ScanResult:
                 "duration_ms": self.duration_ms}
 
 
+_unusable_logged = set()
+
+
+def is_usable_name(relpath):
+    """Names that are not valid UTF-8 cannot be stored or served as JSON: skipped
+    (logged once) instead of failing every batch they are part of."""
+    try:
+        relpath.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        if relpath not in _unusable_logged:
+            _unusable_logged.add(relpath)
+            log.warning("catalog: ignoring %r: the file name is not valid UTF-8",
+                        relpath.encode("utf-8", "surrogateescape"))
+        return False
+
+
 def is_temporary(relpath):
     """Names that copy tools use while writing (rsync's ``.name.XXXXXX``, ``*.part``)."""
     parts = relpath.split("/")
@@ -432,7 +449,7 @@ class Indexer:
         if relpath is None:
             return
         self._m_events.labels(kind_name).inc()
-        if relpath and is_temporary(relpath):
+        if relpath and (is_temporary(relpath) or not is_usable_name(relpath)):
             return
         if not is_directory and relpath:
             owner = getattr(kind, "owner_of", None)
@@ -760,7 +777,8 @@ class Indexer:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 relpath = relative_to(root, os.path.join(folder, name))
-                if relpath and not is_temporary(relpath) and kind.accepts(relpath):
+                if (relpath and not is_temporary(relpath) and kind.accepts(relpath)
+                        and is_usable_name(relpath)):
                     yield relpath
 
     def _finish(self, kind, result, always=False):
