@@ -68,6 +68,10 @@ Guarantees
   makes the index equal to the folder. Unchanged files are not re-read.
 - An unreadable file is stored invalid with its reason, logged once (when its
   state changes, not on every scan) and re-read when it changes.
+- A root that is missing (unmounted) or a folder that cannot be listed never
+  empties the index: such a scan removes nothing. A watched root that goes
+  away is watched again when it comes back.
+- Names that are not valid UTF-8 are skipped (logged once).
 
 Use ``indexer_for(portal)`` to get the one indexer of an app (it registers
 itself as a background service the first time).
