@@ -126,7 +126,7 @@ def test_job_without_image_gets_files_and_the_login_environment(daemon_factory, 
     job_id = answer.json()["jobId"]
     finished = wait_finished(daemon, "alice", job_id)
     assert finished["state"] == "COMPLETED", finished
-    assert finished["partition"] is None or finished["partition"] == "compute"
+    assert finished["partition"] == "compute"  # the default partition, written out
     text = output(daemon, "alice", job_id)
     lines = text.splitlines()
     assert lines[0] == "alice"

@@ -282,7 +282,8 @@ SETTINGS = (
     S("slurm", "max_script_size", parse_size, "1MiB", "Largest job script accepted."),
     S("slurm", "max_output_slice", parse_size, "1MiB", "Most output bytes one output request returns."),
     S("slurm", "max_streams", parse_int, 4,
-      "Live output streams open at once (each holds a worker thread); more get 429."),
+      "Live output streams open at once (each holds a worker thread, so at most "
+      "server.threads - 1 are allowed); more get 429."),
     S("slurm", "stream_max_duration", parse_duration, "30m",
       "A live output stream ends after this long; the client resumes with Last-Event-ID."),
     S("slurm", "stream_heartbeat", parse_duration, "15s", "Heartbeat interval of live output streams."),
@@ -467,5 +468,3 @@ def _check(values):
         fail("slurm.command_timeout", "must be positive")
     if values["slurm.max_streams"] < 0:
         fail("slurm.max_streams", "must not be negative")
-    if values["server.threads"] > 1 and values["slurm.max_streams"] >= values["server.threads"]:
-        fail("slurm.max_streams", "must be smaller than server.threads (streams hold worker threads)")

@@ -29,7 +29,8 @@ def build(portal):
                          images=portal.area("images"), templates=portal.area("templates"),
                          uploads=portal.area("uploads"), metrics=metrics)
     service.output = JobOutput(service, max_slice=slurm_config.max_output_slice,
-                               max_streams=slurm_config.max_streams,
+                               # Streams hold worker threads: one is always left for other requests.
+                               max_streams=max(0, min(slurm_config.max_streams, config.server.threads - 1)),
                                max_duration=slurm_config.stream_max_duration,
                                heartbeat=slurm_config.stream_heartbeat, stopping=portal.stopping,
                                metrics=metrics)

@@ -26,12 +26,8 @@ def read_slice(fd, offset, limit):
     raw = os.pread(fd, limit, offset)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     text = decoder.decode(raw, final=False)
+    # Bytes of a character cut by the slice's end are left for the next slice.
     pending = len(decoder.getstate()[0])
-    if pending and offset + len(raw) >= size:
-        # A truncated character at the very end of the file: keep it for later.
-        pass
-    if pending == len(raw):  # only a partial character so far
-        return "", offset, size
     return text, offset + len(raw) - pending, size
 
 

@@ -141,6 +141,9 @@ class JobService:
         if partition is not None and partition not in names:
             errors["partition"] = f"there is no partition {partition!r} (available: {', '.join(names)})"
         effective_partition = partition or next((p["name"] for p in partitions if p["default"]), None)
+        if partition is None and effective_partition and not use_template and "partition" not in errors:
+            # Written out, so the job row and the image check name the partition the job runs in.
+            resources["partition"] = effective_partition
         files, template_files = self._check_files(user, body, errors)
         image = None
         if not use_template:
