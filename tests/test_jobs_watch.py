@@ -207,3 +207,18 @@ def test_partitions_and_associations(daemon_factory, shared_dir, slurm_conf):
     metrics = daemon.get("/metrics").text
     assert 'hpcportal_slurm_calls_total{command="sinfo",outcome="ok"}' in metrics
     assert "hpcportal_squeue_cache_age_seconds" in metrics
+
+
+def test_streams_end_after_their_time_limit_with_heartbeats(daemon_factory, shared_dir, slurm_conf):
+    daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, stream_max_duration="3s",
+                                        stream_heartbeat="1s"))
+    job_id = submit(daemon, "alice", "#!/bin/bash\necho started\nsleep 120\n")
+    wait_for(lambda: output(daemon, "alice", job_id) == "started\n", message="the first line")
+    headers = {**auth_headers("alice"), "Accept": "text/event-stream"}
+    with requests.get(f"{daemon.url}/api/slurm/jobs/{job_id}/output", headers=headers, stream=True,
+                      timeout=60) as answer:
+        events = read_events(answer)
+    assert [e.get("event") for e in events if e.get("event")] == ["output", "timeout"]
+    assert json.loads(events[-1]["data"])["next_offset"] == len("started\n")
+    assert any(e.get("comments") for e in events)  # heartbeats while nothing happened
+    assert daemon.delete(f"/api/slurm/jobs/{job_id}", user="alice").status_code == 200

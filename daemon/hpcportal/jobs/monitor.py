@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import threading
+import time
 
 import peewee
 
@@ -26,6 +27,9 @@ from ..slurm.runner import SlurmUnavailable
 
 log = logging.getLogger("hpcportal.jobs")
 
+# Seconds a job may be missing from squeue and sacct before it is no longer asked about.
+GIVE_UP_AFTER = 3600
+
 
 class JobMonitor:
     name = "jobs"
@@ -37,6 +41,7 @@ class JobMonitor:
         self._interval = interval
         # Submission ids known to have a row: each squeue job is looked up once.
         self._known = set()
+        self._missing = {}  # job id -> when it was first missing from squeue
         self._stop = threading.Event()
         self._thread = None
         self._last_ok = None
@@ -130,12 +135,18 @@ class JobMonitor:
             if live is None:
                 forgotten.append(row)
                 continue
+            self._missing.pop(row.slurm_job_id, None)
             self._store(row, live)
+        # Jobs Slurm forgot that sacct does not know either (no accounting, no
+        # jobcomp) keep their last state; they are not asked about forever.
+        forgotten = [r for r in forgotten if self._missing.setdefault(r.slurm_job_id, time.monotonic())
+                     > time.monotonic() - GIVE_UP_AFTER]
         if forgotten:
             finished = self._slurm.finished([r.slurm_job_id for r in forgotten])
             for row in forgotten:
                 if row.slurm_job_id in finished:
                     self._store(row, finished[row.slurm_job_id])
+                    self._missing.pop(row.slurm_job_id, None)
 
     def _store(self, row, seen):
         values = {"state": seen.get("state") or row.state, "reason": seen.get("reason"),
