@@ -305,9 +305,11 @@ def test_submission_lost_in_a_crash_is_recorded_after_restart(daemon_factory, sh
                                      "exec sleep 60\n")
     config = jobs_config(shared_dir, slurm_conf, bin_dir=folder, command_timeout="2s")
     daemon = daemon_factory(config)
+    uploaded = upload(daemon, "alice", b"input\n", filename="in.txt", job_id="tmp-crash")
+
     def submit_and_lose_the_answer():
         try:
-            daemon.post(SUBMIT, user="alice", json={"jobName": "crash",
+            daemon.post(SUBMIT, user="alice", json={"jobName": "crash", "jobId": "tmp-crash",
                                                     "script": "#!/bin/bash\necho after-crash\n"})
         except requests.ConnectionError:
             pass  # the daemon is killed while this request waits for sbatch
@@ -326,6 +328,10 @@ def test_submission_lost_in_a_crash_is_recorded_after_restart(daemon_factory, sh
     assert squeue_comments(slurm_conf)[job_id] == f"hpcportal:{listed[0]['submissionId']}"
     wait_finished(restarted, "alice", job_id)
     assert output(restarted, "alice", job_id) == "after-crash\n"
+    # Recorded from the folder's submission record: the dashboard's uploads are linked too.
+    db = sqlite3.connect(os.path.join(shared_dir.state, "portal.db"))
+    assert db.execute("SELECT slurm_job_id FROM uploaded_file WHERE id = ?",
+                      (uploaded["file_id"],)).fetchone() == (job_id,)
 
 
 TEMPLATE = """\

@@ -403,12 +403,6 @@ class JobService:
             self._count("failed")
             raise
         self.record(record, job_id, job_dir)
-        if plan["client_job_id"] and self._uploads is not None:
-            try:
-                with self._database.atomic():
-                    self._uploads.link_job(user.name, plan["client_job_id"], job_id)
-            except peewee.PeeweeException:
-                log.exception("could not link uploads of %s to job %s", plan["client_job_id"], job_id)
         self._count("ok")
         return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
                 "submissionId": submission_id}
@@ -431,12 +425,20 @@ class JobService:
                            script_path=posixpath.join(job_dir, BATCH_SCRIPT), submitted_at=submitted,
                            stdout_path=posixpath.join(job_dir, f"slurm-{job_id}.out"),
                            stderr_path=posixpath.join(job_dir, f"slurm-{job_id}.err"))
-            return True
         except peewee.IntegrityError:
             return False  # recorded already (the monitor, or another head, was quicker)
         except peewee.PeeweeException:
             log.exception("job %s (submission %s) not recorded yet", job_id, record.get("submission_id"))
             return False
+        client_job_id = record.get("client_job_id")
+        if client_job_id and self._uploads is not None:
+            # Files uploaded with the dashboard's temporary id now belong to this job.
+            try:
+                with self._database.atomic():
+                    self._uploads.link_job(record["user"], client_job_id, str(job_id))
+            except peewee.PeeweeException:
+                log.exception("could not link uploads of %s to job %s", client_job_id, job_id)
+        return True
 
     def read_record(self, owner, submission_id):
         """The submission record the job folder holds, or None."""
