@@ -190,10 +190,8 @@ class SifReader:
             raise TruncatedSif(
                 f"truncated SIF image: the descriptor table ends at byte {descr_offset + descr_size}"
                 f" but the file has {self.file_size} bytes")
-        if data_offset + data_size > self.file_size:
-            raise TruncatedSif(
-                f"truncated SIF image: the data section ends at byte {data_offset + data_size}"
-                f" but the file has {self.file_size} bytes")
+        # The header's data size is not checked: every object is checked against
+        # the file size below, and writers that delete objects may leave it stale.
         self.header = {
             "launch": launch.split(b"\0", 1)[0].decode("utf-8", "replace"),
             "arch": _arch(arch),
