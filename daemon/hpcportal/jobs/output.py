@@ -14,6 +14,7 @@ import time
 from ..errors import NotFound, RateLimited, ValidationError
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
+from .service import owner_of
 
 STREAMS = ("stdout", "stderr")
 
@@ -58,8 +59,9 @@ class JobOutput:
         return (live or {}).get("state") or row.state, live
 
     def slice(self, user, job_id, stream="stdout", offset=0, limit=None):
-        from .service import owner_of
-        row = self._service.row_for(user, job_id)
+        return self._slice(self._service.row_for(user, job_id), stream, offset, limit)
+
+    def _slice(self, row, stream, offset, limit):
         name = self._path_name(row, stream)
         limit = min(limit or self._max_slice, self._max_slice)
         state, _ = self._state(row)
@@ -92,7 +94,8 @@ class JobOutput:
             yield b"retry: 2000\n\n"
             started = last_sent = self._clock()
             while not self._stopping.is_set():
-                answer = self.slice(user, row.slurm_job_id, stream, offset, self._max_slice)
+                # The row was checked once; polling reads only the file and the shared squeue snapshot.
+                answer = self._slice(row, stream, offset, self._max_slice)
                 if answer["next_offset"] > offset:
                     offset = answer["next_offset"]
                     last_sent = self._clock()
