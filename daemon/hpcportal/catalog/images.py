@@ -181,9 +181,9 @@ class ImageCatalog:
     # -- reading the index ---------------------------------------------------
 
     def images(self, include_invalid=False):
-        """Every image as served (sorted by type, then name)."""
+        """Every image as served (sorted by type, then name); copies, free to modify."""
         items = self._current()[1]
-        return list(items) if include_invalid else [i for i in items if i["valid"]]
+        return [dict(i) for i in items if include_invalid or i["valid"]]
 
     def generation(self):
         return indexermod.generation(self._database, self.kind.name)
@@ -193,13 +193,13 @@ class ImageCatalog:
         image = self._current()[2].get(image_id)
         if image is None or (not image["valid"] and not include_invalid):
             return None
-        return image
+        return dict(image)
 
     def find_by_path(self, path):
         normalized = os.path.normpath(path)
         for image in self._current()[1]:
             if image["path"] == normalized:
-                return image
+                return dict(image)
         return None
 
     def _current(self):
@@ -314,7 +314,8 @@ class ImageCatalog:
     # -- queries -----------------------------------------------------------
 
     def search(self, partition=None, image_type=None, app=None, q=None, include_invalid=False):
-        """(generation, matching images) for the filters."""
+        """(generation, matching images) for the filters; the images are the shared
+        cached dicts: read them, never modify them."""
         generation, images, _, haystacks = self._current()
         if not include_invalid:
             images = [i for i in images if i["valid"]]
