@@ -34,6 +34,8 @@ DASHBOARD_EXAMPLE = {
 
 SUBMIT = "/api/slurm/jobs/submit"
 
+pytestmark = pytest.mark.slurm
+
 
 def add_image(daemon, shared, relpath):
     path = os.path.join(shared.images, relpath)

@@ -9,7 +9,7 @@ import requests
 from support.daemon import auth_headers
 from support.slurm import jobs_config, job, output, slurm_conf, wait_finished, wait_for  # noqa: F401
 
-pytestmark = pytest.mark.databases("sqlite")
+pytestmark = [pytest.mark.databases("sqlite"), pytest.mark.slurm]
 
 SUBMIT = "/api/slurm/jobs/submit"
 
