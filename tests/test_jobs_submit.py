@@ -393,3 +393,15 @@ def test_template_based_submit(daemon_factory, shared_dir, slurm_conf):
     assert f"[{image_path}]" in text
     assert "#SBATCH --comment=hpcportal:" in finished["script"]
     assert finished["script"].startswith("#!/bin/bash -l\n")
+
+
+@pytest.mark.databases("sqlite")
+def test_submissions_are_rate_limited_per_user(daemon_factory, shared_dir, slurm_conf):
+    config = jobs_config(shared_dir, slurm_conf)
+    config["security"] = {"rate_limits": {"submit": 2}}
+    daemon = daemon_factory(config)
+    bad = {"jobName": "a b", "script": "true"}  # refused by validation: nothing reaches Slurm
+    assert [daemon.post(SUBMIT, user="alice", json=bad).status_code for _ in range(2)] == [400, 400]
+    limited = daemon.post(SUBMIT, user="alice", json=bad)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert daemon.post(SUBMIT, user="bob", json=bad).status_code == 400

@@ -15,11 +15,14 @@ FILE_CHUNK = 256 * 1024
 
 
 class SubmitResource:
-    def __init__(self, service, max_body):
+    def __init__(self, service, max_body, rate_limits=None):
         self._service = service
         self._max_body = max_body
+        self._rate_limits = rate_limits
 
     def on_post(self, req, resp):
+        if self._rate_limits is not None:
+            self._rate_limits.check(req.context.user, "submit")
         body = read_json(req, max_size=self._max_body)
         answer = self._service.submit(req.context.user, body)
         req.context.audit_target = f"job {answer['jobId']}"
@@ -195,7 +198,8 @@ def add_routes(app, portal):
     jobs = JobsResource(service)
     # A script may be up to slurm.max_script_size; JSON escaping may double it.
     max_body = max(portal.config.server.max_json_body, 2 * portal.config.slurm.max_script_size + 65536)
-    app.add_route("/api/slurm/jobs/submit", SubmitResource(service, max_body))
+    app.add_route("/api/slurm/jobs/submit",
+                  SubmitResource(service, max_body, getattr(portal, "rate_limits", None)))
     app.add_route("/api/slurm/jobs", jobs)
     app.add_route("/api/slurm/jobs/{job_id}", jobs, suffix="item")
     app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(service.output))
