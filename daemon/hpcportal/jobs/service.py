@@ -42,6 +42,10 @@ RECORD_FIELDS = ("submission_id", "user", "uid", "name", "partition", "nodes", "
                  "account", "qos", "gpus", "image", "template_id", "template_version", "parameters", "files",
                  "client_job_id")
 MAX_FILES = 1000
+_REQUEST_FIELD = {"overrides.job_name": "jobName", "overrides.jobName": "jobName", "overrides.partition": "partition",
+                  "overrides.nodes": "nodes", "overrides.cpus": "cpus", "overrides.memory": "memory",
+                  "overrides.time": "time", "overrides.account": "account", "overrides.qos": "qos",
+                  "overrides.gpus": "gpus"}
 _CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 
@@ -225,6 +229,11 @@ class JobService:
                 lookup_file=None)
         except NotFound as exc:
             raise ValidationError(exc.message, errors={"templateId": exc.message}) from None
+        except ValidationError as exc:
+            # The template names fields as it knows them ("overrides.cpus"); the
+            # dashboard knows them by the request's names ("cpus").
+            renamed = {_REQUEST_FIELD.get(key, key): reason for key, reason in (exc.errors or {}).items()}
+            raise ValidationError(exc.message, errors=renamed or None) from None
         environment = self._portal_environment(plan)
         try:
             text = batch.add_job_options(result["script"], self._job_options(plan), environment)
