@@ -56,7 +56,7 @@ class JobMonitor:
         self._stop.set()
         self.wake.set()
         if self._thread:
-            self._thread.join(10)
+            self._thread.join(2)  # a squeue in flight must not hold up a stop
 
     def health(self):
         if self._last_error:
