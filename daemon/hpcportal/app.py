@@ -146,8 +146,11 @@ class RequestContextMiddleware:
         try:
             with self._portal.database.atomic():
                 AuditRecord.create(**{**record, "target": str(record["target"])[:255]})
-        except peewee.PeeweeException:
-            log.exception("could not store audit record rid=%s", req.context.request_id)
+        except peewee.PeeweeException as exc:
+            # The record is in the audit log above; a locked or unreachable
+            # database is already reported by the request's own answer.
+            log.error("could not store audit record rid=%s (kept in the audit log only): %s",
+                      req.context.request_id, exc)
 
 
 def client_address(req, trusted_proxies):
