@@ -111,9 +111,8 @@ class TemplateKind(ModelKind):
     def invalid_files(self):
         """``[(relpath, problems as text)]`` of every invalid template, for ``hpcportald scan``."""
         m = self.model
-        with self._database.connection_context():
-            return list(m.select(m.relpath, m.error).where(m.valid == False)  # noqa: E712
-                        .order_by(m.relpath).tuples())
+        return list(m.select(m.relpath, m.error).where(m.valid == False)  # noqa: E712
+                    .order_by(m.relpath).tuples())
 
 
 def summary(problems):
@@ -138,8 +137,8 @@ def _images_area(portal):
 def images_from_index(database):
     """Valid images of the image catalog, as dicts with at least id, name, path, type."""
     images = []
-    with database.connection_context():
-        rows = list(Image.select().where(Image.valid == True))  # noqa: E712 (peewee expression)
+    # No connection_context(): closing would break a caller's open transaction.
+    rows = list(Image.select().where(Image.valid == True))  # noqa: E712 (peewee expression)
     for row in rows:
         document = row.document or {}
         stem = row.name[:-4] if row.name.endswith(".sif") else row.name
@@ -209,8 +208,7 @@ class TemplateCatalog:
 
     def _build(self, key):
         snapshot = _Snapshot(key=key)
-        with self._database.connection_context():
-            rows = list(Template.select().order_by(Template.relpath))
+        rows = list(Template.select().order_by(Template.relpath))
         grouped = {}
         for row in rows:
             document = row.document or {}
