@@ -37,6 +37,45 @@ def _int_header(req, name, required=True):
     return int(raw.strip())
 
 
+class _Body:
+    """The request body, at most ``length`` bytes, with ``readinto`` (falcon's
+    bounded stream has only ``read``, which allocates a new object per block)."""
+
+    def __init__(self, stream, length):
+        self._stream = stream
+        self._left = length
+
+    def readinto(self, buffer):
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)[:self._left]
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            count = readinto(view) or 0
+        else:
+            data = self._stream.read(len(view))
+            count = len(data)
+            view[:count] = data
+        self._left -= count
+        return count
+
+    def read(self, size=-1):
+        if self._left <= 0:
+            return b""
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(size)
+        self._left -= len(data)
+        return data
+
+
+def body_of(req):
+    """A bounded body stream when the length is known, else the raw stream
+    (the server ends it after a chunked body)."""
+    if req.content_length is None:
+        return req.stream
+    return _Body(req.stream, req.content_length)
+
+
 def _media_type(req):
     return (req.content_type or "").split(";")[0].strip().lower()
 
@@ -71,7 +110,7 @@ class ChunkResource:
         kind = _media_type(req)
         if kind == "application/octet-stream":
             answer = self._uploads.receive_chunk(
-                user, fields["upload_id"], self._index(fields), req.bounded_stream,
+                user, fields["upload_id"], self._index(fields), body_of(req),
                 content_length=req.content_length, chunk_sha256=fields["chunk_sha256"])
         elif kind == "multipart/form-data":
             answer = self._multipart(req, user, fields)
@@ -201,7 +240,7 @@ class _TusBase:
         checksum = None
         if req.get_header("Upload-Checksum"):
             checksum = tus.parse_checksum(req.get_header("Upload-Checksum"))
-        stream = req.bounded_stream if req.content_length is not None else req.stream
+        stream = body_of(req)
         try:
             new_offset, finished = self._uploads.tus_append(
                 req.context.user, upload_id, offset, stream, req.content_length, checksum)

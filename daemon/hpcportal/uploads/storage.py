@@ -190,14 +190,21 @@ class Storage:
         """
         done = 0
         flushed = 0
+        # One reusable buffer per call when the stream can fill it: no fresh
+        # megabyte objects per block, so the heap does not grow with uploads.
+        readinto = getattr(stream, "readinto", None)
+        buffer = memoryview(bytearray(BLOCK)) if readinto else None
         try:
             while done < length:
-                block = stream.read(min(BLOCK, length - done))
-                if not block:
+                want = min(BLOCK, length - done)
+                if readinto:
+                    view = buffer[:readinto(buffer[:want]) or 0]
+                else:
+                    view = memoryview(stream.read(want))
+                if not view:
                     if exact:
                         raise Truncated(done)
                     break
-                view = memoryview(block)
                 while view:
                     written = os.pwrite(fd, view, offset + done)
                     for digest in digests:
@@ -218,13 +225,14 @@ class Storage:
         """Feed bytes [start, end) (end: end of file) of ``fd`` to ``digest``;
         returns the offset reached."""
         offset = start
+        buffer = memoryview(bytearray(4 * BLOCK))
         while end is None or offset < end:
             want = 4 * BLOCK if end is None else min(4 * BLOCK, end - offset)
-            block = os.pread(fd, want, offset)
-            if not block:
+            got = os.preadv(fd, [buffer[:want]], offset)
+            if not got:
                 break
-            digest.update(block)
-            offset += len(block)
+            digest.update(buffer[:got])
+            offset += got
             if on_progress:
                 on_progress(offset)
         return offset
