@@ -225,9 +225,9 @@ class Storage:
         """Feed bytes [start, end) (end: end of file) of ``fd`` to ``digest``;
         returns the offset reached."""
         offset = start
-        buffer = memoryview(bytearray(4 * BLOCK))
+        buffer = memoryview(bytearray(BLOCK))
         while end is None or offset < end:
-            want = 4 * BLOCK if end is None else min(4 * BLOCK, end - offset)
+            want = BLOCK if end is None else min(BLOCK, end - offset)
             got = os.preadv(fd, [buffer[:want]], offset)
             if not got:
                 break
