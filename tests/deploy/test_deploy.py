@@ -21,6 +21,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 from support.sifbuild import build_sif
 
 pytestmark = pytest.mark.deploy
@@ -231,6 +232,18 @@ def test_role_passes_ansible_lint_offline(deploy_venv):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_role_variable_is_specified_and_documented():
+    role = ANSIBLE_DIR / "roles" / "hpcportal"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    assert all(name.startswith("hpcportal_") for name in defaults)
+    assert set(options) == set(defaults)
+    assert all(options[name].get("description") for name in options)
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    assert [name for name in defaults if f"`{name}`" not in guide] == []
+
+
 # --- on two heads ----------------------------------------------------------------
 
 def test_converge_succeeds_on_both_heads(converged):
@@ -414,3 +427,4 @@ def test_nginx_snippet_proxies_the_api(lab, converged):
     status, body = wait_for(lambda: (lambda r: r if r[0] else None)(
         curl(f"http://{HEADS['head1']}:8080/api/v2/me")), "nginx on head1")
     assert status == 401 and json.loads(body)["msg"] == "Missing Authorization Header", body
+
