@@ -347,6 +347,13 @@ def test_daemon_comes_back_after_systemctl_restart(converged):
     wait_for(lambda: healthy("head1"), "head1 healthy after restart")
 
 
+def test_systemd_restarts_a_crashed_daemon(converged):
+    before = main_pid("head1")
+    on_head("head1", "systemctl kill --signal=KILL hpcportald")
+    wait_for(lambda: main_pid("head1") not in ("0", before), "a new hpcportald on head1")
+    wait_for(lambda: healthy("head1"), "head1 healthy after the crash")
+
+
 def test_daemon_comes_back_after_head_reboot(lab, converged):
     run(["bash", str(HERE / "lab.sh"), "restart", "head2"], env=lab["env"])
     wait_for(lambda: healthy("head2"), "head2 healthy after reboot")
