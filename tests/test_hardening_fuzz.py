@@ -66,7 +66,7 @@ def fuzzed_daemon(users):
     daemon.stop()
     logs = daemon.logs()
     shared.cleanup()
-    assert "Traceback" not in logs, logs[-5000:]
+    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
 
 
 # Operations are collected from the package's document (schemathesis' lazy

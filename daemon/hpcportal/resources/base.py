@@ -7,6 +7,7 @@ from ..errors import PayloadTooLarge, PermissionDenied, UnsupportedMediaType, Va
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_INTEGER = 2**63 - 1
 
 
 def read_json(req, max_size=None, required=True):
@@ -53,6 +54,9 @@ def int_param(req, name, default=None, minimum=None, maximum=None):
     except ValueError:
         raise ValidationError(f"Query parameter '{name}' must be an integer.",
                               errors={name: "must be an integer"}) from None
+    # Beyond a 64-bit integer no database column, file offset or seek can take it.
+    minimum = -MAX_INTEGER if minimum is None else max(minimum, -MAX_INTEGER)
+    maximum = MAX_INTEGER if maximum is None else min(maximum, MAX_INTEGER)
     if minimum is not None and value < minimum:
         raise ValidationError(f"Query parameter '{name}' must be at least {minimum}.",
                               errors={name: f"must be at least {minimum}"})
