@@ -516,3 +516,36 @@ def test_completion_reuses_the_hash_computed_while_chunks_arrived(daemon_factory
         send_chunk(first, "alice", info["upload_id"], index, piece)
     assert complete(second, "alice", info["upload_id"]).json()["sha256"] == sha256(data)
     assert _reread(second) == len(data)
+
+
+def _peak_rss(daemon):
+    with open(f"/proc/{daemon.proc.pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
+def test_memory_stays_flat_whatever_the_chunk_size(daemon_factory):
+    mib = 1024 * 1024
+    daemon = daemon_factory(config={"uploads": {"max_chunk_size": "8MiB", "free_space_reserve": 0}})
+    chunk = random_bytes(8 * mib)
+
+    def upload_chunks(count, multipart):
+        info = init(daemon, "alice", "big.bin", count * len(chunk), chunk_size=len(chunk)).json()
+        for index in range(count):
+            answer = send_chunk(daemon, "alice", info["upload_id"], index, chunk, multipart=multipart)
+            assert answer.status_code == 200, answer.text
+        assert complete(daemon, "alice", info["upload_id"]).status_code == 200
+
+    # Warm-up: every worker thread once per kind of body (its buffers, its
+    # malloc arena); that much memory is per thread, not per byte uploaded.
+    for _ in range(2):
+        upload_chunks(4, False)
+        upload_chunks(4, True)
+    before = _peak_rss(daemon)
+    upload_chunks(4, False)
+    upload_chunks(4, True)
+    # Holding one 8 MiB chunk in memory even once would raise the peak by 8 MiB.
+    assert _peak_rss(daemon) - before < 6 * mib
