@@ -16,7 +16,6 @@ removed: the move is atomic and never overwrites.
 """
 
 import errno
-import hashlib
 import os
 import stat
 
