@@ -271,14 +271,20 @@ class Soak:
                 self._known_jobs[user] = None
         return self._known_jobs[user]
 
-    def _run_phase(self, seconds):
+    def _run_phase(self, seconds, sample_every=None):
         self.stop.clear()
         self.recorder = Recorder()
+        self.samples = []
         threads = [Client(self, self.users[i % len(self.users)], seed=i) for i in range(self.clients)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
-        time.sleep(seconds)
+        while time.monotonic() - started < seconds:
+            time.sleep(min(sample_every or seconds, max(0.0, seconds - (time.monotonic() - started))))
+            if sample_every and self.pid:
+                figures = process_figures(self.pid)
+                self.samples.append((round(time.monotonic() - started), figures["rss"] // 2**20,
+                                     figures["threads"], figures["fds"]))
         self.stop.set()
         for thread in threads:
             thread.join(120)
@@ -295,7 +301,7 @@ class Soak:
             if again["fds"] <= start["fds"] and again["threads"] <= start["threads"]:
                 break
             start = again
-        elapsed = self._run_phase(duration)
+        elapsed = self._run_phase(duration, sample_every=max(5.0, duration / 12))
         end = settled_figures(self.pid, baseline=start) if self.pid else None
         return self.report(elapsed, start, end)
 
@@ -324,6 +330,8 @@ class Soak:
                         for kind, values in sorted(recorder.latencies.items())},
             "skipped": self.skipped, "partition": self.partition,
             "process_start": start, "process_end": end,
+            # (seconds, RSS MiB, threads, fds) during the measured run, under load.
+            "samples": getattr(self, "samples", []),
         }
 
 
@@ -345,6 +353,9 @@ def print_table(report, out=sys.stdout):
         if figures:
             print(f"{label}: rss {figures['rss'] / 2**20:.1f} MiB, threads {figures['threads']}, "
                   f"fds {figures['fds']}", file=out)
+    if report.get("samples"):
+        print("under load (s: RSS MiB/threads/fds): " + ", ".join(
+            f"{t}: {rss}/{threads}/{fds}" for t, rss, threads, fds in report["samples"]), file=out)
     if report["skipped"]:
         print(f"not served, skipped: {', '.join(report['skipped'])}", file=out)
     for sample in report["error_samples"]:

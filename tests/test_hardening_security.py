@@ -226,6 +226,29 @@ def test_serve_refuses_a_secret_file_others_can_read_or_write(tmp_path, mode):
     assert TEST_SECRET not in result.stderr
 
 
+def test_serve_refuses_a_public_key_others_can_replace(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = tmp_path / "jwt.pub"
+    public.write_bytes(key)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "server": {"port": 1}, "database": {"url": f"sqlite:///{tmp_path}/p.db"},
+        "auth": {"algorithms": ["ES256"], "public_key_file": str(public)}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCPORTAL_")}
+    command = [sys.executable, "-m", "hpcportal", "--config", str(config), "check-config"]
+    os.chmod(public, 0o644)  # readable by all is fine for a public key
+    assert subprocess.run(command, capture_output=True, text=True, env=env,
+                          timeout=60).returncode == 0
+    os.chmod(public, 0o666)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "auth.public_key_file" in result.stderr
+    assert "writable by group or others" in result.stderr
+
+
 @pytest.mark.databases("sqlite")
 def test_tokens_and_secrets_never_reach_the_log(daemon_factory):
     daemon = daemon_factory(config={"server": {"log_level": "debug"}})

@@ -41,9 +41,10 @@ def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environm
 
     assert report["requests"] > 0
     assert report["errors"] == 0, report["error_samples"]
-    refused = {status: n for status, n in report["statuses"].items()
-               if status.isdigit() and int(status) >= 400}
-    assert not refused, report["by_kind"]
+    for kind, row in report["by_kind"].items():
+        refused = {status for status in row["statuses"] if status.isdigit() and int(status) >= 400}
+        # Live streams are limited per head (slurm.max_streams): beyond, a documented 429.
+        assert refused <= ({"429"} if kind == "stream" else set()), (kind, row)
     start, end = report["process_start"], report["process_end"]
     assert end["threads"] <= start["threads"], (start, end)
     assert end["fds"] <= start["fds"], (start["fd_kinds"], end["fd_kinds"])

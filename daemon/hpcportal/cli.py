@@ -30,10 +30,10 @@ def _setup_logging(level="info"):
 def cmd_serve(args, config):
     from .app import create_app
     from .db import upgrade
-    from .security import check_secret_file
+    from .security import check_key_files
     from .server import Server
 
-    check_secret_file(config.auth.secret_file)
+    check_key_files(config)
     app = create_app(config)
     applied = upgrade(app.portal.database)
     for number, description in applied:
@@ -46,8 +46,8 @@ def cmd_check_config(args, config):
     print(f"# effective configuration (source: {config.source or 'defaults and environment'})")
     # Building the verifier also checks that key files are readable.
     from .auth import TokenVerifier
-    from .security import check_secret_file
-    check_secret_file(config.auth.secret_file)
+    from .security import check_key_files
+    check_key_files(config)
     TokenVerifier(config)
     print(yaml.safe_dump(config.as_dict(mask_secrets=True), sort_keys=False), end="")
     return 0

@@ -103,21 +103,38 @@ class SecurityMiddleware:
                 resp.set_header("Access-Control-Expose-Headers", ", ".join(EXPOSED_HEADERS))
 
 
+def check_key_files(config, euid=None):
+    """Refuse key material others could read (the HMAC secret) or replace (any key).
+
+    Anyone who reads the shared secret, or swaps the public key for their own,
+    can mint tokens for every user. ConfigError with one line naming the setting."""
+    euid = os.geteuid() if euid is None else euid
+    _check_key_file("auth.secret_file", config.auth.secret_file, 0o077, euid)
+    for setting in ("public_key_file", "jwks_file"):
+        _check_key_file(f"auth.{setting}", getattr(config.auth, setting), 0o022, euid)
+
+
 def check_secret_file(path, euid=None):
-    """Refuse a secret file others could read or replace (ConfigError, one line)."""
+    """The HMAC secret file alone (kept for callers that only have a path)."""
+    _check_key_file("auth.secret_file", path, 0o077, os.geteuid() if euid is None else euid)
+
+
+def _check_key_file(setting, path, forbidden, euid):
     if not path:
         return
-    euid = os.geteuid() if euid is None else euid
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise ConfigError(f"auth.secret_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
     mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
+    if mode & forbidden:
+        who = "accessible" if forbidden == 0o077 else "writable"
+        fix = "chmod 600" if forbidden == 0o077 else "chmod go-w"
         raise ConfigError(
-            f"auth.secret_file: {path} is accessible by group or others (mode {mode:04o}); "
-            f"anyone who reads it can forge tokens: chmod 600 {path}")
+            f"{setting}: {path} is {who} by group or others (mode {mode:04o}); "
+            f"anyone who {'reads' if forbidden == 0o077 else 'changes'} it can forge tokens: "
+            f"{fix} {path}")
     if info.st_uid not in (0, euid):
         raise ConfigError(
-            f"auth.secret_file: {path} belongs to uid {info.st_uid}, who could replace it; "
+            f"{setting}: {path} belongs to uid {info.st_uid}, who could replace it; "
             "it must belong to root or to the daemon's user")
