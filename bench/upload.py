@@ -105,6 +105,17 @@ def tus_upload(daemon, source, chunk_size):
     return elapsed, next(f for f in files if f["filename"] == "tus.bin")
 
 
+def _recv_bytes_hook(work, size):
+    """A sitecustomize that changes waitress' default socket read size: what a
+    ``recv_bytes=`` argument in server.py would do."""
+    folder = os.path.join(work, "hook")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as handle:
+        handle.write("import waitress.adjustments\n"
+                     f"waitress.adjustments.Adjustments.recv_bytes = {int(size)}\n")
+    return folder
+
+
 def peak_rss(pid):
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -121,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--chunk-size", default="32MiB", help="chunk protocol chunk size")
     parser.add_argument("--tus-chunk-size", default="32MiB", help="tus client chunk size")
     parser.add_argument("--parallel", type=int, default=2, help="chunks in flight at once")
+    parser.add_argument("--recv-bytes", default=None,
+                        help="try another waitress recv_bytes (default 8KiB) without editing server.py")
     parser.add_argument("--spool-dir", default=None,
                         help="TMPDIR of the daemon, where waitress spools request bodies")
     args = parser.parse_args(argv)
@@ -137,7 +150,10 @@ def main(argv=None):
         source = os.path.join(work, "source.bin")
         print(f"writing a {size / MiB:.0f} MiB source file ...", flush=True)
         expected = make_source(source, size)
-        daemon = Daemon(tree, env=({"TMPDIR": args.spool_dir} if args.spool_dir else None), config={
+        env = {"TMPDIR": args.spool_dir} if args.spool_dir else {}
+        if args.recv_bytes:
+            env["PYTHONPATH"] = _recv_bytes_hook(work, parse_size(args.recv_bytes))
+        daemon = Daemon(tree, env=env, config={
             "server": {"threads": 8, "log_level": "warning"},
             "uploads": {"max_size": size + 1, "max_chunk_size": "64MiB",
                         "free_space_reserve": 0}}).start()
