@@ -244,6 +244,17 @@ def test_every_role_variable_is_specified_and_documented():
     assert [name for name in defaults if f"`{name}`" not in guide] == []
 
 
+
+def test_lab_base_holds_every_package_the_role_installs():
+    """The heads reach no mirror: a package missing from the base fails the apt task."""
+    script = (HERE / "lab.sh").read_text()
+    packages = set()
+    for name in ("BOOT_PKGS", "ROLE_PKGS"):
+        value = re.search(rf"^{name}=(?:\$\{{{name}:-)?([\w.,+-]+)", script, re.M).group(1)
+        packages |= set(value.split(","))
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / "hpcportal" / "defaults" / "main.yml").read_text())
+    assert set(defaults["hpcportal_apt_packages"]) <= packages
+
 # --- on two heads ----------------------------------------------------------------
 
 def test_converge_succeeds_on_both_heads(converged):
