@@ -208,7 +208,7 @@ class Client(threading.Thread):
         try:
             with self._session.get(self._soak.url + f"/api/slurm/jobs/{job}/output",
                                    headers={"Accept": "text/event-stream"}, stream=True,
-                                   timeout=(10, 2)) as answer:
+                                   timeout=(10, 10)) as answer:
                 status = answer.status_code
                 try:
                     for _ in answer.iter_content(1024):

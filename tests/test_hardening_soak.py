@@ -49,3 +49,9 @@ def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environm
     assert end["threads"] <= start["threads"], (start, end)
     assert end["fds"] <= start["fds"], (start["fd_kinds"], end["fd_kinds"])
     assert "Traceback" not in daemon.logs()
+
+
+def test_malloc_arenas_are_limited_unless_the_environment_says_otherwise():
+    from hpcportal.server import limit_malloc_arenas
+    assert limit_malloc_arenas(environ={}) is True  # glibc (Debian)
+    assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "4"}) is False

@@ -31,8 +31,9 @@ def cmd_serve(args, config):
     from .app import create_app
     from .db import upgrade
     from .security import check_key_files
-    from .server import Server
+    from .server import Server, limit_malloc_arenas
 
+    limit_malloc_arenas()
     check_key_files(config)
     app = create_app(config)
     applied = upgrade(app.portal.database)
