@@ -72,9 +72,6 @@ class Server:
             clear_untrusted_proxy_headers=True,
             channel_timeout=300,
             cleanup_interval=30,
-            # Upload chunks are megabytes: reading the socket 256 KiB at a time instead
-            # of waitress' 8 KiB roughly doubled upload throughput (bench/upload.py).
-            recv_bytes=256 * 1024,
         )
 
     @property
