@@ -11,6 +11,9 @@ import time
 
 log = logging.getLogger(__name__)
 
+# After a failed pass, the next one comes this soon (or at the interval, if shorter).
+RETRY_SECONDS = 15
+
 
 class UploadJanitor:
     name = "uploads_cleanup"
@@ -42,7 +45,9 @@ class UploadJanitor:
         if self._thread is None or not self._thread.is_alive():
             return False, "not running"
         if self._last_error:
-            return False, f"last clean-up failed: {self._last_error}"
+            # Clean-up can wait: a failed pass (e.g. during a database restart) must not
+            # take every head out of the load balancer. The next pass comes soon.
+            return True, f"degraded: last clean-up failed ({self._last_error}); retrying"
         if self._last_sweep is None:
             return True, "starting"
         return True, f"last clean-up {self._clock() - self._last_sweep:.0f}s ago"
@@ -64,4 +69,4 @@ class UploadJanitor:
                 self._last_error = str(exc) or type(exc).__name__
                 log.exception("uploads clean-up failed")
             self._last_sweep = self._clock()
-            self._stop.wait(self._interval)
+            self._stop.wait(min(self._interval, RETRY_SECONDS) if self._last_error else self._interval)

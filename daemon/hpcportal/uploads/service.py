@@ -310,11 +310,15 @@ class Uploads:
                     f"{digest.hexdigest()}). It was not recorded; send it again.",
                     code="checksum_mismatch", errors={"chunk_sha256": "does not match the data"})
             try:
-                UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
-                                   token=os.urandom(8).hex(),
-                                   received_at=self._now()).on_conflict_ignore().execute()
-            except peewee.IntegrityError:  # cancelled or expired meanwhile
-                raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
+                # No INSERT IGNORE: on MariaDB it would also swallow the foreign-key
+                # error of an upload cancelled meanwhile and acknowledge the chunk.
+                with self._database.atomic():
+                    UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
+                                       token=os.urandom(8).hex(), received_at=self._now()).execute()
+            except peewee.IntegrityError:
+                if not Upload.select().where(Upload.id == row.id).exists():  # cancelled or expired
+                    raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
+                # The same chunk arrived twice at once (e.g. at two heads): one row, same bytes.
             self._hash_forward(row, fd, started=index == 0)
         finally:
             os.close(fd)
