@@ -35,7 +35,25 @@ HEADS = {"head1": "10.211.0.11", "head2": "10.211.0.12"}
 PORT = 5000
 SECRET = "lab-secret-identical-on-every-head-0123456789"  # = tests/deploy/lab-vars.yml
 WHEELHOUSE = LAB / "shared" / "hpcportal" / "wheelhouse"
-DB_PATH = "/var/lib/hpcportal/portal.db"
+# Both heads share one MariaDB (scripts/dev-db) on the controller's bridge address;
+# the role creates the database and user through the admin socket.
+CTL_ADDRESS = "10.211.0.1"
+DB_DIR = LAB / "db"
+DB_SOCKET = DB_DIR / "mariadb" / "mysqld.sock"
+DB_PORT = 3316  # scripts/dev-db's default
+DB_NAME = "hpcportal_lab"
+DB_VARS = {
+    "hpcportal_database_create": True,
+    "hpcportal_database_host": CTL_ADDRESS,
+    "hpcportal_database_port": DB_PORT,
+    "hpcportal_database_name": DB_NAME,
+    "hpcportal_database_user": "portal_lab",
+    "hpcportal_database_password": "lab-db-password",
+    "hpcportal_database_admin_socket": str(DB_SOCKET),
+    "hpcportal_pip_extra_packages": ["PyMySQL"],
+}
+# The driver the heads need for the shared database, added to the wheelhouse.
+DB_DRIVER = "PyMySQL>=1.1"
 # Generous bound for asynchronous effects (a head booting, a file being indexed).
 WAIT_SECONDS = 60
 
@@ -119,7 +137,7 @@ def build_wheelhouse(venv, target, version=None):
     """
     setup_cfg = (ROOT / "setup.cfg").read_text()
     requires = re.search(r"install_requires\s*=\s*\n((?:[ \t]+.*\n)+)", setup_cfg).group(1)
-    cache = LAB / "wheel-cache" / hashlib.sha256(requires.encode()).hexdigest()[:16]
+    cache = LAB / "wheel-cache" / hashlib.sha256((requires + DB_DRIVER).encode()).hexdigest()[:16]
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q",
            "wheel", "--no-build-isolation"]
     with _temporary_dir() as source, _temporary_dir() as build:
@@ -134,7 +152,7 @@ def build_wheelhouse(venv, target, version=None):
                                    init.read_text()))
         if not (cache / ".ready").exists():
             shutil.rmtree(cache, ignore_errors=True)
-            run([*pip, "-w", str(cache), str(source)])
+            run([*pip, "-w", str(cache), str(source), DB_DRIVER])
             for wheel in cache.glob("hpcportal-*.whl"):
                 wheel.unlink()
             (cache / ".ready").touch()
@@ -159,16 +177,33 @@ def daemon_version():
     return re.search(r'__version__ = "([^"]+)"', init).group(1)
 
 
+def db_sql(sql):
+    """Run SQL as the shared MariaDB's admin (root by socket): its tab-separated output."""
+    return run(["mariadb", "--no-defaults", f"--socket={DB_SOCKET}", "-uroot", "-N", "-B",
+                "-e", sql]).stdout.strip()
+
+
+def dev_db(action, env):
+    return in_ctl("env", f"DEV_DB_BIND={CTL_ADDRESS}", f"DEV_DB_DIR={DB_DIR}",
+                  "bash", str(ROOT / "scripts" / "dev-db"), action, "mariadb", env=env,
+                  check=action == "start")
+
+
 @pytest.fixture(scope="session")
 def lab(deploy_venv, lab_lock, tmp_path_factory):
     env = dict(os.environ, LAB=str(LAB))
     up = run(["bash", str(HERE / "lab.sh"), "up"], env=env, check=False)
     assert up.returncode == 0, up.stderr
+    # A server left over from an interrupted run, then a fresh one (the role creates the database).
+    dev_db("stop", env)
+    shutil.rmtree(DB_DIR, ignore_errors=True)
+    dev_db("start", env)
     control_dir = tmp_path_factory.mktemp("ssh-control")
     inventory = tmp_path_factory.mktemp("inventory")
     shutil.copy2(LAB / "inventory.ini", inventory / "hosts.ini")
     (inventory / "group_vars").mkdir()
-    shutil.copy2(HERE / "lab-vars.yml", inventory / "group_vars" / "heads.yml")
+    group_vars = yaml.safe_load((HERE / "lab-vars.yml").read_text())
+    (inventory / "group_vars" / "heads.yml").write_text(yaml.safe_dump({**group_vars, **DB_VARS}))
     env.update(
         PATH=f"{deploy_venv / 'bin'}:{env['PATH']}",
         ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
@@ -190,6 +225,7 @@ def lab(deploy_venv, lab_lock, tmp_path_factory):
     finally:
         for sock in control_dir.iterdir():
             run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "head"], check=False)
+        dev_db("stop", env)  # inside the controller namespace, before lab.sh removes it
         run(["bash", str(HERE / "lab.sh"), "down"], env=env, check=False)
 
 
@@ -305,6 +341,18 @@ def test_healthz_answers_on_each_head_address(converged, head):
     assert curl(f"http://{HEADS[head]}:{PORT}/healthz") == (200, '{"status": "ok"}')
 
 
+def test_role_created_the_shared_database_and_both_heads_use_it(converged):
+    assert db_sql(f"show databases like '{DB_NAME}'") == DB_NAME
+    assert db_sql("select concat(user, '@', host) from mysql.user where user = 'portal_lab'") == "portal_lab@%"
+    # The daemon migrated the schema into it, and no head fell back to SQLite.
+    assert db_sql(f"select count(*) from information_schema.tables where table_schema = '{DB_NAME}' "
+                  "and table_name = 'audit_record'") == "1"
+    for head in HEADS:
+        config = yaml.safe_load(on_head(head, "cat /etc/hpcportal/config.yaml").stdout)
+        assert config["database"]["url"] == f"mysql://portal_lab:lab-db-password@{CTL_ADDRESS}:{DB_PORT}/{DB_NAME}"
+        assert on_head(head, "test -e /var/lib/hpcportal/portal.db", check=False).returncode != 0
+
+
 def test_shared_folders_exist_once_with_owners_and_modes(converged):
     def mode(path):
         st = os.stat(LAB / "shared" / path)
@@ -393,10 +441,9 @@ def test_upgrade_to_a_newer_wheel_keeps_the_database(lab, converged):
     for address in HEADS.values():
         # Every state-changing /api/ call is audited, even an unauthenticated one.
         assert curl(f"http://{address}:{PORT}{marker}", "-X", "POST")[0] == 401
-    count_marker = (f"python3 -c \"import sqlite3; print(sqlite3.connect('{DB_PATH}').execute("
-                    f"'select count(*) from audit_record where target = ?', ('{marker}',)).fetchone()[0])\"")
-    for head in HEADS:
-        assert on_head(head, count_marker).stdout.strip() == "1"
+    count_marker = f"select count(*) from {DB_NAME}.audit_record where target = '{marker}'"
+    # One shared database: each head's call is recorded in it.
+    assert db_sql(count_marker) == "2"
     newer = f"{daemon_version()}.post1"
     build_wheelhouse(lab["venv"], WHEELHOUSE, version=newer)
     before = {head: starts_of_daemon(head) for head in HEADS}
@@ -407,8 +454,8 @@ def test_upgrade_to_a_newer_wheel_keeps_the_database(lab, converged):
         version = on_head(head, "/opt/hpcportal/venv/bin/hpcportald --version").stdout.strip()
         assert version == f"hpcportald {newer}"
         assert starts_of_daemon(head) == before[head] + 1
-        assert on_head(head, count_marker).stdout.strip() == "1"
         assert healthy(head)
+    assert db_sql(count_marker) == "2"
 
 
 def test_preflight_refuses_a_missing_secret(lab, converged):
