@@ -166,15 +166,12 @@ def test_zero_disables_a_limit_and_defaults_are_generous():
             parse_rate_limits(bad)
 
 
-NOT_WIRED = pytest.mark.xfail(
-    reason="the resource does not call portal.rate_limits.check(user, action) yet", strict=False)
 RATE_LIMITED_CALLS = [
     # (action, method, path, body, admin)
     pytest.param("upload_init", "POST", "/api/v2/files/upload/init", {"filename": "a.txt", "size": 1},
-                 False, marks=NOT_WIRED, id="upload-init"),
-    pytest.param("scan", "POST", "/api/v2/apptainer/scan", None, True, marks=NOT_WIRED, id="images-scan"),
-    pytest.param("scan", "POST", "/api/v2/templates/scan", None, True, marks=NOT_WIRED,
-                 id="templates-scan"),
+                 False, id="upload-init"),
+    pytest.param("scan", "POST", "/api/v2/apptainer/scan", None, True, id="images-scan"),
+    pytest.param("scan", "POST", "/api/v2/templates/scan", None, True, id="templates-scan"),
     pytest.param("submit", "POST", "/api/slurm/jobs/submit",
                  {"jobName": "x", "partition": "nowhere", "nodes": 1, "cpus": 1, "memory": "1GB",
                   "time": "00:01:00", "script": "#!/bin/bash\ntrue"}, False, id="submit"),
@@ -302,9 +299,6 @@ def test_a_stored_file_swapped_for_a_symlink_is_never_served_or_removed(
 
 
 @pytest.mark.databases("sqlite")
-@pytest.mark.xfail(reason="finding for uploads: storage.open_file checks for a plain file but not "
-                          "its owner (job files do); only exploitable with fs.protected_hardlinks=0",
-                   strict=False)
 def test_a_stored_file_swapped_for_a_hard_link_to_a_root_file_is_never_served(
         daemon_factory, shared_dir):
     from support.uploads import SMALL, upload

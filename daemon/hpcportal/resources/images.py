@@ -100,12 +100,14 @@ class ImagesResource:
 
 
 class ScanResource:
-    def __init__(self, indexer, catalog):
+    def __init__(self, indexer, catalog, rate_limits):
         self._indexer = indexer
         self._catalog = catalog
+        self._rate_limits = rate_limits
 
     def on_post(self, req, resp):
         require_admin(req)
+        self._rate_limits.check(req.context.user, "scan")
         result = self._indexer.scan([self._catalog.kind.name])[self._catalog.kind.name]
         _, invalid = self._catalog.kind.count()
         counts = result.counts()
@@ -122,4 +124,4 @@ def add_routes(app, portal):
     indexer = indexer_for(portal)
     app.add_route("/api/v2/apptainer/images", ImagesResource(catalog))
     app.add_route("/api/v2/apptainer/images/{image_id}", ImagesResource(catalog), suffix="item")
-    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog))
+    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog, portal.rate_limits))

@@ -51,12 +51,14 @@ class SchemaResource:
 
 
 class ScanResource:
-    def __init__(self, indexer, catalog):
+    def __init__(self, indexer, catalog, rate_limits):
         self._indexer = indexer
         self._catalog = catalog
+        self._rate_limits = rate_limits
 
     def on_post(self, req, resp):
         require_admin(req)
+        self._rate_limits.check(req.context.user, "scan")
         kind = self._catalog.kind
         result = self._indexer.scan([kind.name])[kind.name]
         counts = result.counts()
@@ -95,7 +97,7 @@ def add_routes(app, portal):
     # The schema route is added before {template_id} so "schema" is never taken for an id.
     app.add_route("/api/v2/templates/schema", SchemaResource())
     app.add_route("/api/v2/templates", templates)
-    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog))
+    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog, portal.rate_limits))
     app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
     app.add_route("/api/v2/templates/{template_id}/render",
                   RenderResource(catalog, portal.config))

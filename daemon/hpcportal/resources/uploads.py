@@ -84,10 +84,12 @@ def _media_type(req):
 
 
 class InitResource:
-    def __init__(self, uploads):
+    def __init__(self, uploads, rate_limits):
         self._uploads = uploads
+        self._rate_limits = rate_limits
 
     def on_post(self, req, resp):
+        self._rate_limits.check(req.context.user, "upload_init")
         body = read_json(req)
         row = self._uploads.start(
             req.context.user, body.get("filename"), body.get("size"), job_id=body.get("job_id"),
@@ -207,8 +209,9 @@ class UploadResource:
 
 
 class _TusBase:
-    def __init__(self, uploads):
+    def __init__(self, uploads, rate_limits=None):
         self._uploads = uploads
+        self._rate_limits = rate_limits
 
     def _begin(self, req, resp, check_version=True):
         """Headers every tus answer carries; False after answering a 412."""
@@ -267,6 +270,7 @@ class TusCollectionResource(_TusBase):
     def on_post(self, req, resp):
         if not self._begin(req, resp):
             return
+        self._rate_limits.check(req.context.user, "upload_init")
         if req.get_header("Upload-Defer-Length"):
             raise ValidationError("Upload-Defer-Length is not supported; send Upload-Length.",
                                   errors={"Upload-Defer-Length": "not supported"})
@@ -474,11 +478,11 @@ class FilePreviewResource:
 
 def add_routes(app, portal):
     uploads = uploads_domain.build(portal)
-    app.add_route("/api/v2/files/upload/init", InitResource(uploads))
+    app.add_route("/api/v2/files/upload/init", InitResource(uploads, portal.rate_limits))
     app.add_route("/api/v2/files/upload/chunk", ChunkResource(uploads))
     app.add_route("/api/v2/files/upload/complete", CompleteResource(uploads))
     app.add_route("/api/v2/files/upload/{upload_id}", UploadResource(uploads))
-    app.add_route("/api/v2/files/tus", TusCollectionResource(uploads))
+    app.add_route("/api/v2/files/tus", TusCollectionResource(uploads, portal.rate_limits))
     app.add_route("/api/v2/files/tus/{upload_id}", TusUploadResource(uploads))
     app.add_route("/api/v2/files", FilesResource(uploads))
     app.add_route("/api/v2/files/{file_id}", FileResource(uploads))

@@ -667,7 +667,7 @@ class Uploads:
     def open_file(self, user, file_id):
         """(file dict, read-only descriptor); the caller closes the descriptor."""
         row = self._file(user, file_id)
-        return serialize_file(row), self._storage.open_file(row.storage_path)
+        return serialize_file(row), self._storage.open_file(row.storage_path, owner_uid=user.uid)
 
     def preview(self, user, file_id):
         info, fd = self.open_file(user, file_id)

@@ -290,8 +290,9 @@ class Storage:
             raise NotFound("The file is no longer on disk.", code="file_missing")
         return parts[:-1], parts[-1]
 
-    def open_file(self, path):
-        """A read-only descriptor of a finished file, refusing symlinks."""
+    def open_file(self, path, owner_uid=None):
+        """A read-only descriptor of a finished file, refusing symlinks and, with
+        ``owner_uid``, files that user does not own (a hard link planted in place)."""
         folders, name = self._file_dir(path)
         dfd = self._open_dir(folders, create=False)
         try:
@@ -302,9 +303,13 @@ class Storage:
             raise _unsafe(name, exc) from None
         finally:
             os.close(dfd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise UnsafePath("The stored file is not a plain file any more.")
+        if owner_uid is not None and info.st_uid != owner_uid:
+            os.close(fd)
+            raise UnsafePath("The stored file is not owned by its user any more.")
         return fd
 
     def remove_file(self, path):
