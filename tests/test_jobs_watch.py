@@ -137,7 +137,8 @@ def test_output_slices_and_the_live_stream(daemon_factory, shared_dir, slurm_con
     received += "".join(json.loads(e["data"])["data"] for e in events if e.get("event") == "output")
     expected = "".join(f"line {i} é\n" for i in range(1, 7))
     assert received == expected
-    assert any(e.get("comments") for e in events) or len(events) > 2
+    # (Heartbeats are checked in test_streams_end_after_their_time_limit_with_heartbeats:
+    # here the job may already be done when the stream resumes, on a loaded machine.)
 
     # Polling in small slices gives the same bytes, never splitting a character.
     wait_finished(daemon, "alice", job_id)

@@ -106,13 +106,14 @@ class JobOutput:
                     yield _event("end", offset, {"state": answer["state"], "next_offset": offset})
                     return
                 now = self._clock()
+                # Heartbeat first: a slow poll must not skip it on the way to the time limit.
+                if now - last_sent >= self._heartbeat:
+                    last_sent = now
+                    yield b": heartbeat\n\n"
                 if now - started >= self._max_duration:
                     yield _event("timeout", offset, {"next_offset": offset,
                                                      "message": "Stream time limit reached; reconnect to resume."})
                     return
-                if now - last_sent >= self._heartbeat:
-                    last_sent = now
-                    yield b": heartbeat\n\n"
                 self._stopping.wait(self._poll)
         finally:
             if self._metrics:
