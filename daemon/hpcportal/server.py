@@ -27,7 +27,7 @@ def limit_malloc_arenas(arenas=2, environ=os.environ):
     core) and seldom gives their freed memory back: with many worker threads and
     large short-lived buffers (chunk bodies, output slices, squeue snapshots) the
     RSS climbed by 160 MiB in a minute of submits and output reads, and stayed
-    flat with two arenas (docs/operations.md). MALLOC_ARENA_MAX in the
+    flat with two arenas (README, "Load: soak figures"). MALLOC_ARENA_MAX in the
     environment, read by glibc itself, wins."""
     if "MALLOC_ARENA_MAX" in environ:
         return False
