@@ -237,7 +237,7 @@ def build_portal(config, clock=time.time):
 
 def create_app(config, clock=time.time):
     """The WSGI app for ``config``; ``app.portal`` holds its parts."""
-    from .resources import health, me
+    from .resources import health, images, jobs, me, templates, uploads
 
     portal = build_portal(config, clock=clock)
     app = PortalApp(middleware=[RequestContextMiddleware(portal), SecurityMiddleware(config),
@@ -247,21 +247,8 @@ def create_app(config, clock=time.time):
     _add_error_handlers(app)
     app.portal = portal
 
-    health.add_routes(app, portal)
-    me.add_routes(app, portal)
-    # Areas, in dependency order: later ones may use earlier ones via portal.area().
-    for area in _optional_areas():
+    # Areas in dependency order: later ones use earlier ones through portal.area(),
+    # e.g. templates resolve images, jobs render templates and link uploads.
+    for area in (health, me, images, templates, uploads, jobs):
         area.add_routes(app, portal)
     return app
-
-
-def _optional_areas():
-    import importlib
-    found = []
-    for name in ("images", "templates", "uploads", "jobs"):
-        try:
-            found.append(importlib.import_module(f"hpcportal.resources.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"hpcportal.resources.{name}":
-                raise
-    return found

@@ -122,22 +122,10 @@ def build_parser():
     settings = sub.add_parser("settings", help="list every setting with its default")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
     settings.set_defaults(func=cmd_settings)
-    for register in _extra_commands():
-        register(sub)
+    # Subcommands of areas: ``scan`` comes from the catalog.
+    from .catalog.cli import register as register_catalog_commands
+    register_catalog_commands(sub)
     return parser
-
-
-def _extra_commands():
-    """Subcommands contributed by areas (e.g. ``scan``), as ``register(subparsers)``."""
-    import importlib
-    found = []
-    for module_name in ("hpcportal.catalog.cli",):
-        try:
-            found.append(importlib.import_module(module_name).register)
-        except ModuleNotFoundError as exc:
-            if not exc.name or not module_name.startswith(exc.name):
-                raise
-    return found
 
 
 def main(argv=None):
