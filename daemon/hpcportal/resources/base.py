@@ -85,10 +85,14 @@ def paging(req):
             int_param(req, "offset", 0, 0))
 
 
-def answer_cacheable(req, resp, body, max_age=300):
-    """Answer ``body`` with a strong ETag; 304 when the client has it already."""
+def encode_cacheable(body):
+    """(strong ETag, JSON bytes) of an answer, for answers cached between requests."""
     payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    etag = '"' + hashlib.sha256(payload).hexdigest()[:32] + '"'
+    return '"' + hashlib.sha256(payload).hexdigest()[:32] + '"', payload
+
+
+def answer_encoded(req, resp, etag, payload, max_age=300):
+    """Answer an encoded body with its ETag; 304 when the client has it already."""
     resp.set_header("ETag", etag)
     resp.set_header("Cache-Control", f"private, max-age={max_age}")
     resp.set_header("Vary", "Authorization")
@@ -98,3 +102,8 @@ def answer_cacheable(req, resp, body, max_age=300):
         return
     resp.data = payload
     resp.content_type = "application/json"
+
+
+def answer_cacheable(req, resp, body, max_age=300):
+    """Answer ``body`` with a strong ETag; 304 when the client has it already."""
+    answer_encoded(req, resp, *encode_cacheable(body), max_age=max_age)

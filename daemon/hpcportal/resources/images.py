@@ -1,14 +1,12 @@
 """/api/v2/apptainer/images and /api/v2/apptainer/scan: thin HTTP over catalog.images."""
 
 import collections
-import hashlib
-import json
 import threading
 
 from ..catalog import images as imagesmod
 from ..catalog.indexer import indexer_for
 from ..errors import NotFound, PermissionDenied
-from .base import MAX_LIMIT, bool_param, int_param, require_admin
+from .base import MAX_LIMIT, answer_encoded, bool_param, encode_cacheable, int_param, require_admin
 
 MAX_AGE = 300           # the dashboard caches the list for 5 minutes
 CACHED_ANSWERS = 64
@@ -38,21 +36,8 @@ class _Answers:
                 self._items.popitem(last=False)
 
 
-def _encode(body):
-    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return '"' + hashlib.sha256(payload).hexdigest()[:32] + '"', payload
-
-
 def _answer(req, resp, etag, payload):
-    resp.set_header("ETag", etag)
-    resp.set_header("Cache-Control", f"private, max-age={MAX_AGE}")
-    resp.set_header("Vary", "Authorization")
-    candidates = [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]
-    if etag in candidates or "*" in candidates:
-        resp.status = 304
-        return
-    resp.data = payload
-    resp.content_type = "application/json"
+    answer_encoded(req, resp, etag, payload, max_age=MAX_AGE)
 
 
 def _include_invalid(req):
@@ -88,7 +73,7 @@ class ImagesResource:
             page = found[offset:] if limit is None else found[offset:offset + limit]
             body = {"images": [_public(i) for i in page],
                     "total": len(found)}
-            cached = _encode(body)
+            cached = encode_cacheable(body)
             self._answers.put(key, cached)
         _answer(req, resp, *cached)
 
@@ -96,7 +81,7 @@ class ImagesResource:
         image = self._catalog.get(image_id, include_invalid=req.context.user.admin)
         if image is None:
             raise NotFound(f"There is no image with id {image_id!r}.", code="image_not_found")
-        _answer(req, resp, *_encode(image))
+        _answer(req, resp, *encode_cacheable(image))
 
 
 class ScanResource:

@@ -4,14 +4,12 @@ import os
 import re
 import urllib.parse
 
-import falcon
-
 from .. import jobs as jobs_domain
-from ..errors import RangeNotSatisfiable, ValidationError
+from ..errors import ValidationError
 from ..jobs.service import owner_of
 from .base import bool_param, int_param, paging, read_json
+from .downloads import send_file
 
-FILE_CHUNK = 256 * 1024
 
 
 class SubmitResource:
@@ -94,29 +92,9 @@ class FilesResource:
     def on_get_item(self, req, resp, job_id, name):
         row, owner = self._owner(req, job_id)
         fd = self._service.folders.open_file(owner, row.submission_id, name)
-        try:
-            info = os.fstat(fd)
-            size = info.st_size
-            etag = f'"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"'
-            resp.set_header("ETag", etag)
-            resp.set_header("Accept-Ranges", "bytes")
-            resp.set_header("Cache-Control", "private, no-cache")
-            resp.set_header("Content-Disposition",
-                            f"attachment; filename*=UTF-8''{urllib.parse.quote(name, safe='')}")
-            span = parse_range(req.get_header("Range"), size)
-            if_range = req.get_header("If-Range")
-            if span is not None and if_range is not None and if_range.strip() != etag:
-                span = None
-            start, end = span if span is not None else (0, size - 1)
-            if span is not None:
-                resp.status = falcon.HTTP_206
-                resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        except BaseException:
-            os.close(fd)
-            raise
-        resp.content_type = "application/octet-stream"
-        resp.content_length = max(0, end - start + 1)
-        resp.stream = _FileBody(fd, start, max(0, end - start + 1))
+        info = os.fstat(fd)
+        send_file(req, resp, fd, etag=f'"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"',
+                  filename=name)
 
 
 class PartitionsResource:
@@ -133,58 +111,6 @@ class AssociationsResource:
 
     def on_get(self, req, resp):
         resp.media = self._service.associations(req.context.user)
-
-
-def parse_range(header, size):
-    """``(start, end)`` of a single ``bytes=`` range, None for the whole file; 416 when unsatisfiable."""
-    if not header:
-        return None
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
-    if not match or (not match.group(1) and not match.group(2)):
-        return None  # a multi-range or malformed header: the whole file (RFC 9110 allows ignoring it)
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if int(first) >= size or (last and int(last) < start):
-            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
-                                      headers={"Content-Range": f"bytes */{size}"})
-    else:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
-                                      headers={"Content-Range": f"bytes */{size}"})
-        start, end = max(0, size - suffix), size - 1
-    return start, end
-
-
-class _FileBody:
-    """Streams ``length`` bytes of ``fd`` from ``start``; closes it at the end."""
-
-    def __init__(self, fd, start, length):
-        self._fd = fd
-        self._position = start
-        self._left = length
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._left <= 0:
-            self.close()
-            raise StopIteration
-        data = os.pread(self._fd, min(FILE_CHUNK, self._left), self._position)
-        if not data:
-            self.close()
-            raise StopIteration
-        self._position += len(data)
-        self._left -= len(data)
-        return data
-
-    def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _iso(timestamp):

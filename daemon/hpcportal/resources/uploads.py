@@ -6,20 +6,18 @@ block at a time (never read whole into memory).
 """
 
 import io
-import os
 import re
 import shutil
 import tempfile
-import urllib.parse
 
 import falcon
 
 from .. import uploads as uploads_domain
-from ..errors import (PayloadTooLarge, RangeNotSatisfiable, UnsupportedMediaType,
-                      ValidationError)
+from ..errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
 from ..uploads import tus
 from ..uploads.storage import BLOCK
 from .base import paging, read_json
+from .downloads import send_file
 
 FILE_TYPES = ("archive", "sif", "mesh", "data", "script", "text", "binary")
 FIELD_LIMIT = 4096
@@ -385,87 +383,14 @@ class FileResource:
         resp.status = falcon.HTTP_204
 
 
-class _FileBody:
-    """Iterates a byte range of a descriptor in blocks; closed by the server."""
-
-    def __init__(self, fd, start, length):
-        self._fd = fd
-        self._offset = start
-        self._left = length
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._left <= 0 or self._fd is None:
-            self.close()
-            raise StopIteration
-        block = os.pread(self._fd, min(BLOCK, self._left), self._offset)
-        if not block:
-            self.close()
-            raise StopIteration
-        self._offset += len(block)
-        self._left -= len(block)
-        return block
-
-    def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def parse_range(header, size):
-    """(start, end inclusive) for one ``bytes=`` range; None to send everything."""
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
-    if not match or (match.group(1) == "" and match.group(2) == ""):
-        return None  # absent, malformed or several ranges: RFC 9110 lets us ignore it
-    first, last = match.group(1), match.group(2)
-    if first == "":
-        suffix = int(last)
-        if suffix == 0:
-            raise RangeNotSatisfiable("The requested range is empty.",
-                                      headers={"Content-Range": f"bytes */{size}"})
-        return max(size - suffix, 0), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        raise RangeNotSatisfiable(f"The file has {size} bytes; the requested range lies outside it.",
-                                  headers={"Content-Range": f"bytes */{size}"})
-    return start, end
-
-
 class FileContentResource:
     def __init__(self, uploads):
         self._uploads = uploads
 
     def on_get(self, req, resp, file_id):
         info, fd = self._uploads.open_file(req.context.user, file_id)
-        try:
-            size = os.fstat(fd).st_size
-            etag = f'"{info["sha256"]}"'
-            resp.set_header("ETag", etag)
-            resp.set_header("Accept-Ranges", "bytes")
-            resp.set_header("Cache-Control", "private, no-cache")
-            quoted = urllib.parse.quote(info["filename"], safe="")
-            resp.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quoted}")
-            if etag in [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]:
-                resp.status = falcon.HTTP_304
-                os.close(fd)
-                return
-            span = parse_range(req.get_header("Range"), size)
-            if_range = req.get_header("If-Range")
-            if span is not None and if_range is not None and if_range.strip() != etag:
-                span = None  # the client's copy is outdated: send the whole file
-            start, end = span if span is not None else (0, size - 1)
-            if span is not None:
-                resp.status = falcon.HTTP_206
-                resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        except BaseException:
-            os.close(fd)
-            raise
-        resp.content_type = info["mime_type"] or "application/octet-stream"
-        resp.content_length = end - start + 1
-        resp.stream = _FileBody(fd, start, end - start + 1)
+        send_file(req, resp, fd, etag=f'"{info["sha256"]}"', filename=info["filename"],
+                  content_type=info["mime_type"] or "application/octet-stream")
 
 
 class FilePreviewResource:

@@ -1,0 +1,92 @@
+"""Sending a file from an open descriptor: one byte range, ETag, If-Range, 304.
+
+Used by the files API (uploads) and the job results download, so both speak
+HTTP ranges the same way.
+"""
+
+import os
+import re
+import urllib.parse
+
+import falcon
+
+from ..errors import RangeNotSatisfiable
+
+BLOCK = 1024 * 1024
+
+
+def parse_range(header, size):
+    """(start, end inclusive) of one ``bytes=`` range; None to send the whole file."""
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if not match or (match.group(1) == "" and match.group(2) == ""):
+        return None  # absent, malformed or several ranges: RFC 9110 lets us ignore it
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+                                      headers={"Content-Range": f"bytes */{size}"})
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    return start, min(int(last), size - 1) if last else size - 1
+
+
+class FileBody:
+    """Iterates a byte range of a descriptor in blocks; closed by the server."""
+
+    def __init__(self, fd, start, length):
+        self._fd = fd
+        self._offset = start
+        self._left = length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._left <= 0 or self._fd is None:
+            self.close()
+            raise StopIteration
+        block = os.pread(self._fd, min(BLOCK, self._left), self._offset)
+        if not block:
+            self.close()
+            raise StopIteration
+        self._offset += len(block)
+        self._left -= len(block)
+        return block
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def send_file(req, resp, fd, *, etag, filename, content_type="application/octet-stream"):
+    """Answer with the file behind ``fd`` (which this takes over and closes)."""
+    try:
+        size = os.fstat(fd).st_size
+        resp.set_header("ETag", etag)
+        resp.set_header("Accept-Ranges", "bytes")
+        resp.set_header("Cache-Control", "private, no-cache")
+        resp.set_header("Content-Disposition",
+                        f"attachment; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}")
+        if etag in [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]:
+            resp.status = falcon.HTTP_304
+            os.close(fd)
+            return
+        span = parse_range(req.get_header("Range"), size)
+        if_range = req.get_header("If-Range")
+        if span is not None and if_range is not None and if_range.strip() != etag:
+            span = None  # the client's copy is outdated: send the whole file
+        start, end = span if span is not None else (0, size - 1)
+        if span is not None:
+            resp.status = falcon.HTTP_206
+            resp.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+    except BaseException:
+        os.close(fd)
+        raise
+    resp.content_type = content_type
+    resp.content_length = max(0, end - start + 1)
+    resp.stream = FileBody(fd, start, max(0, end - start + 1))
