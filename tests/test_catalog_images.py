@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from support.waiting import wait_for
 from support.daemon import REPO
 from support.sifbuild import build_sif, make_squashfs, rootfs_tree, sif_bytes
 
@@ -22,15 +23,7 @@ WAIT = 30   # generous bound for asynchronous effects; never a timing assertion
 ONE_BACKEND = pytest.mark.databases("sqlite")
 
 
-def wait_for(check, timeout=WAIT, interval=0.1, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(interval)
+
 
 
 def listing(daemon, user="alice", admin=False, **params):

@@ -7,13 +7,14 @@ that was down reconciles the folder with the index when it starts. These tests
 hold the heads to that: one view on both, no duplicate rows, nothing lost
 while a head is down."""
 
+import functools
 import os
 import re
 import shutil
-import time
 
 import pytest
 
+from support.waiting import wait_for
 from support.daemon import REPO
 from support.databases import query
 
@@ -23,15 +24,8 @@ WAIT = 60
 EXAMPLE = os.path.join(REPO, "examples", "templates", "official", "python-script.yaml")
 
 
-def wait_until(check, timeout=WAIT, interval=0.2, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{message} not reached within {timeout}s (last: {last!r})")
+wait_until = functools.partial(wait_for, timeout=WAIT)
+
 
 
 def _template_ids(head):

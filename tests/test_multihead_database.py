@@ -3,12 +3,13 @@ and the database server going away (clean stop, then SIGKILL) under running
 heads: 503 while it is gone, everything back afterwards, no restart of a
 head, nothing acknowledged lost, background services included."""
 
+import functools
 import os
-import time
 
 import pytest
 
 from hpcportal.db import MIGRATIONS
+from support.waiting import wait_for
 from support.databases import DatabaseServer, create_database, query
 from support.sifbuild import build_sif
 
@@ -17,15 +18,8 @@ pytestmark = pytest.mark.databases("mariadb", "postgres")
 WAIT = 60  # generous bound for asynchronous effects; tests never assert timings
 
 
-def wait_until(check, timeout=WAIT, interval=0.2, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{message} not reached within {timeout}s (last: {last!r})")
+wait_until = functools.partial(wait_for, timeout=WAIT)
+
 
 
 def test_three_heads_started_at_once_migrate_an_empty_database_once(daemon_factory, db_url):

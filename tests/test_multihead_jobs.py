@@ -1,14 +1,15 @@
 """A job submitted through one head is listed, followed and cancelled through
 the other (one MariaDB, one shared folder, the local Slurm cluster)."""
 
+import functools
 import json
 import os
 import subprocess
-import time
 
 import pytest
 import requests
 
+from support.waiting import wait_for
 from support.daemon import REPO, auth_headers
 
 pytestmark = [pytest.mark.databases("mariadb", "postgres"), pytest.mark.slurm]
@@ -33,15 +34,8 @@ def heads(daemon_factory, slurm_conf):
     return daemon_factory(config=config), daemon_factory(config=config)
 
 
-def wait_until(check, timeout=WAIT, interval=0.3, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{message} not reached within {timeout}s (last: {last!r})")
+wait_until = functools.partial(wait_for, timeout=WAIT, interval=0.3)
+
 
 
 def _events(head, job_id, until):

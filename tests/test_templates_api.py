@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from support.waiting import wait_for
 from support import sifbuild
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "templates", "official")
@@ -37,16 +38,7 @@ def simple(name="Simple", version="1.0.0", category="general"):
     return SIMPLE.format(name=name, version=version, category=category)
 
 
-def wait_for(check, timeout=60, interval=0.2):
-    """Poll until ``check()`` returns something truthy; return it."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
 
 
 def drop(shared, relpath, text):

@@ -12,9 +12,9 @@ follows the image, like ``apptainer exec`` would inside the container.
 
 import os
 import subprocess
-import time
 
 import pytest
+from support.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -74,15 +74,7 @@ def jobs_config(shared, slurm_conf, **slurm):
                       "squeue_interval": "1s", "data_roots": [shared.root, "~"], **slurm}}
 
 
-def wait_for(check, timeout=60, interval=0.2, message="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {message} (last: {last!r})")
+
 
 
 def job(daemon, user, job_id):
