@@ -6,7 +6,8 @@ import threading
 from ..catalog import images as imagesmod
 from ..catalog.indexer import indexer_for
 from ..errors import NotFound, PermissionDenied
-from .base import MAX_LIMIT, answer_encoded, bool_param, encode_cacheable, int_param, require_admin
+from .base import MAX_LIMIT, answer_encoded, bool_param, encode_cacheable, int_param
+from .scan import ScanResource
 
 MAX_AGE = 300           # the dashboard caches the list for 5 minutes
 CACHED_ANSWERS = 64
@@ -84,29 +85,9 @@ class ImagesResource:
         _answer(req, resp, *encode_cacheable(image))
 
 
-class ScanResource:
-    def __init__(self, indexer, catalog, rate_limits):
-        self._indexer = indexer
-        self._catalog = catalog
-        self._rate_limits = rate_limits
-
-    def on_post(self, req, resp):
-        require_admin(req)
-        self._rate_limits.check(req.context.user, "scan")
-        result = self._indexer.scan([self._catalog.kind.name])[self._catalog.kind.name]
-        _, invalid = self._catalog.kind.count()
-        counts = result.counts()
-        req.context.audit_target = self._catalog.root
-        req.context.audit_detail = counts
-        resp.media = {"success": True, "added": counts["added"], "updated": counts["updated"],
-                      "removed": counts["removed"], "invalid": invalid,
-                      "deferred": counts["deferred"], "unchanged": counts["unchanged"],
-                      "duration_ms": counts["duration_ms"]}
-
-
 def add_routes(app, portal):
     catalog = imagesmod.setup(portal)
     indexer = indexer_for(portal)
     app.add_route("/api/v2/apptainer/images", ImagesResource(catalog))
     app.add_route("/api/v2/apptainer/images/{image_id}", ImagesResource(catalog), suffix="item")
-    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog, portal.rate_limits))
+    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog.kind, portal.rate_limits))

@@ -4,7 +4,8 @@ from ..catalog import template_catalog as catalogmod
 from ..catalog import templates as tpl
 from ..catalog.indexer import indexer_for
 from ..errors import ValidationError
-from .base import answer_cacheable, bool_param, paging, read_json, require_admin
+from .base import answer_cacheable, bool_param, paging, read_json
+from .scan import ScanResource
 
 MAX_AGE = 300  # the dashboard caches the list for 5 minutes
 
@@ -50,27 +51,6 @@ class SchemaResource:
         answer_cacheable(req, resp, tpl.schema(), max_age=3600)
 
 
-class ScanResource:
-    def __init__(self, indexer, catalog, rate_limits):
-        self._indexer = indexer
-        self._catalog = catalog
-        self._rate_limits = rate_limits
-
-    def on_post(self, req, resp):
-        require_admin(req)
-        self._rate_limits.check(req.context.user, "scan")
-        kind = self._catalog.kind
-        result = self._indexer.scan([kind.name])[kind.name]
-        counts = result.counts()
-        _, invalid = kind.count()
-        req.context.audit_target = kind.root
-        req.context.audit_detail = counts
-        resp.media = {"success": True, "added": counts["added"], "updated": counts["updated"],
-                      "removed": counts["removed"], "invalid": invalid,
-                      "deferred": counts["deferred"], "unchanged": counts["unchanged"],
-                      "duration_ms": counts["duration_ms"]}
-
-
 class RenderResource:
     def __init__(self, catalog, config):
         self._catalog = catalog
@@ -97,7 +77,7 @@ def add_routes(app, portal):
     # The schema route is added before {template_id} so "schema" is never taken for an id.
     app.add_route("/api/v2/templates/schema", SchemaResource())
     app.add_route("/api/v2/templates", templates)
-    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog, portal.rate_limits))
+    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog.kind, portal.rate_limits))
     app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
     app.add_route("/api/v2/templates/{template_id}/render",
                   RenderResource(catalog, portal.config))
