@@ -150,3 +150,19 @@ def test_db_upgrade_applies_then_finds_nothing(tmp_path):
     assert "applied migration 1" in first.stdout
     second = _cli("--config", str(path), "db", "upgrade")
     assert second.stdout.strip() == "database is up to date"
+
+
+def test_db_upgrade_adds_the_lease_holder_column_to_a_database_made_before_it(tmp_path):
+    import sqlite3
+    path = tmp_path / "config.yaml"
+    path.write_text("database: {url: 'sqlite:///%s/p.db'}\nauth: {secret: x}\n" % tmp_path)
+    assert _cli("--config", str(path), "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "p.db") as conn:  # as a release before migration 6 left it
+        conn.execute("ALTER TABLE upload DROP COLUMN lease_holder")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 6")
+    again = _cli("--config", str(path), "db", "upgrade")
+    assert again.returncode == 0, again.stderr
+    assert "applied migration 6" in again.stdout
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(upload)")]
+    assert "lease_holder" in columns

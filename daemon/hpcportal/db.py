@@ -12,6 +12,7 @@ import os
 from urllib.parse import urlparse
 
 import peewee
+import playhouse.migrate
 from playhouse.db_url import connect
 
 from . import models
@@ -37,7 +38,17 @@ MIGRATIONS = [
     (3, "uploads, their chunks and finished files", _create_tables("uploads")),
     (4, "jobs submitted through the portal", _create_tables("jobs")),
     (5, "template index", _create_tables("templates")),
+    (6, "who holds an upload's completion lease", lambda database: _add_column(
+        database, "upload", "lease_holder", peewee.CharField(max_length=255, null=True))),
 ]
+
+
+def _add_column(database, table, name, field):
+    # Databases created after the column joined the model already have it.
+    if name in {column.name for column in database.get_columns(table)}:
+        return
+    schema = playhouse.migrate.SchemaMigrator.from_database(database)
+    playhouse.migrate.migrate(schema.add_column(table, name, field))
 
 
 class SchemaMigration(models.base.BaseModel):

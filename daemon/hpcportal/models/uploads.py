@@ -32,6 +32,9 @@ class Upload(BaseModel):
     # ``lease_until`` lets another head take over from a crashed completion.
     state = peewee.CharField(max_length=16, default="active", index=True)
     lease_until = peewee.DateTimeField(null=True)
+    # "<host>/<address>:<port>#<process>": a restarted daemon frees the leases its
+    # killed predecessor (same host and address, another process) left behind.
+    lease_holder = peewee.CharField(max_length=255, null=True)
     final_name = peewee.CharField(max_length=255, null=True)
     created_at = peewee.DateTimeField(default=utcnow)
     updated_at = peewee.DateTimeField(default=utcnow)

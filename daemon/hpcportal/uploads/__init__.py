@@ -22,6 +22,8 @@ like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
 A user only ever finds their own rows: another user's ids give None.
 """
 
+import socket
+
 from .classify import Classifier
 from .janitor import UploadJanitor
 from .metrics import UploadMetrics
@@ -33,8 +35,11 @@ __all__ = ["Uploads", "build"]
 
 def build(portal):
     config = portal.config
+    server = config.server
+    listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
     uploads = Uploads(config.uploads, portal.database, Storage(config.paths.uploads),
-                      Classifier(), UploadMetrics(portal.registry), clock=portal.clock)
+                      Classifier(), UploadMetrics(portal.registry), clock=portal.clock,
+                      listener=listener)
     portal.areas["uploads"] = uploads
     portal.services.append(UploadJanitor(uploads, portal.database, config.uploads.cleanup_interval))
     return uploads

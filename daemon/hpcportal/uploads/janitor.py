@@ -1,4 +1,5 @@
-"""Background clean-up: expired unfinished uploads and files past retention.
+"""Background clean-up: expired unfinished uploads, files past retention,
+orphaned partial files, and tus uploads whose completion a crash cut short.
 
 Every head node runs one; they never step on each other because each
 removal is a conditional delete of the row (only the head whose delete
@@ -31,6 +32,13 @@ class UploadJanitor:
     def start(self):
         if self._thread is not None:
             return
+        # Before the first request: a client retrying a completion that a crash
+        # interrupted gets its file now, not once the dead run's lease runs out.
+        try:
+            with self._database.connection_context():
+                self._uploads.release_abandoned_leases()
+        except Exception:  # the lease then simply runs out
+            log.exception("releasing a previous run's completion leases failed")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="uploads-janitor", daemon=True)
         self._thread.start()
@@ -53,10 +61,11 @@ class UploadJanitor:
         return True, f"last clean-up {self._clock() - self._last_sweep:.0f}s ago"
 
     def sweep(self):
-        """One pass; returns (expired uploads, files removed by retention, orphans)."""
+        """One pass; returns (expired uploads, files removed by retention, orphans,
+        stranded tus uploads finished)."""
         with self._database.connection_context():
             counts = (self._uploads.expire_stale(), self._uploads.apply_retention(),
-                      self._uploads.remove_orphans())
+                      self._uploads.remove_orphans(), self._uploads.finish_stranded_tus())
             self._uploads.prune_hashing()
             return counts
 

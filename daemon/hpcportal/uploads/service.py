@@ -36,6 +36,8 @@ SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 # head that died mid-completion is taken over once the lease has run out.
 COMPLETION_LEASE = 120
 LEASE_RENEW_BYTES = 256 * 1024 * 1024
+# A complete tus upload this long untouched has no request left finishing it.
+STRANDED_AFTER = 60
 PREVIEW_BYTES = 64 * 1024
 
 
@@ -92,8 +94,14 @@ class Uploads:
     for the functions other areas use."""
 
     def __init__(self, settings, database, storage, classifier, metrics, clock=time.time,
-                 new_id=lambda: uuid.uuid4().hex):
+                 new_id=lambda: uuid.uuid4().hex, listener=None):
+        """``listener`` ("<host>/<address>:<port>", or None when the port is
+        not fixed) names this daemon's listening socket: only one process can
+        hold it at a time, so leases held under it by another process are
+        left over from a predecessor that died."""
         self._settings = settings
+        self._listener = listener
+        self._holder = f"{listener or 'unnamed'}#{uuid.uuid4().hex[:12]}"
         self._database = database
         self._storage = storage
         self._classifier = classifier
@@ -101,6 +109,7 @@ class Uploads:
         self._clock = clock
         self._new_id = new_id
         self._hashing = {}  # upload id -> _Hashing, for uploads this process saw start
+        self._stranded_failures = {}  # upload id -> why finishing it failed last time
         self._hashing_lock = threading.Lock()
 
     @property
@@ -209,6 +218,11 @@ class Uploads:
             raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found")
         return row
 
+    def _open_partial(self, row, write=True):
+        published = (row.job_id, row.final_name) if row.final_name else None
+        return self._storage.open_partial(row.user, (row.uid, row.gid), row.id, write=write,
+                                          published=published)
+
     def _received(self, upload_id):
         """Indexes of the recorded chunks, in order. Read through the cursor:
         an upload of 50 GB in 5 MiB chunks has 10,000 of them, and each chunk
@@ -286,7 +300,7 @@ class Uploads:
                                        & (UploadChunk.chunk_index == index)).execute()
             self._touch(row.id)
         digest = hashlib.sha256() if chunk_sha256 else None
-        fd = self._storage.open_partial(user.name, (row.uid, row.gid), row.id)
+        fd = self._open_partial(row)
         try:
             try:
                 written = self._storage.write_at(fd, offset, stream, expected,
@@ -398,7 +412,7 @@ class Uploads:
                                   errors={"chunk_sha256": "must be 64 hexadecimal digits"})
         row = self._upload(user, upload_id)
         offset, length = self.chunk_span(row, index)
-        fd = self._storage.open_partial(row.user, (row.uid, row.gid), row.id, write=False)
+        fd = self._open_partial(row, write=False)
         try:
             digest = hashlib.sha256()
             self._storage.hash_range(fd, digest, offset, offset + length)
@@ -433,14 +447,15 @@ class Uploads:
                 raise Conflict(
                     f"The upload is missing {len(missing)} of {row.total_chunks} chunks.",
                     code="missing_chunks", extra={"missing_chunks": missing})
-            return self._finish(user, row)
+            return self._finish(row)
         except BaseException:
             self._release(row)
             raise
 
     def _claim(self, row):
         now = self._now()
-        claimed = (Upload.update(state="completing", lease_until=_dt(self._clock() + COMPLETION_LEASE))
+        claimed = (Upload.update(state="completing", lease_until=_dt(self._clock() + COMPLETION_LEASE),
+                                 lease_holder=self._holder)
                    .where((Upload.id == row.id)
                           & ((Upload.state == "active")
                              | ((Upload.state == "completing") & (Upload.lease_until < now))))
@@ -452,12 +467,32 @@ class Uploads:
                            code="upload_completing", headers={"Retry-After": "5"})
 
     def _release(self, row):
-        Upload.update(state="active", lease_until=None).where(
-            (Upload.id == row.id) & (Upload.state == "completing")).execute()
+        Upload.update(state="active", lease_until=None, lease_holder=None).where(
+            (Upload.id == row.id) & (Upload.state == "completing")
+            & (Upload.lease_holder == self._holder)).execute()
 
-    def _finish(self, user, row):
+    def release_abandoned_leases(self):
+        """Free the completions a killed predecessor on this listener left
+        half-done, so they can be completed at once rather than after the
+        lease runs out; returns how many. Call once listening (which proves
+        the predecessor gone)."""
+        if not self._listener:
+            return 0
+        count = 0
+        for row in Upload.select(Upload.id, Upload.lease_holder).where(Upload.state == "completing"):
+            holder = row.lease_holder or ""
+            if holder.rpartition("#")[0] != self._listener or holder == self._holder:
+                continue
+            count += (Upload.update(state="active", lease_until=None, lease_holder=None)
+                      .where((Upload.id == row.id) & (Upload.state == "completing")
+                             & (Upload.lease_holder == holder)).execute())
+            log.info("upload %s: released the completion lease of a previous run (%s)",
+                     row.id, holder)
+        return count
+
+    def _finish(self, row):
         owner = (row.uid, row.gid)
-        fd = self._storage.open_partial(row.user, owner, row.id, write=False)
+        fd = self._open_partial(row, write=False)
         try:
             on_disk = os.fstat(fd).st_size
             if on_disk != row.size:
@@ -524,6 +559,9 @@ class Uploads:
             if not query.execute():
                 return False
             UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
+        if row.final_name:
+            # An interrupted completion may have linked the data into place already.
+            self._storage.unpublish(row.user, row.id, row.job_id, row.final_name)
         self._storage.remove_partial(row.user, row.id)
         self._drop_hashing(row.id)
         return True
@@ -565,7 +603,7 @@ class Uploads:
             raise PayloadTooLarge(
                 f"The body has {content_length} bytes but only {room} remain of Upload-Length.",
                 code="exceeds_upload_length")
-        fd = self._storage.open_partial(row.user, (row.uid, row.gid), row.id)
+        fd = self._open_partial(row)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX)
             row = self._upload(user, upload_id)
@@ -607,10 +645,40 @@ class Uploads:
         row = self._upload(user, upload_id)
         self._claim(row)
         try:
-            return new_offset, self._finish(user, row)
+            return new_offset, self._finish(row)
         except BaseException:
             self._release(row)
             raise
+
+    def finish_stranded_tus(self):
+        """Turn into files the tus uploads whose last byte was acknowledged but
+        whose completion never ended (the head died, the database went away):
+        their client saw Upload-Offset reach Upload-Length and will not ask
+        again. Returns how many became files."""
+        quiet_since = _dt(self._clock() - STRANDED_AFTER)
+        now = self._now()
+        stranded = Upload.select().where(
+            (Upload.protocol == "tus") & (Upload.tus_offset == Upload.size)
+            & (Upload.updated_at < quiet_since)
+            & ((Upload.state == "active") | (Upload.lease_until < now)))
+        count = 0
+        for row in list(stranded):
+            try:
+                self._claim(row)
+            except (Conflict, NotFound):
+                continue  # another head is on it
+            try:
+                self._finish(row)
+                count += 1
+                self._stranded_failures.pop(row.id, None)
+            except Exception as exc:
+                self._release(row)
+                reason = str(exc) or type(exc).__name__
+                if self._stranded_failures.get(row.id) != reason:  # once, not every pass
+                    self._stranded_failures[row.id] = reason
+                    log.warning("upload %s of %s: finishing its completion failed: %s",
+                                row.id, row.user, reason)
+        return count
 
     def _hash_tus(self, upload_id, fd, committed, started):
         """tus data below the committed offset never changes: hash up to it."""

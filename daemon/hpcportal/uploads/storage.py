@@ -120,8 +120,11 @@ class Storage:
         finally:
             os.close(dfd)
 
-    def open_partial(self, user, owner, upload_id, write=True):
-        """The partial file's descriptor, checked to be the plain file we made."""
+    def open_partial(self, user, owner, upload_id, write=True, published=None):
+        """The partial file's descriptor, checked to be the plain file we made.
+
+        ``published`` is (job_id, name) where an interrupted completion may
+        have linked it already: that one second link is ours, not a plant."""
         try:
             dfd = self._partial_dir(user, create=False)
         except NotFound:
@@ -139,11 +142,27 @@ class Storage:
         finally:
             os.close(dfd)
         info = os.fstat(fd)
-        if (not stat.S_ISREG(info.st_mode) or info.st_nlink != 1
+        if (not stat.S_ISREG(info.st_mode)
+                or not (info.st_nlink == 1 or self._is_published(user, info, published))
                 or (self._chown and info.st_uid != owner[0])):
             os.close(fd)
             raise UnsafePath("The upload's partial file was replaced; refusing to use it.")
         return fd
+
+    def _is_published(self, user, info, published):
+        if not published or info.st_nlink != 2:
+            return False
+        job_id, name = published
+        try:
+            dfd = self._open_dir([user, "files", job_id or UNLINKED_FOLDER], create=False)
+        except (NotFound, Conflict, OSError):
+            return False
+        try:
+            return os.path.samestat(os.stat(name, dir_fd=dfd, follow_symlinks=False), info)
+        except OSError:
+            return False
+        finally:
+            os.close(dfd)
 
     def partial_files(self):
         """(user, name, mtime) of every plain file in the users' partial folders."""
@@ -278,6 +297,33 @@ class Storage:
                     os.fsync(tfd)
                     return candidate
                 raise Conflict(f"Too many files named like {name!r} in this folder.")
+            finally:
+                os.close(tfd)
+        finally:
+            os.close(pfd)
+
+    def unpublish(self, user, upload_id, job_id, name):
+        """Unlink ``name`` if it is the partial file's own link (what an
+        interrupted ``publish`` left); a file of that name made since stays."""
+        try:
+            pfd = self._partial_dir(user, create=False)
+        except (NotFound, Conflict):
+            return False
+        try:
+            try:
+                tfd = self._open_dir([user, "files", job_id or UNLINKED_FOLDER], create=False)
+            except (NotFound, Conflict, OSError):
+                return False
+            try:
+                source = os.stat(upload_id, dir_fd=pfd, follow_symlinks=False)
+                placed = os.stat(name, dir_fd=tfd, follow_symlinks=False)
+                if not os.path.samestat(placed, source):
+                    return False
+                os.unlink(name, dir_fd=tfd)
+                os.fsync(tfd)
+                return True
+            except FileNotFoundError:
+                return False
             finally:
                 os.close(tfd)
         finally:
