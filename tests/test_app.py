@@ -9,12 +9,14 @@ import falcon
 import falcon.inspect
 import falcon.testing
 import pytest
+import requests
 
 from hpcportal.app import create_app
 from hpcportal.config import Config
 from hpcportal.openapi import document
 from hpcportal.resources.base import read_json
 from support.daemon import TEST_SECRET, auth_headers
+from support.waiting import wait_for
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch"}
 
@@ -34,13 +36,29 @@ def test_wrong_method_is_json_405(daemon):
     assert "PUT" in answer.json()["message"]
 
 
+def audit_rows(daemon):
+    with sqlite3.connect(f"{daemon.shared.state}/portal.db") as conn:
+        return conn.execute("SELECT user, action, outcome, status, client, request_id"
+                            " FROM audit_record ORDER BY id").fetchall()
+
+
 @pytest.mark.databases("sqlite")  # reads/breaks the SQLite file itself
 def test_state_changing_calls_are_audited(daemon):
-    daemon.request("DELETE", "/api/v2/me", user="alice")
-    with sqlite3.connect(f"{daemon.shared.state}/portal.db") as conn:
-        rows = conn.execute("SELECT user, action, outcome, status, client, request_id FROM audit_record").fetchall()
-    assert rows == [("alice", "DELETE /api/v2/me", "failed", 405, "127.0.0.1", rows[0][5])]
-    assert len(rows[0][5]) == 16
+    answer = daemon.request("DELETE", "/api/v2/me", user="alice")
+    # Logged before the answer leaves; stored in the table just behind it.
+    assert f"'request_id': '{answer.headers['X-Request-ID']}'" in daemon.logs()
+    rows = wait_for(lambda: audit_rows(daemon), message="the audit row")
+    assert rows == [("alice", "DELETE /api/v2/me", "failed", 405, "127.0.0.1",
+                     answer.headers["X-Request-ID"])]
+
+
+@pytest.mark.databases("sqlite")
+def test_a_stopping_daemon_stores_every_audit_record_it_logged(daemon):
+    with requests.Session() as session:  # one connection, not 300 held open
+        request_ids = [session.post(f"{daemon.url}/api/v2/nothing-{n}", headers=auth_headers("alice"),
+                                    timeout=30).headers["X-Request-ID"] for n in range(300)]
+    assert daemon.stop() == 0
+    assert [row[5] for row in audit_rows(daemon)] == request_ids
 
 
 def test_healthz_and_readyz(daemon):

@@ -1,6 +1,5 @@
 """The daemon's life cycle: readiness notification and graceful stop."""
 
-import os
 import signal
 import socket
 import time

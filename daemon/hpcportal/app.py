@@ -18,13 +18,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from . import db as dbmod
 from . import errors
 from .auth import Authenticator, TokenVerifier, UserDirectory
-from .models.audit import AuditRecord
+from .audit import AuditTrail
 from .ratelimit import RateLimits
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
 access_log = logging.getLogger("hpcportal.access")
-audit_log = logging.getLogger("hpcportal.audit")
 
 # The one place where our exceptions become HTTP statuses.
 STATUS_BY_ERROR = {
@@ -60,6 +59,7 @@ class Portal:
     rate_limits: RateLimits = None
     services: list = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    audit: AuditTrail = None
     # Areas register themselves here (images, templates, uploads, jobs, ...).
     areas: dict = field(default_factory=dict)
 
@@ -142,15 +142,7 @@ class RequestContextMiddleware:
             "request_id": req.context.request_id,
             "detail": req.context.audit_detail,
         }
-        audit_log.info("audit %s", record)
-        try:
-            with self._portal.database.atomic():
-                AuditRecord.create(**{**record, "target": str(record["target"])[:255]})
-        except peewee.PeeweeException as exc:
-            # The record is in the audit log above; a locked or unreachable
-            # database is already reported by the request's own answer.
-            log.error("could not store audit record rid=%s (kept in the audit log only): %s",
-                      req.context.request_id, exc)
+        self._portal.audit.record(record)
 
 
 def client_address(req, trusted_proxies):
@@ -230,9 +222,12 @@ def build_portal(config, clock=time.time):
     database = dbmod.open_database(config)
     verifier = TokenVerifier(config, clock=clock)
     directory = UserDirectory(config.users.min_uid, config.users.deny)
+    audit = AuditTrail(database)
+    # First in the list, so stopped last: it stores the records of the last requests.
     return Portal(config=config, database=database, registry=CollectorRegistry(auto_describe=True),
                   authenticator=Authenticator(verifier, directory), clock=clock,
-                  rate_limits=RateLimits(config.security.rate_limits))
+                  rate_limits=RateLimits(config.security.rate_limits), audit=audit,
+                  services=[audit])
 
 
 def create_app(config, clock=time.time):

@@ -442,8 +442,8 @@ def test_upgrade_to_a_newer_wheel_keeps_the_database(lab, converged):
         # Every state-changing /api/ call is audited, even an unauthenticated one.
         assert curl(f"http://{address}:{PORT}{marker}", "-X", "POST")[0] == 401
     count_marker = f"select count(*) from {DB_NAME}.audit_record where target = '{marker}'"
-    # One shared database: each head's call is recorded in it.
-    assert db_sql(count_marker) == "2"
+    # One shared database: each head's call is recorded in it (written behind the answer).
+    wait_for(lambda: db_sql(count_marker) == "2", "both heads' audit records in the shared database")
     newer = f"{daemon_version()}.post1"
     build_wheelhouse(lab["venv"], WHEELHOUSE, version=newer)
     before = {head: starts_of_daemon(head) for head in HEADS}
