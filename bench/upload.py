@@ -4,10 +4,12 @@
 Starts a real daemon whose uploads root lies on the filesystem of ``--dir``,
 uploads one random file (default 2 GiB) through the chunk protocol and
 through tus (tuspy), writes the same bytes with ``dd ... conv=fsync`` to the
-same filesystem, and prints each throughput, its ratio to dd and the
-daemon's peak RSS (VmHWM). Needs root (the test users own the uploads).
+same filesystem, and the same bytes in chunks each fsynced before the next
+(what acknowledging a chunk costs, without HTTP), and prints each
+throughput, its ratio to dd and the daemon's peak RSS (VmHWM); ``--rounds`` (3) times, dd again before each
+round, then the medians. Needs root (the test users own the uploads).
 
-    .venv/bin/python bench/upload.py [--size 2GiB] [--dir /var/tmp/hpcportal-bench]
+    .venv/bin/python bench/upload.py [--size 2GiB] [--rounds 3] [--dir /var/tmp/hpcportal-bench]
 """
 
 import argparse
@@ -15,6 +17,7 @@ import concurrent.futures
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,6 +68,26 @@ def run_dd(source, target):
     return time.monotonic() - started
 
 
+def fsynced_chunks(source, target, size, chunk_size, parallel):
+    """What acknowledging chunks costs by itself: each chunk written and fsynced
+    before the next, ``parallel`` at a time, no HTTP. dd fsyncs once at the end."""
+    started = time.monotonic()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def write(index):
+        with open(source, "rb") as handle:
+            handle.seek(index * chunk_size)
+            os.pwrite(fd, handle.read(chunk_size), index * chunk_size)
+        os.fsync(fd)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(write, range((size + chunk_size - 1) // chunk_size)))
+    finally:
+        os.close(fd)
+    return time.monotonic() - started
+
+
 def chunk_upload(daemon, source, size, chunk_size, parallel):
     headers = auth_headers("alice")
     started = time.monotonic()
@@ -91,18 +114,18 @@ def chunk_upload(daemon, source, size, chunk_size, parallel):
     return time.monotonic() - started, done.json()
 
 
-def tus_upload(daemon, source, chunk_size):
+def tus_upload(daemon, source, chunk_size, number=0):
     from tusclient import client as tus_client
 
     started = time.monotonic()
     uploader = tus_client.TusClient(daemon.url + "/api/v2/files/tus/",
                                     headers=auth_headers("alice")).uploader(
-        source, chunk_size=chunk_size, metadata={"filename": "tus.bin"})
+        source, chunk_size=chunk_size, metadata={"filename": f"tus-{number}.bin"})
     uploader.upload()
     elapsed = time.monotonic() - started
     files = requests.get(daemon.url + "/api/v2/files", headers=auth_headers("alice"),
                          timeout=60).json()["files"]
-    return elapsed, next(f for f in files if f["filename"] == "tus.bin")
+    return elapsed, next(f for f in files if f["filename"] == f"tus-{number}.bin")
 
 
 def _recv_bytes_hook(work, size):
@@ -132,12 +155,16 @@ def main(argv=None):
     parser.add_argument("--chunk-size", default="32MiB", help="chunk protocol chunk size")
     parser.add_argument("--tus-chunk-size", default="32MiB", help="tus client chunk size")
     parser.add_argument("--parallel", type=int, default=2, help="chunks in flight at once")
+    parser.add_argument("--rounds", type=int, default=3, help="dd, chunk and tus runs, each round")
     parser.add_argument("--recv-bytes", default=None,
-                        help="try another waitress recv_bytes (default 8KiB) without editing server.py")
+                        help="try another waitress recv_bytes (the daemon's is 256KiB) without editing server.py")
     parser.add_argument("--spool-dir", default=None,
                         help="TMPDIR of the daemon, where waitress spools request bodies")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
+
+    def rate(seconds):
+        return size / MiB / seconds
     chunk_size = parse_size(args.chunk_size)
     tus_chunk = parse_size(args.tus_chunk_size)
 
@@ -157,14 +184,26 @@ def main(argv=None):
             "server": {"threads": 8, "log_level": "warning"},
             "uploads": {"max_size": size + 1, "max_chunk_size": "64MiB",
                         "free_space_reserve": 0}}).start()
-        dd_seconds = run_dd(source, os.path.join(work, "dd.out"))
-        os.unlink(os.path.join(work, "dd.out"))
-        chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
-        assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
-        os.unlink(chunk_file["storage_path"])
-        tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk)
-        assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
-        os.unlink(tus_file["storage_path"])
+        rounds = []
+        for number in range(args.rounds):
+            # dd again each round, right before the uploads it is compared with:
+            # this machine's disk rate drifts by half from one minute to the next.
+            dd_seconds = run_dd(source, os.path.join(work, "dd.out"))
+            os.unlink(os.path.join(work, "dd.out"))
+            fsynced_seconds = fsynced_chunks(source, os.path.join(work, "fsynced.out"), size, chunk_size,
+                                             args.parallel)
+            os.unlink(os.path.join(work, "fsynced.out"))
+            chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
+            assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
+            os.unlink(chunk_file["storage_path"])
+            tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk, number)
+            assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
+            os.unlink(tus_file["storage_path"])
+            rounds.append((dd_seconds, chunk_seconds, tus_seconds, fsynced_seconds))
+            print(f"round {number + 1}: dd {rate(dd_seconds):6.1f} MiB/s, fsync per chunk "
+                  f"{rate(fsynced_seconds):6.1f} MiB/s, chunk protocol "
+                  f"{rate(chunk_seconds):6.1f} MiB/s (ratio {dd_seconds / chunk_seconds:.2f}), "
+                  f"tus {rate(tus_seconds):6.1f} MiB/s (ratio {dd_seconds / tus_seconds:.2f})", flush=True)
         rss = peak_rss(daemon.proc.pid)
     finally:
         if daemon:
@@ -172,15 +211,18 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
         tree.cleanup()
 
-    def rate(seconds):
-        return size / MiB / seconds
+    def median(values):
+        return statistics.median(values)
 
-    print(f"size {size / MiB:.0f} MiB on {args.dir}")
-    print(f"dd (bs=4M, conv=fsync)     {rate(dd_seconds):8.1f} MiB/s")
-    print(f"chunk protocol ({chunk_size // MiB} MiB x{args.parallel}) {rate(chunk_seconds):8.1f} MiB/s  "
-          f"ratio {dd_seconds / chunk_seconds:.2f}  (incl. complete: sha256 + classify + move)")
-    print(f"tus (tuspy, {tus_chunk // MiB} MiB)        {rate(tus_seconds):8.1f} MiB/s  "
-          f"ratio {dd_seconds / tus_seconds:.2f}")
+    print(f"size {size / MiB:.0f} MiB on {args.dir}, {args.rounds} rounds (medians)")
+    print(f"dd (bs=4M, conv=fsync)     {median([rate(r[0]) for r in rounds]):8.1f} MiB/s")
+    print(f"fsync per {chunk_size // MiB} MiB chunk x{args.parallel} {median([rate(r[3]) for r in rounds]):8.1f} MiB/s  "
+          f"ratio {median([r[0] / r[3] for r in rounds]):.2f}  (no HTTP: what acknowledging each chunk costs)")
+    print(f"chunk protocol ({chunk_size // MiB} MiB x{args.parallel}) "
+          f"{median([rate(r[1]) for r in rounds]):8.1f} MiB/s  "
+          f"ratio {median([r[0] / r[1] for r in rounds]):.2f}  (incl. complete: sha256 + classify + move)")
+    print(f"tus (tuspy, {tus_chunk // MiB} MiB)        {median([rate(r[2]) for r in rounds]):8.1f} MiB/s  "
+          f"ratio {median([r[0] / r[2] for r in rounds]):.2f}")
     print(f"daemon peak RSS            {rss / MiB:8.1f} MiB")
     return 0
 

@@ -25,6 +25,7 @@ from ..errors import (Conflict, InsufficientStorage, NotFound, PayloadTooLarge, 
 from ..models.base import isoformat
 from ..models.uploads import Upload, UploadChunk, UploadedFile
 from .classify import SAMPLE_BYTES, looks_like_text
+from .hashing import BackgroundHashing, RunningHash
 from .names import clean_filename, clean_job_id
 from .storage import Truncated
 from .tus import ChecksumMismatch
@@ -38,25 +39,10 @@ COMPLETION_LEASE = 120
 LEASE_RENEW_BYTES = 256 * 1024 * 1024
 # A complete tus upload this long untouched has no request left finishing it.
 STRANDED_AFTER = 60
+# How long a completion waits for this process to finish hashing ahead; past
+# that it reads back what is not hashed yet.
+HASH_WAIT = 120
 PREVIEW_BYTES = 64 * 1024
-
-
-class _Hashing:
-    """The sha256 of an upload's first ``offset`` bytes, computed by this
-    process while chunks arrived in order, so that completing a large upload
-    does not read it all back. Chunk uploads also fingerprint the tokens of
-    the chunk rows hashed: a chunk re-sent since (on any head) changes its
-    token, and completion then falls back to reading the whole file."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.reset()
-
-    def reset(self):
-        self.next_index = 0
-        self.offset = 0
-        self.digest = hashlib.sha256()
-        self.tokens = hashlib.sha256()
 
 
 def _token_line(index, token):
@@ -108,7 +94,8 @@ class Uploads:
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
-        self._hashing = {}  # upload id -> _Hashing, for uploads this process saw start
+        self._hashing = {}  # upload id -> RunningHash, for uploads this process saw start
+        self._hashing_ahead = BackgroundHashing()
         self._stranded_failures = {}  # upload id -> why finishing it failed last time
         self._hashing_lock = threading.Lock()
 
@@ -333,9 +320,9 @@ class Uploads:
                 if not Upload.select().where(Upload.id == row.id).exists():  # cancelled or expired
                     raise NotFound(f"There is no upload {upload_id!r}.", code="upload_not_found") from None
                 # The same chunk arrived twice at once (e.g. at two heads): one row, same bytes.
-            self._hash_forward(row, fd, started=index == 0)
         finally:
             os.close(fd)
+        self._hashing_ahead.submit(row.id, lambda: self._hash_forward_detached(row, started=index == 0))
         received = self._received(row.id)
         return {"upload_id": row.id, "chunk_index": index,
                 "received_bytes": self._received_bytes(row, received), "received_chunks": received}
@@ -346,7 +333,7 @@ class Uploads:
         with self._hashing_lock:
             state = self._hashing.get(upload_id)
             if state is None and create:
-                state = self._hashing[upload_id] = _Hashing()
+                state = self._hashing[upload_id] = RunningHash()
             return state
 
     def _drop_hashing(self, upload_id):
@@ -360,6 +347,14 @@ class Uploads:
             with state.lock:
                 if index < state.next_index:
                     state.reset()
+
+    def _hash_forward_detached(self, row, started):
+        with self._database.connection_context():
+            fd = self._open_partial(row, write=False)
+            try:
+                self._hash_forward(row, fd, started)
+            finally:
+                os.close(fd)
 
     def _hash_forward(self, row, fd, started=False):
         """Hash the received chunks that continue this process's hash, in order
@@ -506,6 +501,7 @@ class Uploads:
                     Upload.update(lease_until=_dt(self._clock() + COMPLETION_LEASE)).where(
                         Upload.id == row.id).execute()
 
+            self._hashing_ahead.wait(row.id, HASH_WAIT)
             digest, start = self._hash_start(row)
             end = self._storage.hash_range(fd, digest, start, on_progress=renew)
             self._metrics.reread_bytes.inc(end - start)
@@ -636,9 +632,10 @@ class Uploads:
             if not moved:
                 raise Conflict("Another request moved this upload's offset meanwhile.",
                                code="offset_mismatch")
-            self._hash_tus(row.id, fd, offset + written, started=offset == 0)
         finally:
             os.close(fd)  # also releases the lock
+        committed = offset + written
+        self._hashing_ahead.submit(row.id, lambda: self._hash_tus(row, committed, started=offset == 0))
         new_offset = offset + written
         if new_offset < row.size:
             return new_offset, None
@@ -680,14 +677,18 @@ class Uploads:
                                 row.id, row.user, reason)
         return count
 
-    def _hash_tus(self, upload_id, fd, committed, started):
+    def _hash_tus(self, row, committed, started):
         """tus data below the committed offset never changes: hash up to it."""
-        state = self._hashing_state(upload_id, create=started)
+        state = self._hashing_state(row.id, create=started)
         if state is None:
             return
         with state.lock:
             if state.offset < committed:
-                state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed)
+                fd = self._open_partial(row, write=False)
+                try:
+                    state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed)
+                finally:
+                    os.close(fd)
 
     def prune_hashing(self):
         """Forget hashes of uploads that ended on another head."""
