@@ -322,7 +322,9 @@ class Uploads:
                 # The same chunk arrived twice at once (e.g. at two heads): one row, same bytes.
         finally:
             os.close(fd)
-        self._hashing_ahead.submit(row.id, lambda: self._hash_forward_detached(row, started=index == 0))
+        following = self._plan_hashing(row, started=index == 0)
+        if following:
+            self._hashing_ahead.submit(row.id, lambda: self._hash_forward(row, following))
         received = self._received(row.id)
         return {"upload_id": row.id, "chunk_index": index,
                 "received_bytes": self._received_bytes(row, received), "received_chunks": received}
@@ -348,35 +350,44 @@ class Uploads:
                 if index < state.next_index:
                     state.reset()
 
-    def _hash_forward_detached(self, row, started):
-        with self._database.connection_context():
-            fd = self._open_partial(row, write=False)
-            try:
-                self._hash_forward(row, fd, started)
-            finally:
-                os.close(fd)
-
-    def _hash_forward(self, row, fd, started=False):
-        """Hash the received chunks that continue this process's hash, in order
-        (they were just written, so they are read from the page cache). Only
-        the process that received chunk 0 keeps a hash: other heads would
-        have to read everything from the start."""
+    def _plan_hashing(self, row, started):
+        """The recorded chunks that may continue this process's hash, in order,
+        as (index, token); read here so that the hashing threads need no
+        database connection. Only the process that received chunk 0 keeps a
+        hash: other heads would have to read everything from the start."""
         state = self._hashing_state(row.id, create=started)
+        if state is None:
+            return None
+        return list(UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
+                    .where((UploadChunk.upload == row.id)
+                           & (UploadChunk.chunk_index >= state.next_index))
+                    .order_by(UploadChunk.chunk_index).tuples())
+
+    def _hash_forward(self, row, following):
+        """Hash the chunks of ``following`` that continue the hash, in order
+        (they were just written, so they are read from the page cache). A
+        chunk re-sent meanwhile has a new token: the completion notices."""
+        state = self._hashing_state(row.id)
         if state is None:
             return
         with state.lock:
-            following = (UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
-                         .where((UploadChunk.upload == row.id)
-                                & (UploadChunk.chunk_index >= state.next_index))
-                         .order_by(UploadChunk.chunk_index).tuples())
-            for index, token in following:
-                if index != state.next_index:
-                    break
-                offset, length = self.chunk_span(row, index)
-                self._storage.hash_range(fd, state.digest, offset, offset + length)
-                state.tokens.update(_token_line(index, token))
-                state.next_index += 1
-                state.offset = offset + length
+            fd = None
+            try:
+                for index, token in following:
+                    if index < state.next_index:
+                        continue
+                    if index != state.next_index:
+                        break
+                    if fd is None:
+                        fd = self._open_partial(row, write=False)
+                    offset, length = self.chunk_span(row, index)
+                    self._storage.hash_range(fd, state.digest, offset, offset + length)
+                    state.tokens.update(_token_line(index, token))
+                    state.next_index += 1
+                    state.offset = offset + length
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def _hash_start(self, row):
         """(digest, offset): a hash of the first ``offset`` bytes still valid
