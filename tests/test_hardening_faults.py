@@ -19,7 +19,6 @@ import random
 import shutil
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -29,7 +28,7 @@ import requests
 
 from support.daemon import auth_headers
 from support.sifbuild import build_sif
-from support.slurm import jobs_config, slurm_conf, squeue_comments, wait_for  # noqa: F401
+from support.slurm import controller, jobs_config, slurm_conf, squeue_comments, wait_for  # noqa: F401
 from support.uploads import SMALL, chunks_of, complete, init, send_chunk, sha256
 
 SUBMIT = "/api/slurm/jobs/submit"
@@ -366,29 +365,6 @@ def test_image_folder_gone_then_back_watcher_survives_and_readyz_says_why(daemon
 # -- Slurm -------------------------------------------------------------------
 
 
-SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol", "sacctmgr")
-
-
-def switchable_slurm(shared, real_conf):
-    """A bin folder whose Slurm commands talk to the real controller, or (while the
-    file ``down`` exists) to a port where no controller listens: a stopped slurmctld
-    as its clients see it, without stopping the one other tests share."""
-    folder = os.path.join(shared.root, "switchable-slurm")
-    os.makedirs(folder, mode=0o755)
-    dead = os.path.join(folder, "dead-slurm.conf")
-    with open(real_conf) as source, open(dead, "w") as target:
-        target.write(source.read().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
-    os.chmod(dead, 0o644)
-    flag = os.path.join(folder, "down")
-    for command in SLURM_COMMANDS:
-        path = os.path.join(folder, command)
-        with open(path, "w") as handle:
-            handle.write(f"#!/bin/bash\nif [ -e {flag} ]; then export SLURM_CONF={dead}; fi\n"
-                         f"exec {shutil.which(command)} \"$@\"\n")
-        os.chmod(path, 0o755)
-    return folder, flag
-
-
 def slurm_jobs_by_comment(conf):
     return {comment: job for job, comment in squeue_comments(conf).items()
             if comment.startswith("hpcportal:")}
@@ -397,9 +373,7 @@ def slurm_jobs_by_comment(conf):
 @ONE_BACKEND
 def test_controller_stopped_and_back_during_a_stream_of_submissions(daemon_factory, shared_dir,
                                                                     slurm_conf):
-    folder, down = switchable_slurm(shared_dir, slurm_conf)
-    daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, bin_dir=folder,
-                                        command_timeout="20s"))
+    daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, command_timeout="30s"))
     answers = []
     stop = threading.Event()
 
@@ -416,13 +390,15 @@ def test_controller_stopped_and_back_during_a_stream_of_submissions(daemon_facto
         worker.start()
     try:
         wait_for(lambda: sum(1 for a in answers if a[1] == 200) >= 4, message="submissions")
-        open(down, "w").close()
-        before = len(answers)
-        wait_for(lambda: any(a[1] == 503 for a in answers[before:]), timeout=120,
-                 message="a 503 while the controller is away")
-        wait_for(lambda: sum(1 for a in answers[before:] if a[1] == 503) >= 3, timeout=120,
-                 message="more refusals")
-        os.remove(down)
+        controller(slurm_conf, "stop")  # the real slurmctld; slurmd and running jobs stay
+        try:
+            before = len(answers)
+            wait_for(lambda: any(a[1] == 503 for a in answers[before:]), timeout=120,
+                     message="a 503 while the controller is away")
+            wait_for(lambda: sum(1 for a in answers[before:] if a[1] == 503) >= 3, timeout=180,
+                     message="more refusals")
+        finally:
+            controller(slurm_conf, "start")
         after = len(answers)
         wait_for(lambda: sum(1 for a in answers[after:] if a[1] == 200) >= 4, timeout=120,
                  message="submissions to succeed again")

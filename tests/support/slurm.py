@@ -3,6 +3,7 @@
 ``slurm_conf`` (session fixture): the cluster's slurm.conf, from $SLURM_CONF
 (``scripts/test`` starts the cluster and exports it) or by running
 ``scripts/dev-slurm start`` once. Tests that need Slurm are never skipped.
+``controller(conf, "stop" | "start")`` stops or starts its slurmctld alone.
 
 ``APPTAINER_STANDIN``: a test-only stand-in for ``apptainer`` (no container
 runtime is installed on the test machine). It prints one line recording its
@@ -56,6 +57,19 @@ def slurm_conf():
     if conf and os.path.exists(conf):
         return conf
     return start_cluster()
+
+
+def controller(conf, action):
+    """``scripts/dev-slurm stop-controller|start-controller`` for the cluster of ``conf``:
+    slurmctld alone stops or starts; slurmd and running jobs stay."""
+    base = os.path.dirname(os.path.dirname(conf))
+    if not os.path.exists(os.path.join(base, "run")):
+        raise RuntimeError(f"{conf} is not a scripts/dev-slurm cluster")
+    answer = subprocess.run([os.path.join(REPO, "scripts", "dev-slurm"), f"{action}-controller"],
+                            env={**os.environ, "DEV_SLURM_DIR": base}, capture_output=True,
+                            text=True, timeout=180)
+    if answer.returncode != 0:
+        raise RuntimeError(f"dev-slurm {action}-controller failed:\n{answer.stderr[-3000:]}")
 
 
 def write_standin(folder):
