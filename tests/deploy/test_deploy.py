@@ -397,6 +397,44 @@ def test_image_dropped_on_shared_shows_up_through_both_heads(converged):
         wait_for(lambda head=head: listed(head), f"{name} listed by {head}")
 
 
+def test_an_upload_moves_between_heads_chunk_by_chunk(converged, tmp_path):
+    """Shared state for real: one upload's chunks go to alternating heads, and the
+    file is complete, owned by its user, and readable through the other head."""
+    token = on_head("head1", "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
+                             "token --user deploytest").stdout.strip()
+    for head in HEADS:
+        on_head(head, "id deploytest >/dev/null 2>&1 || useradd -u 2101 -M deploytest")
+    auth = ("-H", f"Authorization: Bearer {token}")
+    url = "http://{}:%d/api/v2/files/upload/{}" % PORT
+    mib = 1024 * 1024
+    data = os.urandom(2 * mib + 12345)
+    name = f"across-{uuid.uuid4().hex[:8]}.bin"
+    status, body = curl(url.format(HEADS["head1"], "init"), *auth, "-X", "POST", "-H",
+                        "Content-Type: application/json", "--data",
+                        json.dumps({"filename": name, "size": len(data), "chunk_size": mib}))
+    assert status == 201, body
+    upload_id = json.loads(body)["upload_id"]
+    for index, head in enumerate(("head1", "head2", "head1")):
+        piece = tmp_path / f"chunk{index}"
+        piece.write_bytes(data[index * mib:(index + 1) * mib])
+        status, body = curl(url.format(HEADS[head], f"chunk?upload_id={upload_id}&chunk_index={index}"),
+                            *auth, "-H", "Content-Type: application/octet-stream",
+                            "--data-binary", f"@{piece}")
+        assert status == 200, (head, body)
+    status, body = curl(url.format(HEADS["head2"], "complete"), *auth, "-X", "POST", "-H",
+                        "Content-Type: application/json", "--data", json.dumps({"upload_id": upload_id}))
+    assert status == 200, body
+    done = json.loads(body)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = LAB / "shared" / pathlib.Path(done["storage_path"]).relative_to("/shared")
+    assert stored.read_bytes() == data and stored.stat().st_uid == 2101
+    downloaded = tmp_path / "downloaded"
+    status = in_ctl("curl", "-s", "-m", "30", "-o", str(downloaded), "-w", "%{http_code}", *auth,
+                    f"http://{HEADS['head1']}:{PORT}/api/v2/files/{done['file_id']}/content",
+                    check=False).stdout
+    assert status == "200" and downloaded.read_bytes() == data
+
+
 def test_daemon_comes_back_after_systemctl_restart(converged):
     before = main_pid("head1")
     on_head("head1", "systemctl restart hpcportald")
