@@ -40,8 +40,9 @@ LEASE_RENEW_BYTES = 256 * 1024 * 1024
 # A complete tus upload this long untouched has no request left finishing it.
 STRANDED_AFTER = 60
 # How long a completion waits for this process to finish hashing ahead; past
-# that it reads back what is not hashed yet.
-HASH_WAIT = 120
+# that it reads back what is not hashed yet. Well inside COMPLETION_LEASE, which
+# is only renewed once the completion itself hashes.
+HASH_WAIT = 30
 PREVIEW_BYTES = 64 * 1024
 
 
