@@ -117,6 +117,7 @@ def test_alg_none_is_refused(hs_daemon):
     assert answer.json()["msg"] == "The specified alg value is not allowed"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512 on purpose
 def test_disallowed_algorithm(hs_daemon):
     token = jwt.encode(iss(), TEST_SECRET, algorithm="HS512")
     answer = me(hs_daemon, f"Bearer {token}")
