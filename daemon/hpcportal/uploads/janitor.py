@@ -37,8 +37,8 @@ class UploadJanitor:
         try:
             with self._database.connection_context():
                 self._uploads.release_abandoned_leases()
-        except Exception:  # the lease then simply runs out
-            log.exception("releasing a previous run's completion leases failed")
+        except Exception as exc:  # the lease then simply runs out
+            log.error("could not release a previous run's completion leases: %s", exc)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="uploads-janitor", daemon=True)
         self._thread.start()
