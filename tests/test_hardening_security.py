@@ -11,6 +11,7 @@ import yaml
 from hpcportal.errors import RateLimited
 from hpcportal.ratelimit import RateLimits, parse_rate_limits
 from support.daemon import TEST_SECRET, auth_headers, make_token
+from support.uploads import SMALL, upload
 
 DASHBOARD = "https://dashboard.example.org"
 
@@ -273,15 +274,19 @@ def test_tokens_and_secrets_never_reach_the_log(daemon_factory):
 # -- files a user controls on disk ---------------------------------------------
 
 
-@pytest.mark.databases("sqlite")
-def test_a_stored_file_swapped_for_a_symlink_is_never_served_or_removed(
-        daemon_factory, shared_dir):
-    from support.uploads import SMALL, upload
-    daemon = daemon_factory(config=SMALL)
+def daemon_and_root_secret(daemon_factory, shared_dir):
+    """A daemon for small uploads, and a root-only file a user must never read through it."""
     secret = os.path.join(shared_dir.root, "root-only.txt")
     with open(secret, "w") as handle:
         handle.write("root secret\n")
     os.chmod(secret, 0o600)
+    return daemon_factory(config=SMALL), secret
+
+
+@pytest.mark.databases("sqlite")
+def test_a_stored_file_swapped_for_a_symlink_is_never_served_or_removed(
+        daemon_factory, shared_dir):
+    daemon, secret = daemon_and_root_secret(daemon_factory, shared_dir)
     stored = upload(daemon, "alice", b"my own data\n", filename="mine.txt")
     path = stored["storage_path"]
     assert path.startswith(os.path.join(shared_dir.uploads, "alice") + "/")
@@ -301,12 +306,7 @@ def test_a_stored_file_swapped_for_a_symlink_is_never_served_or_removed(
 @pytest.mark.databases("sqlite")
 def test_a_stored_file_swapped_for_a_hard_link_to_a_root_file_is_never_served(
         daemon_factory, shared_dir):
-    from support.uploads import SMALL, upload
-    daemon = daemon_factory(config=SMALL)
-    secret = os.path.join(shared_dir.root, "root-only.txt")
-    with open(secret, "w") as handle:
-        handle.write("root secret\n")
-    os.chmod(secret, 0o600)
+    daemon, secret = daemon_and_root_secret(daemon_factory, shared_dir)
     # A hard link to someone else's file (here root's, made by root: a user
     # can only do this where fs.protected_hardlinks is off).
     stored = upload(daemon, "alice", b"again\n", filename="again.txt")

@@ -10,6 +10,7 @@ the table lags the log by a moment, and a killed daemon's last records are in
 the log only.
 """
 
+import contextlib
 import logging
 import queue
 import threading
@@ -111,13 +112,11 @@ class AuditTrail:
                 self._queue.task_done()
 
     def _store(self, rows, connect=False):
+        """``connect``: on the writer thread, which holds no connection between batches."""
+        connection = self._database.connection_context() if connect else contextlib.nullcontext()
         try:
-            if connect:
-                with self._database.connection_context(), self._database.atomic():
-                    AuditRecord.insert_many(rows).execute()
-            else:
-                with self._database.atomic():
-                    AuditRecord.insert_many(rows).execute()
+            with connection, self._database.atomic():
+                AuditRecord.insert_many(rows).execute()
             self._last_error = None
         except peewee.PeeweeException as exc:
             self._last_error = str(exc) or type(exc).__name__

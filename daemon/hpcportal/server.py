@@ -17,10 +17,10 @@ log = logging.getLogger("hpcportal.server")
 # How long a stop waits for requests in flight before closing anyway.
 DRAIN_SECONDS = 30
 # Socket reads of 256 KiB, not waitress' 8 KiB: the one thread that reads every
-# connection spent most of an upload looping over small reads (2 GiB through
-# the chunk protocol went from 0.6 to about 1.0 times dd's rate, and tus from
-# 0.4 to 0.7; README "Uploads"). Peak memory stayed the same: each read's
-# buffer is freed once spooled.
+# connection spent most of an upload looping over small reads (on a disk-bound
+# run, 2 GiB through the chunk protocol went from 0.6 to about 1.0 times dd's
+# rate, and tus from 0.4 to 0.7; README "Uploads"). Peak memory stayed the
+# same: each read's buffer is freed once spooled.
 RECV_BYTES = 256 * 1024
 # Room for multipart framing around the largest chunk a client may send.
 BODY_MARGIN = 1024 * 1024

@@ -153,16 +153,26 @@ class Storage:
         if not published or info.st_nlink != 2:
             return False
         job_id, name = published
+        dfd = self._placed_as(user, job_id, name, info)
+        if dfd is None:
+            return False
+        os.close(dfd)
+        return True
+
+    def _placed_as(self, user, job_id, name, info):
+        """The folder's descriptor when ``name`` in the user's ``job_id`` folder
+        is the very file ``info`` describes, else None."""
         try:
             dfd = self._open_dir([user, "files", job_id or UNLINKED_FOLDER], create=False)
         except (NotFound, Conflict, OSError):
-            return False
+            return None
         try:
-            return os.path.samestat(os.stat(name, dir_fd=dfd, follow_symlinks=False), info)
+            if os.path.samestat(os.stat(name, dir_fd=dfd, follow_symlinks=False), info):
+                return dfd
         except OSError:
-            return False
-        finally:
-            os.close(dfd)
+            pass
+        os.close(dfd)
+        return None
 
     def partial_files(self):
         """(user, name, mtime) of every plain file in the users' partial folders."""
@@ -310,24 +320,20 @@ class Storage:
         except (NotFound, Conflict):
             return False
         try:
-            try:
-                tfd = self._open_dir([user, "files", job_id or UNLINKED_FOLDER], create=False)
-            except (NotFound, Conflict, OSError):
-                return False
-            try:
-                source = os.stat(upload_id, dir_fd=pfd, follow_symlinks=False)
-                placed = os.stat(name, dir_fd=tfd, follow_symlinks=False)
-                if not os.path.samestat(placed, source):
-                    return False
-                os.unlink(name, dir_fd=tfd)
-                os.fsync(tfd)
-                return True
-            except FileNotFoundError:
-                return False
-            finally:
-                os.close(tfd)
+            source = os.stat(upload_id, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
         finally:
             os.close(pfd)
+        dfd = self._placed_as(user, job_id, name, source)
+        if dfd is None:
+            return False
+        try:
+            os.unlink(name, dir_fd=dfd)
+            os.fsync(dfd)
+            return True
+        finally:
+            os.close(dfd)
 
     def _file_dir(self, path):
         relative = os.path.relpath(path, self.root)
