@@ -671,6 +671,7 @@ class Uploads:
             & (Upload.updated_at < quiet_since)
             & ((Upload.state == "active") | (Upload.lease_until < now)))
         count = 0
+        failures = {}  # only this pass's: uploads gone since are forgotten
         for row in list(stranded):
             try:
                 self._claim(row)
@@ -679,14 +680,13 @@ class Uploads:
             try:
                 self._finish(row)
                 count += 1
-                self._stranded_failures.pop(row.id, None)
             except Exception as exc:
                 self._release(row)
-                reason = str(exc) or type(exc).__name__
+                failures[row.id] = reason = str(exc) or type(exc).__name__
                 if self._stranded_failures.get(row.id) != reason:  # once, not every pass
-                    self._stranded_failures[row.id] = reason
                     log.warning("upload %s of %s: finishing its completion failed: %s",
                                 row.id, row.user, reason)
+        self._stranded_failures = failures
         return count
 
     def _hash_tus(self, row, committed, started):
