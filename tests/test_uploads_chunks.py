@@ -1,13 +1,16 @@
 """The dashboard's chunk protocol against real daemons."""
 
+import io
 import os
 import socket
 import sqlite3
+import threading
 import time
 
 import pytest
 import requests
 
+from hpcportal.uploads.storage import Storage
 from support.uploads import (SMALL, chunks_of, complete, init, random_bytes, send_chunk, sha256,
                              upload)
 
@@ -552,3 +555,27 @@ def test_memory_stays_flat_whatever_the_chunk_size(daemon_factory):
     upload_chunks(4, True)
     # Holding one 8 MiB chunk in memory even once would raise the peak by 8 MiB.
     assert _peak_rss(daemon) - before < 6 * mib
+
+
+def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
+    storage = Storage(str(tmp_path), is_root=False)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+    first = os.open(tmp_path / "upload", flags, 0o600)
+    second = os.open(tmp_path / "upload", flags, 0o600)  # another descriptor, same file
+    other = os.open(tmp_path / "other", flags, 0o600)
+    try:
+        lock = storage.write_lock(first)
+        assert storage.write_lock(second) is lock
+        assert storage.write_lock(other) is not lock
+        with lock:  # a write to this file is under way
+            writer = threading.Thread(target=storage.write_at, args=(second, 0, io.BytesIO(b"x" * 10), 10))
+            writer.start()
+            storage.write_at(other, 0, io.BytesIO(b"y" * 10), 10)
+            assert os.pread(other, 10, 0) == b"y" * 10
+            time.sleep(0.3)
+            assert os.pread(first, 10, 0) == b""
+        writer.join(10)
+        assert os.pread(first, 10, 0) == b"x" * 10
+    finally:
+        for fd in (first, second, other):
+            os.close(fd)

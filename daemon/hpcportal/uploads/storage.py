@@ -18,6 +18,8 @@ removed: the move is atomic and never overwrites.
 import errno
 import os
 import stat
+import threading
+import weakref
 
 from ..errors import Conflict, InsufficientStorage, NotFound
 from .names import PARTIAL_FOLDER, UNLINKED_FOLDER, numbered
@@ -45,6 +47,9 @@ class Storage:
         # Only root can hand files to their users; a daemon run as a plain
         # user (development) keeps them as its own.
         self._chown = os.geteuid() == 0 if is_root is None else is_root
+        # One lock per file being written, by (device, inode): see write_lock.
+        self._write_locks = weakref.WeakValueDictionary()
+        self._write_locks_guard = threading.Lock()
 
     # -- paths ---------------------------------------------------------------
 
@@ -208,6 +213,22 @@ class Storage:
         finally:
             os.close(dfd)
 
+    def write_lock(self, fd):
+        """The lock this process takes around each write to ``fd``'s file.
+
+        The kernel serialises buffered writes to one file anyway (ext4 takes the
+        inode's lock), and a writer waiting for it spins on a CPU. Two chunks of
+        one upload written at once spent 2.5 s of CPU per GiB spinning (about a
+        third of the daemon's time on a 2-core head, README "Uploads"); waiting
+        here sleeps instead, and the bytes reach the disk as fast."""
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        with self._write_locks_guard:
+            lock = self._write_locks.get(key)
+            if lock is None:
+                lock = self._write_locks[key] = threading.Lock()
+            return lock
+
     def write_at(self, fd, offset, stream, length, digests=(), exact=True):
         """Copy ``length`` bytes of ``stream`` to ``fd`` at ``offset``.
 
@@ -223,6 +244,7 @@ class Storage:
         readinto = getattr(stream, "readinto", None)
         buffer = memoryview(bytearray(BLOCK)) if readinto else None
         try:
+            lock = self.write_lock(fd)
             while done < length:
                 want = min(BLOCK, length - done)
                 if readinto:
@@ -234,7 +256,8 @@ class Storage:
                         raise Truncated(done)
                     break
                 while view:
-                    written = os.pwrite(fd, view, offset + done)
+                    with lock:
+                        written = os.pwrite(fd, view, offset + done)
                     for digest in digests:
                         digest.update(view[:written])
                     view = view[written:]
