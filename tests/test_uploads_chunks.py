@@ -1,9 +1,12 @@
 """The dashboard's chunk protocol against real daemons."""
 
+import hashlib
 import io
 import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 
@@ -11,8 +14,8 @@ import pytest
 import requests
 
 from hpcportal.uploads.storage import Storage
-from support.uploads import (SMALL, chunks_of, complete, init, random_bytes, send_chunk, sha256,
-                             upload)
+from support.uploads import (SMALL, chunks_of, complete, drops_cached_pages, init, random_bytes, resident_pages,
+                             send_chunk, sha256, upload)
 
 
 @pytest.fixture
@@ -579,3 +582,40 @@ def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
     finally:
         for fd in (first, second, other):
             os.close(fd)
+
+
+
+def test_hashed_upload_data_leaves_the_page_cache():
+    # /var/tmp, not tmp_path: tmpfs keeps its pages whatever the advice.
+    folder = tempfile.mkdtemp(prefix="hpcportal-cache-", dir="/var/tmp")
+    try:
+        storage = Storage(folder, is_root=False)
+        path = os.path.join(folder, "upload")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            data = os.urandom(8 * 1024 * 1024)
+            storage.write_at(fd, 0, io.BytesIO(data), len(data))  # written and fsynced
+            if not drops_cached_pages(folder):
+                pytest.skip(f"{folder}'s filesystem keeps its pages whatever the advice")
+            pages = resident_pages(path)[1]
+            kept, released = hashlib.sha256(), hashlib.sha256()
+            storage.hash_range(fd, kept, 0, len(data) // 2)
+            storage.hash_range(fd, released, len(data) // 2, len(data), release=True)
+            assert resident_pages(path)[0] >= pages // 2 - 1  # the first half: still cached
+            assert resident_pages(path)[0] <= pages // 2 + 1  # the hashed second half: released
+            assert kept.hexdigest() == hashlib.sha256(data[:len(data) // 2]).hexdigest()
+            assert released.hexdigest() == hashlib.sha256(data[len(data) // 2:]).hexdigest()
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_uploaded_data_leaves_the_page_cache_once_hashed(small, shared_dir):
+    if not drops_cached_pages(shared_dir.root):
+        pytest.skip(f"{shared_dir.root}'s filesystem keeps its pages whatever the advice")
+    data = random_bytes(4 * 1024 * 1024)
+    result = upload(small, "alice", data, filename="big.bin", chunk_size=1024 * 1024)
+    assert result["sha256"] == sha256(data)
+    resident, pages = resident_pages(result["storage_path"])
+    assert resident <= pages // 4, f"{resident} of {pages} pages still cached"

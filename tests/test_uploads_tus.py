@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from support.daemon import auth_headers, make_token
-from support.uploads import SMALL, random_bytes, sha256
+from support.uploads import SMALL, drops_cached_pages, random_bytes, resident_pages, sha256
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
@@ -46,6 +46,21 @@ def head(url, user):
 
 def checksum(algorithm, data):
     return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, data).digest()).decode()}"
+
+
+def test_tus_data_leaves_the_page_cache_once_hashed(small, shared_dir):
+    if not drops_cached_pages(shared_dir.root):
+        pytest.skip(f"{shared_dir.root}'s filesystem keeps its pages whatever the advice")
+    step = 1024 * 1024
+    data = random_bytes(4 * step)
+    url = create(small, "alice", len(data), filename="big.bin").headers["Location"]
+    for offset in range(0, len(data), step):
+        answer = patch(url, "alice", offset, data[offset:offset + step])
+        assert answer.status_code == 204, answer.text
+    result = small.get(f"/api/v2/files/{answer.headers['Upload-File-Id']}", user="alice").json()
+    assert result["sha256"] == sha256(data)
+    resident, pages = resident_pages(result["storage_path"])
+    assert resident <= pages // 4, f"{resident} of {pages} pages still cached"
 
 
 @pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough

@@ -1,7 +1,10 @@
 """Helpers for the uploads tests: small chunk sizes, a chunk-protocol client."""
 
+import ctypes
 import hashlib
+import mmap
 import os
+import tempfile
 
 # Small chunks keep the tests quick; the HTTP server's body limit follows
 # max_chunk_size (plus 1 MiB), so bodies just above it still reach the app.
@@ -52,3 +55,40 @@ def upload(daemon, user, data, filename="data.bin", chunk_size=4096, order=None,
 
 def random_bytes(size):
     return os.urandom(size)
+
+
+def resident_pages(path):
+    """(pages of ``path`` in the page cache, pages in all), by mincore(2)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(byte & 1 for byte in vector), pages
+
+
+def drops_cached_pages(folder):
+    """Whether ``folder``'s filesystem lets pages go on advice (tmpfs does not)."""
+    fd, path = tempfile.mkstemp(dir=folder)
+    try:
+        os.write(fd, b"x" * 65536)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 65536, os.POSIX_FADV_DONTNEED)
+        return resident_pages(path)[0] == 0
+    finally:
+        os.close(fd)
+        os.unlink(path)

@@ -382,7 +382,7 @@ class Uploads:
                     if fd is None:
                         fd = self._open_partial(row, write=False)
                     offset, length = self.chunk_span(row, index)
-                    self._storage.hash_range(fd, state.digest, offset, offset + length)
+                    self._storage.hash_range(fd, state.digest, offset, offset + length, release=True)
                     state.tokens.update(_token_line(index, token))
                     state.next_index += 1
                     state.offset = offset + length
@@ -698,7 +698,8 @@ class Uploads:
             if state.offset < committed:
                 fd = self._open_partial(row, write=False)
                 try:
-                    state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed)
+                    state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed,
+                                                           release=True)
                 finally:
                     os.close(fd)
 

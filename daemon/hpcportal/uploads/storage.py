@@ -272,9 +272,11 @@ class Storage:
 
     # -- finished files ------------------------------------------------------
 
-    def hash_range(self, fd, digest, start, end=None, on_progress=None):
+    def hash_range(self, fd, digest, start, end=None, on_progress=None, release=False):
         """Feed bytes [start, end) (end: end of file) of ``fd`` to ``digest``;
-        returns the offset reached."""
+        returns the offset reached. ``release``: the range is on disk already
+        (fsynced) and read here for the last time, so its pages leave the page
+        cache once hashed: see ``release_cached``."""
         offset = start
         buffer = memoryview(bytearray(BLOCK))
         while end is None or offset < end:
@@ -286,7 +288,24 @@ class Storage:
             offset += got
             if on_progress:
                 on_progress(offset)
+        if release:
+            self.release_cached(fd, start, offset)
         return offset
+
+    @staticmethod
+    def release_cached(fd, start, end):
+        """Drop the (clean) cached pages of [start, end) of ``fd``.
+
+        The head node never reads an upload again (jobs read it on compute
+        nodes), so 50 GB of it would only push everything else out of the page
+        cache. Memory the kernel frees this way is reused at once by the next
+        chunk; on a VM whose host takes freed memory back, fresh memory costs
+        ten times more to fill (README "Uploads")."""
+        if end > start:
+            try:
+                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+            except OSError:  # advice only
+                pass
 
     def head(self, fd, length):
         return os.pread(fd, length, 0)
