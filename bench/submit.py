@@ -8,7 +8,7 @@ daemon, then, interleaved so both see the same cluster state:
   environment) of an equivalent batch script in a folder of hers.
 Then ``--requests`` (200) concurrent ``GET /api/slurm/jobs`` while the jobs
 run. Prints per-submit latency (median, p95), the API/sbatch ratio (target
-<= 1.15) and how many squeue calls the list load cost (bounded by the shared
+<= 1.15), the floor any API call has (one bare HTTP round trip) and how many squeue calls the list load cost (bounded by the shared
 cache, not by the number of requests). Needs root (jobs run as alice).
 
     .venv/bin/python bench/submit.py [--count 50] [--requests 200] [--concurrency 20]
@@ -101,6 +101,14 @@ def main():
             plain.append(elapsed)
             job_ids.append(job_id)
 
+        # The floor of any API call: one HTTP round trip to this daemon that does
+        # nothing (no token, no database), measured with the same client.
+        round_trips = []
+        for _ in range(args.count):
+            started = time.perf_counter()
+            session.get(daemon.url + "/healthz", timeout=10).raise_for_status()
+            round_trips.append(time.perf_counter() - started)
+
         before = squeue_calls(daemon)
         started = time.perf_counter()
 
@@ -118,6 +126,9 @@ def main():
         print(f"  sbatch median {ms(statistics.median(plain)):7.1f} ms   p95 {ms(percentile(plain, .95)):7.1f} ms")
         ratio = statistics.median(api) / statistics.median(plain)
         print(f"  API/sbatch ratio (medians): {ratio:.2f} (target <= 1.15)")
+        floor = statistics.median(round_trips)
+        print(f"  bare HTTP round trip (GET /healthz) median {ms(floor):.1f} ms: sbatch plus that alone "
+              f"would be {(statistics.median(plain) + floor) / statistics.median(plain):.2f} of sbatch")
         print(f"job list: {args.requests} requests, {args.concurrency} at a time, in {list_seconds:.1f} s; "
               f"statuses {sorted(set(statuses))}")
         print(f"  squeue calls during the list load: {calls:.0f} "

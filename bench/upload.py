@@ -9,7 +9,14 @@ same filesystem, and the same bytes in chunks each fsynced before the next
 throughput, its ratio to dd and the daemon's peak RSS (VmHWM); ``--rounds`` (3) times, dd again before each
 round, then the medians. Needs root (the test users own the uploads).
 
-    .venv/bin/python bench/upload.py [--size 2GiB] [--rounds 3] [--dir /var/tmp/hpcportal-bench]
+Every step starts from the same memory state: it waits ``--settle`` seconds
+after the previous one. On a VM whose host takes back the memory a guest frees
+(virtio-balloon free page reporting, as on the Firecracker development VM),
+filling the page cache runs at ~3 GB/s with memory freed a moment ago and at
+~260 MB/s with memory freed seconds ago, the disk aside; without the pause
+whichever step follows the deletion of a 2 GiB file gets the fast memory.
+
+    .venv/bin/python bench/upload.py [--size 2GiB] [--rounds 3] [--settle 10] [--dir /var/tmp/hpcportal-bench]
 """
 
 import argparse
@@ -156,6 +163,8 @@ def main(argv=None):
     parser.add_argument("--tus-chunk-size", default="32MiB", help="tus client chunk size")
     parser.add_argument("--parallel", type=int, default=2, help="chunks in flight at once")
     parser.add_argument("--rounds", type=int, default=3, help="dd, chunk and tus runs, each round")
+    parser.add_argument("--settle", type=float, default=10.0,
+                        help="seconds to wait before each step, so every step meets the same memory state")
     parser.add_argument("--recv-bytes", default=None,
                         help="try another waitress recv_bytes (the daemon's is 256KiB) without editing server.py")
     parser.add_argument("--spool-dir", default=None,
@@ -185,17 +194,24 @@ def main(argv=None):
             "uploads": {"max_size": size + 1, "max_chunk_size": "64MiB",
                         "free_space_reserve": 0}}).start()
         rounds = []
+
+        def settle():
+            time.sleep(args.settle)
+
         for number in range(args.rounds):
-            # dd again each round, right before the uploads it is compared with:
-            # this machine's disk rate drifts by half from one minute to the next.
+            # dd again each round, right before the uploads it is compared with.
+            settle()
             dd_seconds = run_dd(source, os.path.join(work, "dd.out"))
             os.unlink(os.path.join(work, "dd.out"))
+            settle()
             fsynced_seconds = fsynced_chunks(source, os.path.join(work, "fsynced.out"), size, chunk_size,
                                              args.parallel)
             os.unlink(os.path.join(work, "fsynced.out"))
+            settle()
             chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
             assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
             os.unlink(chunk_file["storage_path"])
+            settle()
             tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk, number)
             assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
             os.unlink(tus_file["storage_path"])
@@ -214,7 +230,8 @@ def main(argv=None):
     def median(values):
         return statistics.median(values)
 
-    print(f"size {size / MiB:.0f} MiB on {args.dir}, {args.rounds} rounds (medians)")
+    print(f"size {size / MiB:.0f} MiB on {args.dir}, {args.rounds} rounds (medians), "
+          f"{args.settle:g} s pause before each step")
     print(f"dd (bs=4M, conv=fsync)     {median([rate(r[0]) for r in rounds]):8.1f} MiB/s")
     print(f"fsync per {chunk_size // MiB} MiB chunk x{args.parallel} {median([rate(r[3]) for r in rounds]):8.1f} MiB/s  "
           f"ratio {median([r[0] / r[3] for r in rounds]):.2f}  (no HTTP: what acknowledging each chunk costs)")
