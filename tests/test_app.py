@@ -2,6 +2,7 @@
 (and, where a route must misbehave on purpose, an in-process app)."""
 
 import json
+import os
 import socket
 import sqlite3
 
@@ -11,8 +12,11 @@ import falcon.testing
 import pytest
 import requests
 
+from hpcportal import db as dbmod
 from hpcportal.app import create_app
+from hpcportal.audit import AuditTrail
 from hpcportal.config import Config
+from hpcportal.models.audit import AuditRecord
 from hpcportal.openapi import document
 from hpcportal.resources.base import read_json
 from support.daemon import TEST_SECRET, auth_headers
@@ -71,7 +75,6 @@ def test_healthz_and_readyz(daemon):
 
 @pytest.mark.databases("sqlite")  # reads/breaks the SQLite file itself
 def test_unopenable_database_fails_start_with_one_line(daemon_factory, shared_dir):
-    import os
     os.mkdir(f"{shared_dir.state}/portal.db")  # a folder where the SQLite file should be
     daemon = daemon_factory(start=False)
     daemon.start(wait=False)
@@ -200,3 +203,37 @@ def test_server_answers_oversized_body_before_reading_it(daemon):
         sock.sendall(b"POST /api/v2/me HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n")
         reply = sock.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413")
+
+
+def _open_files_of(path):
+    folder = "/proc/self/fd"
+    count = 0
+    for name in os.listdir(folder):
+        try:
+            count += os.readlink(os.path.join(folder, name)) == path
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+@pytest.mark.databases("sqlite")  # counts the SQLite file's descriptors
+def test_the_audit_writer_lets_its_connection_go_when_idle(tmp_path):
+    path = str(tmp_path / "portal.db")
+    database = dbmod.open_database(Config.from_dict({"database": {"url": f"sqlite:///{path}"}}))
+    dbmod.upgrade(database)
+    database.close()
+    trail = AuditTrail(database, idle_seconds=0.2)
+    trail.start()
+    try:
+        for number in range(20):
+            trail.record({"user": "alice", "action": f"POST /x/{number}", "outcome": "ok"})
+        trail.flush()
+        assert AuditRecord.select().count() == 20
+        database.close()
+        wait_for(lambda: _open_files_of(path) == 0, timeout=10, message="the writer to close its connection")
+        trail.record({"user": "alice", "action": "POST /after-idle", "outcome": "ok"})  # and opens one again
+        trail.flush()
+        assert AuditRecord.select().where(AuditRecord.action == "POST /after-idle").count() == 1
+    finally:
+        trail.stop()
+        database.close()

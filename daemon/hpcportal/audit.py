@@ -10,7 +10,6 @@ the table lags the log by a moment, and a killed daemon's last records are in
 the log only.
 """
 
-import contextlib
 import logging
 import queue
 import threading
@@ -25,14 +24,20 @@ log = logging.getLogger(__name__)
 # Rows per transaction, and how many may wait before new ones go to the log only.
 BATCH = 500
 BACKLOG = 20000
+# The writer keeps its database connection while records keep coming, and lets
+# it go after this long without any. Opening one per batch (SQLite: five
+# pragmas, and a close) cost 3 ms against 0.9 ms for the insert itself, taken
+# from the requests running meanwhile on a small head.
+IDLE_SECONDS = 1.0
 
 
 class AuditTrail:
     name = "audit"
 
-    def __init__(self, database, batch=BATCH, backlog=BACKLOG):
+    def __init__(self, database, batch=BATCH, backlog=BACKLOG, idle_seconds=IDLE_SECONDS):
         self._database = database
         self._batch = batch
+        self._idle_seconds = idle_seconds
         self._queue = queue.Queue(backlog)
         self._thread = None
         self._stop = threading.Event()
@@ -84,20 +89,37 @@ class AuditTrail:
         return True, f"{waiting} records waiting"
 
     def _run(self):
-        while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self._write_batch([first])
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = self._queue.get(timeout=self._idle_seconds)
+                except queue.Empty:
+                    self._disconnect()
+                    continue
+                self._write_batch([first])
+        finally:
+            self._disconnect()
+
+    def _disconnect(self):
+        """Lets this thread's connection go (back to the pool, for a server database)."""
+        try:
+            self._database.close()
+        except Exception as exc:  # a broken connection: nothing to keep either way
+            log.debug("closing the audit writer's connection: %s", exc)
 
     def _drain_all(self):
-        while True:
-            try:
-                first = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            self._write_batch([first])
+        """On the stopping thread: leaves its connection as it found it."""
+        had_connection = not self._database.is_closed()
+        try:
+            while True:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                self._write_batch([first])
+        finally:
+            if not had_connection:
+                self._disconnect()
 
     def _write_batch(self, rows):
         while len(rows) < self._batch:
@@ -112,13 +134,16 @@ class AuditTrail:
                 self._queue.task_done()
 
     def _store(self, rows, connect=False):
-        """``connect``: on the writer thread, which holds no connection between batches."""
-        connection = self._database.connection_context() if connect else contextlib.nullcontext()
+        """``connect``: on the writer thread, which opens its connection when it has none."""
         try:
-            with connection, self._database.atomic():
+            if connect:
+                self._database.connect(reuse_if_open=True)
+            with self._database.atomic():
                 AuditRecord.insert_many(rows).execute()
             self._last_error = None
         except peewee.PeeweeException as exc:
+            if connect:
+                self._disconnect()  # the next batch starts on a fresh connection
             self._last_error = str(exc) or type(exc).__name__
             # Each record is in the audit log already; a locked or unreachable
             # database is reported by the requests' own answers.
