@@ -194,24 +194,20 @@ def main(argv=None):
             "uploads": {"max_size": size + 1, "max_chunk_size": "64MiB",
                         "free_space_reserve": 0}}).start()
         rounds = []
-
-        def settle():
-            time.sleep(args.settle)
-
         for number in range(args.rounds):
             # dd again each round, right before the uploads it is compared with.
-            settle()
+            time.sleep(args.settle)
             dd_seconds = run_dd(source, os.path.join(work, "dd.out"))
             os.unlink(os.path.join(work, "dd.out"))
-            settle()
+            time.sleep(args.settle)
             fsynced_seconds = fsynced_chunks(source, os.path.join(work, "fsynced.out"), size, chunk_size,
                                              args.parallel)
             os.unlink(os.path.join(work, "fsynced.out"))
-            settle()
+            time.sleep(args.settle)
             chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
             assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
             os.unlink(chunk_file["storage_path"])
-            settle()
+            time.sleep(args.settle)
             tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk, number)
             assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
             os.unlink(tus_file["storage_path"])

@@ -10,6 +10,7 @@ carry on an upload another one started, also after a crash.
 
 import datetime
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -325,7 +326,7 @@ class Uploads:
             os.close(fd)
         following = self._plan_hashing(row, started=index == 0)
         if following:
-            self._hashing_ahead.submit(row.id, lambda: self._hash_forward(row, following))
+            self._hashing_ahead.submit(row.id, functools.partial(self._hash_forward, row, following))
         received = self._received(row.id)
         return {"upload_id": row.id, "chunk_index": index,
                 "received_bytes": self._received_bytes(row, received), "received_chunks": received}
@@ -646,9 +647,10 @@ class Uploads:
                                code="offset_mismatch")
         finally:
             os.close(fd)  # also releases the lock
-        committed = offset + written
-        self._hashing_ahead.submit(row.id, lambda: self._hash_tus(row, committed, started=offset == 0))
         new_offset = offset + written
+        # partial, not a lambda: ``row`` is read again below, the job keeps this one.
+        self._hashing_ahead.submit(row.id, functools.partial(self._hash_tus, row, new_offset,
+                                                             started=offset == 0))
         if new_offset < row.size:
             return new_offset, None
         row = self._upload(user, upload_id)
