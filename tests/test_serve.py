@@ -1,11 +1,16 @@
 """The daemon's life cycle: readiness notification and graceful stop."""
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
+import jwt
 import pytest
 import requests
+from support.daemon import REPO
 
 
 @pytest.fixture
@@ -58,3 +63,31 @@ def test_sigint_stops_cleanly(daemon):
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(30) == 0
     assert "stopped" in daemon.logs()
+
+
+def test_config_is_taken_after_the_command_too(daemon_factory):
+    """``hpcportald serve --config FILE``, as most command lines take it."""
+    daemon = daemon_factory(start=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCPORTAL_")}
+    with open(daemon.log_path, "ab") as log:
+        daemon.proc = subprocess.Popen(
+            [sys.executable, "-m", "hpcportal", "serve", "--config", daemon.config_path],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    daemon.wait_ready()  # on the port of that file: nothing else names it
+    assert requests.get(daemon.url + "/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("argv", [["--config", "{path}", "token", "--user", "alice"],
+                                  ["token", "--user", "alice", "--config", "{path}"],
+                                  ["token", "--config", "{path}", "--user", "alice"]])
+def test_token_reads_the_config_wherever_the_option_stands(shared_dir, argv):
+    secret = "placement-secret-0123456789-abcdefghij"
+    path = os.path.join(shared_dir.state, "config.yaml")
+    with open(path, "w") as handle:
+        handle.write(f"auth: {{secret: {secret}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCPORTAL_")}
+    answer = subprocess.run([sys.executable, "-m", "hpcportal", *[a.format(path=path) for a in argv]],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    claims = jwt.decode(answer.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == "alice"

@@ -125,7 +125,21 @@ def build_parser():
     # Subcommands of areas: ``scan`` comes from the catalog.
     from .catalog.cli import register as register_catalog_commands
     register_catalog_commands(sub)
+    _accept_config_after_command(sub)
     return parser
+
+
+def _accept_config_after_command(subparsers):
+    """``hpcportald serve --config FILE`` as well as ``hpcportald --config FILE serve``.
+
+    SUPPRESS leaves the top-level value alone unless the option is given after
+    the command, where it then wins."""
+    for command in subparsers.choices.values():
+        command.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                             help="config file (also accepted before the command)")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):  # ``db upgrade``
+                _accept_config_after_command(action)
 
 
 def main(argv=None):
