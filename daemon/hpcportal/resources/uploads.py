@@ -228,8 +228,9 @@ class _TusBase:
         if expires_at is not None:
             resp.set_header("Upload-Expires", tus.http_date(expires_at))
 
-    def _append(self, req, resp, upload_id, offset):
-        """Stream the body at ``offset``; False when a 460 was answered."""
+    def _body_checksum(self, req):
+        """The body's Upload-Checksum, or None; 413/415/400 for a body refused
+        before any of it is read."""
         if _media_type(req) != tus.OFFSET_CONTENT_TYPE:
             raise UnsupportedMediaType(f"A tus PATCH body must be {tus.OFFSET_CONTENT_TYPE}.")
         limit = self._uploads.settings.max_chunk_size
@@ -238,9 +239,13 @@ class _TusBase:
                 f"A PATCH body may be at most {limit} bytes (uploads.max_chunk_size); set the tus "
                 "client's chunk size to at most that.", code="chunk_too_large",
                 extra={"max_chunk_size": limit})
-        checksum = None
         if req.get_header("Upload-Checksum"):
-            checksum = tus.parse_checksum(req.get_header("Upload-Checksum"))
+            return tus.parse_checksum(req.get_header("Upload-Checksum"))
+        return None
+
+    def _append(self, req, resp, upload_id, offset):
+        """Stream the body at ``offset``; False when a 460 was answered."""
+        checksum = self._body_checksum(req)
         stream = body_of(req)
         try:
             new_offset, finished = self._uploads.tus_append(
@@ -279,12 +284,28 @@ class TusCollectionResource(_TusBase):
             raise ValidationError("Upload-Metadata must carry the file's name as 'filename'.",
                                   errors={"Upload-Metadata": "filename is required"})
         has_body = bool(req.content_length)
-        if has_body and _media_type(req) != tus.OFFSET_CONTENT_TYPE:
-            raise UnsupportedMediaType(f"A creation body must be {tus.OFFSET_CONTENT_TYPE}.")
+        if has_body:
+            # Refused before the upload exists: a refused creation reserves nothing.
+            if _media_type(req) != tus.OFFSET_CONTENT_TYPE:
+                raise UnsupportedMediaType(f"A creation body must be {tus.OFFSET_CONTENT_TYPE}.")
+            self._body_checksum(req)
+            if req.content_length > length:
+                raise PayloadTooLarge(
+                    f"The body has {req.content_length} bytes but Upload-Length is {length}.",
+                    code="exceeds_upload_length")
         row = self._uploads.start(req.context.user, filename, length,
                                   job_id=metadata.get("job_id") or None,
                                   sha256=metadata.get("sha256") or None,
                                   protocol="tus", metadata=metadata)
+        try:
+            self._created(req, resp, row, length, has_body)
+        except BaseException:
+            # The client never learns the upload's address from an error answer:
+            # left behind, it would hold its bytes of the quota until it expires.
+            self._uploads.abandon(req.context.user, row.id)
+            raise
+
+    def _created(self, req, resp, row, length, has_body):
         req.context.audit_target = f"upload:{row.id}"
         req.context.audit_detail = {"filename": row.filename, "size": row.size, "protocol": "tus"}
         resp.set_header("Location", f"{req.prefix}/api/v2/files/tus/{row.id}")

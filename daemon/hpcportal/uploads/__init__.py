@@ -27,6 +27,7 @@ import socket
 from .classify import Classifier
 from .janitor import UploadJanitor
 from .metrics import UploadMetrics
+from .reservations import Reservations
 from .service import Uploads
 from .storage import Storage
 
@@ -37,8 +38,11 @@ def build(portal):
     config = portal.config
     server = config.server
     listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
-    uploads = Uploads(config.uploads, portal.database, Storage(config.paths.uploads),
-                      Classifier(), UploadMetrics(portal.registry), clock=portal.clock,
+    storage = Storage(config.paths.uploads)
+    reservations = Reservations(config.uploads, portal.database, storage.free_bytes,
+                                lock_timeout=config.database.busy_timeout)
+    uploads = Uploads(config.uploads, portal.database, storage, Classifier(),
+                      UploadMetrics(portal.registry), reservations, clock=portal.clock,
                       listener=listener)
     portal.areas["uploads"] = uploads
     portal.services.append(UploadJanitor(uploads, portal.database, config.uploads.cleanup_interval))

@@ -21,8 +21,8 @@ import uuid
 
 import peewee
 
-from ..errors import (Conflict, InsufficientStorage, NotFound, PayloadTooLarge, QuotaExceeded,
-                      RateLimited, UnsupportedMediaType, Unprocessable, ValidationError)
+from ..errors import (Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable,
+                      ValidationError)
 from ..models.base import isoformat
 from ..models.uploads import Upload, UploadChunk, UploadedFile
 from .classify import SAMPLE_BYTES, looks_like_text
@@ -81,8 +81,8 @@ class Uploads:
     """Registered as ``portal.areas["uploads"]``. See the package docstring
     for the functions other areas use."""
 
-    def __init__(self, settings, database, storage, classifier, metrics, clock=time.time,
-                 new_id=lambda: uuid.uuid4().hex, listener=None):
+    def __init__(self, settings, database, storage, classifier, metrics, reservations,
+                 clock=time.time, new_id=lambda: uuid.uuid4().hex, listener=None):
         """``listener`` ("<host>/<address>:<port>", or None when the port is
         not fixed) names this daemon's listening socket: only one process can
         hold it at a time, so leases held under it by another process are
@@ -92,6 +92,7 @@ class Uploads:
         self._holder = f"{listener or 'unnamed'}#{uuid.uuid4().hex[:12]}"
         self._database = database
         self._storage = storage
+        self._reservations = reservations
         self._classifier = classifier
         self._metrics = metrics
         self._clock = clock
@@ -152,50 +153,28 @@ class Uploads:
             raise PayloadTooLarge(
                 f"The file is {size} bytes; the largest upload allowed is {s.max_size} bytes.",
                 code="file_too_large", extra={"max_size": s.max_size})
-        if s.user_quota is not None:
-            used = self.used_bytes(user.name)
-            if used + size > s.user_quota:
-                raise QuotaExceeded(
-                    f"This upload would take your stored data to {used + size} bytes, over your "
-                    f"quota of {s.user_quota} bytes. Delete files you no longer need.",
-                    extra={"quota": s.user_quota, "used": used})
-        active = Upload.select().where(Upload.user == user.name).count()
-        if active >= s.max_active_per_user:
-            raise RateLimited(
-                f"You already have {active} unfinished uploads (the limit is "
-                f"{s.max_active_per_user}); finish or cancel one first.",
-                code="too_many_uploads", retry_after=60)
-        available = self._storage.free_bytes() - s.free_space_reserve
-        if size > available:
-            raise InsufficientStorage(
-                "There is not enough free space for this file on the uploads filesystem "
-                f"({max(available, 0)} bytes available).", headers={"Retry-After": "300"})
 
         agreed = self.agreed_chunk_size(chunk_size) if protocol == "chunk" else 0
         total = (size + agreed - 1) // agreed if agreed else 0
         upload_id = self._new_id()
         self._storage.create_partial(user.name, (user.uid, user.gid), upload_id)
         now = self._now()
+
+        def insert():
+            return Upload.create(
+                id=upload_id, user=user.name, uid=user.uid, gid=user.gid, protocol=protocol,
+                filename=name, job_id=job, size=size, chunk_size=agreed, total_chunks=total,
+                sha256=sha256.lower() if sha256 else None, metadata=metadata,
+                created_at=now, updated_at=now, expires_at=self._expiry())
+
         try:
-            with self._database.atomic():
-                row = Upload.create(
-                    id=upload_id, user=user.name, uid=user.uid, gid=user.gid, protocol=protocol,
-                    filename=name, job_id=job, size=size, chunk_size=agreed, total_chunks=total,
-                    sha256=sha256.lower() if sha256 else None, metadata=metadata,
-                    created_at=now, updated_at=now, expires_at=self._expiry())
+            row = self._reservations.reserve(user, size, insert)
         except BaseException:
             self._storage.remove_partial(user.name, upload_id)
             raise
         self._metrics.started.labels(protocol).inc()
         log.info("upload %s started by %s: %r, %d bytes, %s", upload_id, user.name, name, size, protocol)
         return row
-
-    def used_bytes(self, user_name):
-        stored = (UploadedFile.select(peewee.fn.COALESCE(peewee.fn.SUM(UploadedFile.size), 0))
-                  .where(UploadedFile.user == user_name).scalar())
-        reserved = (Upload.select(peewee.fn.COALESCE(peewee.fn.SUM(Upload.size), 0))
-                    .where(Upload.user == user_name).scalar())
-        return int(stored or 0) + int(reserved or 0)
 
     # -- looking up ----------------------------------------------------------
 
@@ -558,6 +537,16 @@ class Uploads:
                            code="upload_completing")
         self._discard(row)
         self._metrics.cancelled.inc()
+
+    def abandon(self, user, upload_id):
+        """Remove an upload whose creation was answered with an error; never raises."""
+        try:
+            row = Upload.get_or_none((Upload.id == upload_id) & (Upload.user == user.name)
+                                     & (Upload.state == "active"))
+            if row is not None:
+                self._discard(row, Upload.state == "active")
+        except Exception:  # noqa: BLE001 - the error being answered matters more
+            log.exception("could not remove the refused upload %s", upload_id)
 
     def _discard(self, row, condition=None):
         """Delete the row (only when ``condition`` still holds) and its data."""
