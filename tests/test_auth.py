@@ -245,3 +245,20 @@ def test_denied_user(daemon_factory):
     answer = me(daemon, f"Bearer {make_token('bob')}")
     assert answer.status_code == 403
     assert answer.json()["error"] == "user_denied"
+
+
+def test_nobody_is_refused_by_the_default_max_uid(hs_daemon):
+    # nobody (uid 65534) exists on every Linux system and is never a portal user.
+    answer = me(hs_daemon, f"Bearer {make_token('nobody', iss='auth-portal')}")
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "user_denied"
+    assert "above 60000" in answer.json()["message"]
+
+
+def test_users_above_max_uid_are_refused(daemon_factory, users):
+    daemon = daemon_factory(config={"users": {"max_uid": 2001}})
+    assert me(daemon, f"Bearer {make_token('alice')}").status_code == 200  # uid 2001: the bound itself
+    answer = me(daemon, f"Bearer {make_token('bob')}")  # uid 2002
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "user_denied"
+    assert "above 2001" in answer.json()["message"]

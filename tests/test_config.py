@@ -53,6 +53,7 @@ def test_environment_overrides_file_values():
     ({"auth": {"algorithms": ["RS256"]}}, {}, "auth.public_key_file: RS*/ES* algorithms need"),
     ({"auth": {"secret": "a", "secret_file": "/x"}}, {}, "auth.secret: set auth.secret or"),
     ({"users": {"min_uid": 0}}, {}, "users.min_uid"),
+    ({"users": {"min_uid": 5000, "max_uid": 4000}}, {}, "users.max_uid: must not be smaller"),
     ({"server": []}, {}, "server: expected a mapping"),
 ])
 def test_invalid_values_name_the_setting(data, env, fragment):

@@ -221,7 +221,7 @@ class PortalApp(falcon.App):
 def build_portal(config, clock=time.time):
     database = dbmod.open_database(config)
     verifier = TokenVerifier(config, clock=clock)
-    directory = UserDirectory(config.users.min_uid, config.users.deny)
+    directory = UserDirectory(config.users.min_uid, config.users.deny, max_uid=config.users.max_uid)
     audit = AuditTrail(database)
     # First in the list, so stopped last: it stores the records of the last requests.
     return Portal(config=config, database=database, registry=CollectorRegistry(auto_describe=True),

@@ -52,8 +52,10 @@ def _group_name(gid):
 class UserDirectory:
     """Maps a token's identity to a unix account, applying the user policy."""
 
-    def __init__(self, min_uid, deny=(), getpwnam=pwd.getpwnam, getgrouplist=os.getgrouplist):
+    def __init__(self, min_uid, deny=(), max_uid=None, getpwnam=pwd.getpwnam,
+                 getgrouplist=os.getgrouplist):
         self._min_uid = min_uid
+        self._max_uid = max_uid
         self._deny = set(deny)
         self._getpwnam = getpwnam
         self._getgrouplist = getgrouplist
@@ -75,6 +77,11 @@ class UserDirectory:
             raise PermissionDenied(
                 f"User '{name}' is a system account (uid {entry.pw_uid} is below {self._min_uid}) "
                 "and may not use the portal.", code="user_denied")
+        # nobody (65534) and accounts of other ranges (containers, remote ids) are never users.
+        if self._max_uid is not None and entry.pw_uid > self._max_uid:
+            raise PermissionDenied(
+                f"User '{name}' is outside the portal's range of accounts (uid {entry.pw_uid} is "
+                f"above {self._max_uid}) and may not use the portal.", code="user_denied")
         groups = tuple(sorted(set(self._getgrouplist(name, entry.pw_gid))))
         return User(name=name, uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, admin=admin,
                     home=entry.pw_dir, shell=entry.pw_shell)

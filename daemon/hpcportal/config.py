@@ -233,6 +233,8 @@ SETTINGS = (
       "Status for invalid (not missing, not expired) tokens: 422 like flask_jwt_extended, or 401."),
     # users
     S("users", "min_uid", parse_int, 1000, "Smallest uid allowed to use the portal."),
+    S("users", "max_uid", parse_int, 60000,
+      "Largest uid allowed to use the portal (keeps out nobody, 65534, and other ranges)."),
     S("users", "deny", parse_str_list, [], "User names never allowed."),
     # uploads
     S("uploads", "max_size", parse_size, "50GiB", "Largest file that can be uploaded."),
@@ -430,6 +432,8 @@ def _check(values):
         fail("server.threads", "must be at least 1")
     if values["users.min_uid"] < 1:
         fail("users.min_uid", "must be at least 1 (root is never allowed)")
+    if values["users.max_uid"] < values["users.min_uid"]:
+        fail("users.max_uid", "must not be smaller than users.min_uid")
     if values["auth.invalid_token_status"] not in (401, 422):
         fail("auth.invalid_token_status", "must be 401 or 422")
     algorithms = values["auth.algorithms"]
