@@ -111,6 +111,19 @@ def test_examples_are_indexed_and_listed_with_filters_paging_and_etag(with_examp
     assert daemon.get(LIST).status_code == 401
 
 
+def test_the_list_without_limit_has_every_template_and_limit_still_pages(shared_dir, daemon):
+    # More than the default page size of other lists (100): the dashboard does not page.
+    names = [f"Many {index:03d}" for index in range(130)]
+    for index, name in enumerate(names):
+        drop(shared_dir, f"official/many-{index:03d}.yaml", simple(name=name))
+    body = wait_for(lambda: (b := listing(daemon)) and b["total"] == 130 and b, timeout=120)
+    assert [t["name"] for t in body["templates"]] == names
+    page = listing(daemon, limit=50, offset=100)
+    assert page["total"] == 130 and [t["name"] for t in page["templates"]] == names[100:130]
+    assert [t["name"] for t in listing(daemon, limit=10, offset=5)["templates"]] == names[5:15]
+    assert [t["name"] for t in listing(daemon, offset=125)["templates"]] == names[125:]
+
+
 def test_schema_is_served(daemon):
     answer = daemon.get(f"{LIST}/schema", user="alice")
     assert answer.status_code == 200

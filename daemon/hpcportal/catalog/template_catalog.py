@@ -296,8 +296,8 @@ class TemplateCatalog:
     # -- queries -----------------------------------------------------------------
 
     def list(self, user, *, category=None, source=None, tag=None, q=None, image=None,
-             include_invalid=False, limit=100, offset=0):
-        """``(items, total)`` visible to ``user``, newest version of each id."""
+             include_invalid=False, limit=None, offset=0):
+        """``(items, total)`` visible to ``user``, newest version of each id; every one without ``limit``."""
         if include_invalid and not (user and user.admin):
             raise PermissionDenied("Only administrators may list invalid templates.", code="admin_only")
         snapshot = self.snapshot()
@@ -307,7 +307,7 @@ class TemplateCatalog:
         items = [i for i in items if _matches(i, category, source, tag, q, image)]
         items.sort(key=lambda i: (not i["valid"], (i.get("name") or "").lower(), i.get("id") or "",
                                   i.get("relpath") or ""))
-        return items[offset:offset + limit], len(items)
+        return items[offset:] if limit is None else items[offset:offset + limit], len(items)
 
     def _find(self, user, template_id, version=None):
         snapshot = self.snapshot()

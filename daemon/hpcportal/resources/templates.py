@@ -4,7 +4,7 @@ from ..catalog import template_catalog as catalogmod
 from ..catalog import templates as tpl
 from ..catalog.indexer import indexer_for
 from ..errors import ValidationError
-from .base import answer_cacheable, bool_param, paging, read_json
+from .base import MAX_LIMIT, answer_cacheable, bool_param, int_param, read_json
 from .scan import ScanResource
 
 MAX_AGE = 300  # the dashboard caches the list for 5 minutes
@@ -34,7 +34,9 @@ class TemplatesResource:
 
     def on_get(self, req, resp):
         include_invalid = bool_param(req, "include_invalid", False)
-        limit, offset = paging(req)
+        # No limit by default, like the image list: the dashboard does not page, it caches the whole list.
+        limit = int_param(req, "limit", None, 1, MAX_LIMIT)
+        offset = int_param(req, "offset", 0, 0)
         items, total = self._catalog.list(
             req.context.user, category=_text_param(req, "category"), source=_text_param(req, "source"),
             tag=_text_param(req, "tag"), q=_text_param(req, "q"), image=_text_param(req, "image"),
