@@ -9,8 +9,10 @@ job lists, output slices and short live output streams, and ``/api/v2/me``.
 Areas the daemon does not serve (not in its ``/api/openapi.json``) are left
 out. A warm-up runs first, so that worker threads, database connections and
 caches exist; the daemon's RSS, threads and open descriptors are sampled after
-it (load stopped) and again after the measured run (load stopped). They must
-not grow.
+it (load stopped, every client connection closed) and again after the measured
+run. They must not grow, except the database pool's connections to the server
+(``--database-port``): a higher peak of concurrent queries legitimately adds one,
+up to ``database.max_connections``.
 
 By hand, against a daemon of its own (needs root: the test users own uploads)::
 
@@ -35,6 +37,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from urllib.parse import urlsplit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "daemon"))
@@ -54,8 +57,50 @@ UPLOAD_SIZE = 96 * 1024
 UPLOAD_CHUNK = 32 * 1024
 
 
-def process_figures(pid):
-    """RSS (bytes), threads and open file descriptors of ``pid``, from /proc."""
+def tcp_sockets():
+    """{socket inode: (state, local port, remote port)} of this network namespace's
+    TCP sockets, IPv4 and IPv6 (/proc/net/tcp{,6}; state "0A" is LISTEN)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                lines = handle.read().splitlines()[1:]
+        except OSError:
+            continue   # no IPv6
+        for line in lines:
+            fields = line.split()
+            found[fields[9]] = (fields[3], int(fields[1].rsplit(":", 1)[1], 16),
+                                int(fields[2].rsplit(":", 1)[1], 16))
+    return found
+
+
+def socket_kinds(targets, port=None):
+    """What the sockets among the fd ``targets`` are: "listen", "http" (a client's
+    connection to ``port``, server side), "tcp-out:<remote port>" (e.g. the
+    database pool's connections), or "other" (unix sockets, ...)."""
+    tcp = None
+    kinds = Counter()
+    for target in targets:
+        if not target.startswith("socket:["):
+            continue
+        tcp = tcp_sockets() if tcp is None else tcp
+        entry = tcp.get(target[len("socket:["):-1])
+        if entry is None:
+            kinds["other"] += 1
+        elif entry[0] == "0A":
+            kinds["listen"] += 1
+        elif port is not None and entry[1] == port:
+            kinds["http"] += 1
+        else:
+            kinds[f"tcp-out:{entry[2]}"] += 1
+    return dict(kinds)
+
+
+def process_figures(pid, port=None, database_port=None):
+    """RSS (bytes), threads and open file descriptors of ``pid``, from /proc;
+    its sockets by kind (``socket_kinds``, ``port``: the daemon's own); "pooled":
+    its connections to the database server on ``database_port``, and
+    "unpooled_fds": every other descriptor."""
     figures = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -72,18 +117,29 @@ def process_figures(pid):
     figures["fds"] = len(targets)
     # What the descriptors are, kind by kind, to explain a growth.
     figures["fd_kinds"] = dict(Counter(t.split(":")[0] if ":" in t else t for t in targets))
+    figures["sockets"] = socket_kinds(targets, port)
+    # The pool opens a connection whenever more threads query at once than ever
+    # before and keeps it (up to database.max_connections): such growth is no leak.
+    figures["pooled"] = figures["sockets"].get(f"tcp-out:{database_port}", 0) if database_port else 0
+    figures["unpooled_fds"] = figures["fds"] - figures["pooled"]
     return figures
 
 
-def settled_figures(pid, baseline=None, wait=10.0):
+def settled_figures(pid, baseline=None, wait=10.0, port=None, database_port=None):
     """Figures once in-flight connections have closed: polls (up to ``wait`` s)
-    until threads and fds are back to ``baseline`` or stop changing."""
+    until no client connection is left open on the daemon's side (the clients
+    closed theirs) and threads and fds other than the database pool's are back to
+    ``baseline`` or stop changing."""
     deadline = time.monotonic() + wait
-    last = process_figures(pid)
+    last = process_figures(pid, port, database_port)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = process_figures(pid)
-        if baseline and now["fds"] <= baseline["fds"] and now["threads"] <= baseline["threads"]:
+        now = process_figures(pid, port, database_port)
+        if now["sockets"].get("http"):
+            last = now
+            continue
+        if baseline and now["unpooled_fds"] <= baseline["unpooled_fds"] \
+                and now["threads"] <= baseline["threads"]:
             return now
         if not baseline and now["fds"] == last["fds"] and now["threads"] == last["threads"]:
             return now
@@ -223,8 +279,11 @@ class Client(threading.Thread):
 
 
 class Soak:
-    def __init__(self, url, make_token, users, clients, pid=None, partition=None, kinds=None):
+    def __init__(self, url, make_token, users, clients, pid=None, partition=None, kinds=None,
+                 database_port=None):
         self.url = url.rstrip("/")
+        self.port = urlsplit(self.url).port
+        self.database_port = database_port
         self._make_token = make_token
         self._tokens = {}
         self.users = list(users)
@@ -282,7 +341,7 @@ class Soak:
         while time.monotonic() - started < seconds:
             time.sleep(min(sample_every or seconds, max(0.0, seconds - (time.monotonic() - started))))
             if sample_every and self.pid:
-                figures = process_figures(self.pid)
+                figures = process_figures(self.pid, self.port, self.database_port)
                 self.samples.append((round(time.monotonic() - started), figures["rss"] // 2**20,
                                      figures["threads"], figures["fds"]))
         self.stop.set()
@@ -294,15 +353,16 @@ class Soak:
         """Warm up until pools (worker threads, database connections) stop
         growing, at most ``max_warmup_rounds`` rounds of ``warmup`` s; then measure."""
         self._run_phase(warmup)
-        start = settled_figures(self.pid) if self.pid else None
+        settle = dict(port=self.port, database_port=self.database_port)
+        start = settled_figures(self.pid, **settle) if self.pid else None
         for _ in range(max_warmup_rounds - 1 if self.pid else 0):
             self._run_phase(warmup)
-            again = settled_figures(self.pid, baseline=start)
-            if again["fds"] <= start["fds"] and again["threads"] <= start["threads"]:
+            again = settled_figures(self.pid, baseline=start, **settle)
+            if again["unpooled_fds"] <= start["unpooled_fds"] and again["threads"] <= start["threads"]:
                 break
             start = again
         elapsed = self._run_phase(duration, sample_every=max(5.0, duration / 12))
-        end = settled_figures(self.pid, baseline=start) if self.pid else None
+        end = settled_figures(self.pid, baseline=start, **settle) if self.pid else None
         return self.report(elapsed, start, end)
 
     def report(self, elapsed, start, end):
@@ -352,7 +412,8 @@ def print_table(report, out=sys.stdout):
         figures = report[label]
         if figures:
             print(f"{label}: rss {figures['rss'] / 2**20:.1f} MiB, threads {figures['threads']}, "
-                  f"fds {figures['fds']}", file=out)
+                  f"fds {figures['fds']} ({figures['pooled']} pooled database connections), "
+                  f"sockets {figures['sockets']}", file=out)
     if report.get("samples"):
         print("under load (s: RSS MiB/threads/fds): " + ", ".join(
             f"{t}: {rss}/{threads}/{fds}" for t, rss, threads, fds in report["samples"]), file=out)
@@ -389,6 +450,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=float, default=10, help="seconds before measuring")
     parser.add_argument("--threads", type=int, default=8, help="own daemon: server.threads")
     parser.add_argument("--kinds", help=f"comma-separated subset of {','.join(WEIGHTS)}")
+    parser.add_argument("--database-port", type=int,
+                        help="the database server's port: its pooled connections may grow")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
@@ -403,7 +466,8 @@ def main(argv=None):
         url, pid = daemon.url, daemon.proc.pid
     try:
         soak = Soak(url, make_token, args.users.split(","), args.clients, pid=pid,
-                    kinds=args.kinds.split(",") if args.kinds else None)
+                    kinds=args.kinds.split(",") if args.kinds else None,
+                    database_port=args.database_port)
         report = soak.run(args.duration, args.warmup)
     finally:
         if daemon:

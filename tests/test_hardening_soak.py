@@ -4,8 +4,10 @@ threads or open descriptors after warm-up. No timing is asserted; the figures
 are printed (``pytest -s``) and the long run is done by hand (README, "Load: soak figures")."""
 
 import os
+import socket
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,13 +31,21 @@ def slurm_environment():
     return os.environ.get("SLURM_CONF")
 
 
-def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environment):
-    daemon = daemon_factory(config={
+# Request threads (server.threads, 8) plus the background services, with room to spare.
+POOL = 16
+
+
+def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environment, db_url):
+    config = {
         # Many clients as two users: the per-user limits would refuse most calls.
         "security": {"rate_limits": {"submit": 0, "upload_init": 0, "scan": 0}},
         "uploads": {"min_chunk_size": "1KiB", "chunk_size": "64KiB", "free_space_reserve": 0},
-    })
-    run = soak.Soak(daemon.url, make_token, ["alice", "bob"], clients=12, pid=daemon.proc.pid)
+    }
+    if db_url:
+        config["database"] = {"url": db_url, "max_connections": POOL}
+    daemon = daemon_factory(config=config)
+    run = soak.Soak(daemon.url, make_token, ["alice", "bob"], clients=12, pid=daemon.proc.pid,
+                    database_port=urlsplit(db_url).port if db_url else None)
     report = run.run(duration=10, warmup=5)
     soak.print_table(report)
 
@@ -47,7 +57,15 @@ def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environm
         assert refused <= ({"429"} if kind == "stream" else set()), (kind, row)
     start, end = report["process_start"], report["process_end"]
     assert end["threads"] <= start["threads"], (start, end)
-    assert end["fds"] <= start["fds"], (start["fd_kinds"], end["fd_kinds"])
+    # Compared once every client has closed its connections (soak.settled_figures)...
+    assert not end["sockets"].get("http"), end["sockets"]
+    # ...every descriptor, except the database pool's connections, which may grow
+    # with the peak of concurrent queries but never beyond the pool's size.
+    assert end["unpooled_fds"] <= start["unpooled_fds"], (start["fd_kinds"], end["fd_kinds"],
+                                                          start["sockets"], end["sockets"])
+    assert end["pooled"] <= POOL, end["sockets"]
+    if db_url:
+        assert start["pooled"] > 0, start["sockets"]   # the pool's sockets were recognised
     assert "Traceback" not in daemon.logs()
 
 
@@ -55,3 +73,27 @@ def test_malloc_arenas_are_limited_unless_the_environment_says_otherwise():
     from hpcportal.server import limit_malloc_arenas
     assert limit_malloc_arenas(environ={}) is True  # glibc (Debian)
     assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "4"}) is False
+
+
+def test_the_fd_check_tells_pooled_database_connections_from_other_descriptors():
+    """The flake this guards against: the pool opened one more connection during
+    the measured run (a higher peak of concurrent queries). That one is allowed;
+    any other new descriptor, a client's connection left open included, is not."""
+    with socket.create_server(("127.0.0.1", 0)) as http, \
+            socket.create_server(("127.0.0.1", 0)) as database:
+        port, database_port = http.getsockname()[1], database.getsockname()[1]
+        before = soak.process_figures(os.getpid(), port, database_port)
+        assert before["sockets"]["listen"] >= 2
+        with socket.create_connection(("127.0.0.1", database_port)):
+            grown = soak.process_figures(os.getpid(), port, database_port)
+        assert grown["pooled"] == before["pooled"] + 1
+        assert grown["unpooled_fds"] == before["unpooled_fds"]
+        # This process is both ends here: the client's end counts as outbound,
+        # the accepted end as what the daemon would hold for a client.
+        with socket.create_connection(("127.0.0.1", port)):
+            served, _ = http.accept()
+            with served:
+                left_open = soak.process_figures(os.getpid(), port, database_port)
+        assert left_open["sockets"]["http"] == 1
+        assert left_open["pooled"] == before["pooled"]
+        assert left_open["unpooled_fds"] == before["unpooled_fds"] + 2
