@@ -439,14 +439,14 @@ class JobService:
         except peewee.PeeweeException:
             log.exception("job %s (submission %s) not recorded yet", job_id, record.get("submission_id"))
             return False
-        client_job_id = record.get("client_job_id")
-        if client_job_id and self._uploads is not None:
-            # Files uploaded with the dashboard's temporary id now belong to this job.
+        if self._uploads is not None:  # uploaded with the dashboard's temporary id, or given as inputs
             try:
                 with self._database.atomic():
-                    self._uploads.link_job(record["user"], client_job_id, str(job_id))
+                    if record.get("client_job_id"):
+                        self._uploads.link_job(record["user"], record["client_job_id"], str(job_id))
+                    self._uploads.link_files(record["user"], record.get("files") or [], str(job_id))
             except peewee.PeeweeException:
-                log.exception("could not link uploads of %s to job %s", client_job_id, job_id)
+                log.exception("could not link the uploads of job %s", job_id)
         return True
 
     def read_record(self, owner, submission_id):

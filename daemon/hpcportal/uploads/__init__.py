@@ -8,7 +8,7 @@ finished files. Domain code only: no HTTP here.
 For other areas (the jobs area uses these; each returns plain dicts shaped
 like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
 ``sha256``, ``file_type``, ``mime_type``, ``storage_path``, ``job_id``,
-``created_at``):
+``slurm_job_id``, ``created_at``):
 
 - ``uploads.file_for_user(user_name, file_id)`` -> dict or None
 - ``uploads.file_by_storage_path(user_name, storage_path)`` -> dict or None
@@ -18,6 +18,9 @@ like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
 - ``uploads.link_job(user_name, job_id, slurm_job_id)`` -> number of files
   linked: records Slurm's job id on the user's files uploaded with the
   dashboard's temporary ``job_id``. Files do not move.
+- ``uploads.link_files(user_name, storage_paths, slurm_job_id)`` -> number of
+  files linked: records Slurm's job id on the user's files a job was given
+  as inputs, where no job is recorded yet.
 
 A user only ever finds their own rows: another user's ids give None.
 """

@@ -27,6 +27,7 @@ from ..models.base import isoformat
 from ..models.uploads import Upload, UploadChunk, UploadedFile
 from .classify import SAMPLE_BYTES, looks_like_text
 from .hashing import BackgroundHashing, RunningHash
+from .links import JobLinks
 from .names import clean_filename, clean_job_id
 from .storage import Truncated
 from .tus import ChecksumMismatch
@@ -73,11 +74,12 @@ def serialize_file(row):
         "mime_type": row.mime_type,
         "storage_path": row.storage_path,
         "job_id": row.job_id,
+        "slurm_job_id": row.slurm_job_id,
         "created_at": isoformat(row.created_at),
     }
 
 
-class Uploads:
+class Uploads(JobLinks):
     """Registered as ``portal.areas["uploads"]``. See the package docstring
     for the functions other areas use."""
 
@@ -788,12 +790,6 @@ class Uploads:
                                             & (UploadedFile.job_id == job_id))
                 .order_by(UploadedFile.created_at, UploadedFile.id))
         return [serialize_file(r) for r in rows]
-
-    def link_job(self, user_name, job_id, slurm_job_id):
-        """Records the Slurm job id on the user's files uploaded with ``job_id``."""
-        return (UploadedFile.update(slurm_job_id=str(slurm_job_id))
-                .where((UploadedFile.user == user_name) & (UploadedFile.job_id == job_id))
-                .execute())
 
     # -- clean-up (the janitor service) --------------------------------------
 
