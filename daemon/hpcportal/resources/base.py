@@ -8,6 +8,9 @@ from ..errors import PayloadTooLarge, PermissionDenied, UnsupportedMediaType, Va
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INTEGER = 2**63 - 1
+# Deeper than any body of ours (template values nest a few levels): more only
+# costs the code that walks it, which may recurse.
+MAX_JSON_DEPTH = 32
 
 
 def read_json(req, max_size=None, required=True):
@@ -26,16 +29,62 @@ def read_json(req, max_size=None, required=True):
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Expected Content-Type application/json, got {content_type}.")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant)
     except UnicodeDecodeError:
         raise ValidationError("The request body is not valid UTF-8.", code="malformed_json") from None
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
             code="malformed_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object.", code="malformed_json")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise _too_deep()
     return body
+
+
+def _json_int(text):
+    # Beyond a 64-bit integer no column, size or offset can take it; and Python
+    # refuses to convert integers of more than 4300 digits at all.
+    if len(text.lstrip("-")) > 19 or abs(int(text)) > MAX_INTEGER:
+        raise ValidationError(
+            f"The request body holds an integer of {len(text.lstrip('-'))} digits; integers must "
+            f"lie between -{MAX_INTEGER} and {MAX_INTEGER}.", code="malformed_json")
+    return int(text)
+
+
+def _json_float(text):
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValidationError("The request body holds a number too large for a double.",
+                              code="malformed_json")
+    return value
+
+
+def _json_constant(name):
+    raise ValidationError(f"The request body holds {name}, which is not JSON.", code="malformed_json")
+
+
+def _too_deep():
+    return ValidationError(f"The request body nests arrays and objects deeper than "
+                           f"{MAX_JSON_DEPTH} levels.", code="malformed_json")
+
+
+def _depth(value):
+    """How deeply arrays and objects nest in ``value``; without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def require_admin(req):

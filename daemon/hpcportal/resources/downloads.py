@@ -15,23 +15,30 @@ from ..errors import RangeNotSatisfiable
 BLOCK = 1024 * 1024
 
 
+def _position(digits):
+    """A byte position; positions past any file count as one huge number
+    (int() refuses strings of more than 4300 digits)."""
+    return int(digits) if len(digits) <= 19 else 2**63
+
+
 def parse_range(header, size):
     """(start, end inclusive) of one ``bytes=`` range; None to send the whole file."""
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "", re.ASCII)
     if not match or (match.group(1) == "" and match.group(2) == ""):
         return None  # absent, malformed or several ranges: RFC 9110 lets us ignore it
     first, last = match.group(1), match.group(2)
+    shown = header.strip()[:100]
     if first == "":
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+            raise RangeNotSatisfiable(f"The range {shown} is outside the file's {size} bytes.",
                                       headers={"Content-Range": f"bytes */{size}"})
         return max(size - suffix, 0), size - 1
-    start = int(first)
-    if start >= size or (last and int(last) < start):
-        raise RangeNotSatisfiable(f"The range {header.strip()} is outside the file's {size} bytes.",
+    start = _position(first)
+    if start >= size or (last and _position(last) < start):
+        raise RangeNotSatisfiable(f"The range {shown} is outside the file's {size} bytes.",
                                   headers={"Content-Range": f"bytes */{size}"})
-    return start, min(int(last), size - 1) if last else size - 1
+    return start, min(_position(last), size - 1) if last else size - 1
 
 
 class FileBody:

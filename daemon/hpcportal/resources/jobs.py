@@ -7,7 +7,7 @@ import urllib.parse
 from .. import jobs as jobs_domain
 from ..errors import ValidationError
 from ..jobs.service import owner_of
-from .base import bool_param, int_param, paging, read_json
+from .base import MAX_INTEGER, bool_param, int_param, paging, read_json
 from .downloads import send_file
 
 
@@ -60,8 +60,11 @@ class OutputResource:
         if "text/event-stream" in accept:
             last = req.get_header("Last-Event-ID")
             if last is not None:
-                if not last.strip().isdigit():
-                    raise ValidationError("Last-Event-ID must be an offset.", errors={"Last-Event-ID": "not an offset"})
+                # isdigit() alone lets "²" and numbers int() refuses through.
+                if not re.fullmatch(r"[0-9]{1,19}", last.strip()) or int(last.strip()) > MAX_INTEGER:
+                    raise ValidationError("Last-Event-ID must be a byte offset (a non-negative "
+                                          f"integer up to {MAX_INTEGER}).",
+                                          errors={"Last-Event-ID": "not an offset"})
                 offset = int(last.strip())
             events = self._output.stream(req.context.user, job_id, stream, offset)
             resp.content_type = "text/event-stream"
