@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import socket
 import sqlite3
 
@@ -113,7 +114,8 @@ def _routes(app):
     found = {}
     for route in falcon.inspect.inspect_routes(app):
         methods = {m.method.lower() for m in route.methods if not m.internal}
-        found[route.path] = methods
+        # OpenAPI names a parameter without falcon's converter: {path:path} is {path}.
+        found[re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path)] = methods
     return found
 
 

@@ -1,7 +1,8 @@
 """Job submission and monitoring (domain code: no HTTP here).
 
 ``build(portal)`` makes the ``JobService`` registered as ``portal.areas["jobs"]``
-(with ``.output``, the output reader) and adds the ``JobMonitor`` service.
+(with ``.output``, the output reader, and ``.results``, the files in its folder)
+and adds the ``JobMonitor`` service.
 It uses the image catalog, the template catalog and the uploads when those
 areas are built, and works without them.
 """
@@ -11,6 +12,7 @@ from .folder import JobFolders
 from .metrics import JobMetrics
 from .monitor import JobMonitor
 from .output import JobOutput
+from .results import JobResults
 from .service import JobService
 
 __all__ = ["build", "JobService"]
@@ -34,6 +36,7 @@ def build(portal):
                                max_duration=slurm_config.stream_max_duration,
                                heartbeat=slurm_config.stream_heartbeat, stopping=portal.stopping,
                                metrics=metrics)
+    service.results = JobResults(service)
     service.monitor = JobMonitor(service, portal.database, interval=slurm_config.poll_interval)
     portal.services.append(service.monitor)
     portal.areas["jobs"] = service

@@ -6,7 +6,6 @@ import urllib.parse
 
 from .. import jobs as jobs_domain
 from ..errors import ValidationError
-from ..jobs.service import owner_of
 from .base import MAX_INTEGER, bool_param, int_param, paging, read_json
 from .downloads import send_file
 
@@ -77,27 +76,21 @@ class OutputResource:
 
 
 class FilesResource:
-    def __init__(self, service):
-        self._service = service
-
-    def _owner(self, req, job_id):
-        row = self._service.row_for(req.context.user, job_id)
-        return row, owner_of(row)
+    def __init__(self, results):
+        self._results = results
 
     def on_get(self, req, resp, job_id):
-        row, owner = self._owner(req, job_id)
-        files = self._service.folders.list_files(owner, row.submission_id)
+        row, files, truncated = self._results.list(req.context.user, job_id)
         for item in files:
-            item["url"] = f"/api/slurm/jobs/{row.slurm_job_id}/files/{urllib.parse.quote(item['name'], safe='')}"
+            item["url"] = f"/api/slurm/jobs/{row.slurm_job_id}/files/{urllib.parse.quote(item['path'], safe='/')}"
             item["modified"] = _iso(item["modified"])
-        resp.media = {"jobId": row.slurm_job_id, "job_dir": row.job_dir, "files": files}
+        resp.media = {"jobId": row.slurm_job_id, "job_dir": row.job_dir, "files": files, "truncated": truncated}
 
-    def on_get_item(self, req, resp, job_id, name):
-        row, owner = self._owner(req, job_id)
-        fd = self._service.folders.open_file(owner, row.submission_id, name)
+    def on_get_item(self, req, resp, job_id, path):
+        _, fd = self._results.open(req.context.user, job_id, path)
         info = os.fstat(fd)
         send_file(req, resp, fd, etag=f'"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"',
-                  filename=name)
+                  filename=path.rsplit("/", 1)[-1])
 
 
 class PartitionsResource:
@@ -132,7 +125,9 @@ def add_routes(app, portal):
     app.add_route("/api/slurm/jobs", jobs)
     app.add_route("/api/slurm/jobs/{job_id}", jobs, suffix="item")
     app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(service.output))
-    app.add_route("/api/slurm/jobs/{job_id}/files", FilesResource(service))
-    app.add_route("/api/slurm/jobs/{job_id}/files/{name}", FilesResource(service), suffix="item")
+    files = FilesResource(service.results)
+    app.add_route("/api/slurm/jobs/{job_id}/files", files)
+    # A path with its slashes ("out/sub/a.txt"); a single name is the old form of it.
+    app.add_route("/api/slurm/jobs/{job_id}/files/{path:path}", files, suffix="item")
     app.add_route("/api/slurm/partitions", PartitionsResource(service))
     app.add_route("/api/slurm/associations", AssociationsResource(service))
