@@ -1,7 +1,9 @@
 """The README stays true to the code."""
 
 import os
+import re
 
+from hpcportal.cli import build_parser
 from hpcportal.docs import BEGIN, END, settings_markdown
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
@@ -21,3 +23,27 @@ def test_readme_starts_with_the_two_commands():
     assert "\nscripts/demo\n" in head
     assert "\nscripts/test\n" in head
     assert open(os.path.join(os.path.dirname(README), ".ci", "run")).read().strip().endswith("exec scripts/test")
+
+
+def _hpcportald_commands(text):
+    """The argument lists of every ``hpcportald <command> ...`` in code (blocks and spans),
+    up to a comment, a pipe, a closing parenthesis or an optional ``[...]``."""
+    spans = [line.split(" #")[0] for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    spans += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for span in spans:
+        for match in re.finditer(r"(?:^|[\s$(/])hpcportald((?: +[^\s|#)`\[]+)*)", span):
+            if match.group(1).split():
+                yield match.group(1).split()
+
+
+def test_every_hpcportald_command_in_the_readme_parses():
+    parser = build_parser()
+    commands = [args for args in _hpcportald_commands(open(README, encoding="utf-8").read())
+                if args[0] in parser._subparsers._group_actions[0].choices]
+    assert len(commands) >= 10 and ["token", "--user", "alice"] in commands, commands
+    for args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            raise AssertionError(f"README: `hpcportald {' '.join(args)}` is not a valid command") from None
