@@ -14,10 +14,11 @@ import pytest
 
 from support.waiting import wait_for
 from support.daemon import REPO
+from support import sifstandins
 from support.sifbuild import build_sif, make_squashfs, rootfs_tree, sif_bytes
 
-FIXTURES = os.environ.get("HPCPORTAL_SIF_FIXTURES") or os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "sif"))
+# Stand-ins of real images always; the real ones too when HPCPORTAL_SIF_FIXTURES is set.
+REAL = sifstandins.real_folder()
 WAIT = 30   # generous bound for asynchronous effects; never a timing assertion
 # Watching and reading files does not depend on the database: one backend is enough.
 ONE_BACKEND = pytest.mark.databases("sqlite")
@@ -324,13 +325,17 @@ def test_scan_is_for_admins_and_reports_counts(daemon, shared_dir, tmp_path):
 
 
 @ONE_BACKEND
-@pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="shared/fixtures/sif is not available")
-def test_real_images_are_served_with_their_metadata(daemon, shared_dir):
-    # Symlinks: the fixtures are used in place, never copied.
+@pytest.mark.parametrize("source", ["stand-in"] + (["real"] if REAL else []))
+def test_real_images_are_served_with_their_metadata(daemon, shared_dir, tmp_path, source):
+    folder = REAL if source == "real" else str(tmp_path / "standins")
+    if source == "stand-in":
+        sifstandins.build_all(folder)
+    # Symlinks: the images are used in place, never copied.
     for name, target in (("compute/busybox_1.33.sif", "busybox_amd64.sif"),
                          ("compute/inspecter.sif", "inspecter_container_2019.sif"),
                          ("viz/empty.sif", "sylabs-empty.sif")):
-        os.symlink(os.path.join(FIXTURES, target), os.path.join(shared_dir.images, name))
+        assert os.path.exists(os.path.join(folder, target)), (folder, target)
+        os.symlink(os.path.join(folder, target), os.path.join(shared_dir.images, name))
     images = wait_for(lambda: (lambda i: len(i) == 3 and i)(by_name(daemon)), message="fixtures")
     inspecter = images["inspecter.sif"]
     assert inspecter["apps"] == ["hello", "world"]

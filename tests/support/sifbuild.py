@@ -1,11 +1,13 @@
 """Building real SIF images for tests, with mksquashfs (Debian squashfs-tools).
 
 ``build_sif(path, ...)`` writes a SIF v01 file the way Apptainer lays it out
-(shared/notes/sif-format.md): header, 48 descriptor slots, then a Deffile, an
+(sylabs/sif's pkg/sif, and Apptainer's SIF assembler): header, 48 descriptor slots, then a Deffile, an
 optional ``inspect-metadata.json`` GenericJSON object, an optional Labels
 object, and a squashfs root filesystem (primary system partition, aligned to
 4096) holding ``/.singularity.d/labels.json``, ``runscript.help`` and SCIF apps
 under ``/scif/apps/<app>/scif/``. ``siftool`` accepts these files.
+``write_sif(path, [SifObject(...)], ...)`` writes any objects, groups and links
+(tests/support/sifstandins.py builds stand-ins of real images with it).
 
 Command line (used by scripts/demo):
 ``python -m tests.support.sifbuild --examples <images root>``.
@@ -32,7 +34,8 @@ ARCH_CODES = {"386": "01", "amd64": "02", "arm": "03", "arm64": "04", "ppc64": "
               "ppc64le": "06", "s390x": "11", "riscv64": "12", None: "00"}
 LAUNCH = b"#!/usr/bin/env run-singularity\n"
 
-DEFFILE, LABELS, PARTITION, GENERIC_JSON = 0x4001, 0x4003, 0x4004, 0x4006
+DEFFILE, LABELS, PARTITION, SIGNATURE, GENERIC_JSON = 0x4001, 0x4003, 0x4004, 0x4005, 0x4006
+OCI_ROOT_INDEX = 0x400A
 
 
 def make_squashfs(tree, compression="gzip"):
@@ -125,32 +128,65 @@ def build_sif(path, *, labels=None, apps=None, help_text=None,
                         json.dumps(meta, separators=(",", ":")).encode(), b"", 1))
     if labels_descriptor is not None:
         objects.append((LABELS, "", json.dumps(labels_descriptor).encode(), b"", 1))
-    arch_code = ARCH_CODES.get(arch, "00").encode() + b"\0"
     if squashfs:
-        extra = struct.pack("<ii", fs_type, partition_type) + arch_code
-        objects.append((PARTITION, "", squashfs, extra, 4096))
-
-    descriptors = []
-    data = bytearray()
-    position = DATA_OFFSET
-    for index, (datatype, name, payload, extra, align) in enumerate(objects):
-        gap = (-position) % align
-        data += bytes(gap)
-        offset = position + gap
-        descriptors.append(DESCRIPTOR.pack(
-            datatype, True, index + 1, GROUP_MASK | 1, 0, offset, len(payload),
-            len(payload) + gap, stamp, stamp, 0, 0, name.encode().ljust(128, b"\0"),
-            extra.ljust(384, b"\0")))
-        data += payload
-        position = offset + len(payload)
-    table = b"".join(descriptors) + bytes(DESCRIPTOR.size * (SLOTS - len(descriptors)))
+        objects.append((PARTITION, "", squashfs, partition_extra(fs_type, partition_type, arch),
+                        4096))
     if image_id is None:
         image_id = bytes(16) if deterministic else uuid.uuid4().bytes
-    header_arch = arch_code if squashfs and partition_type == 2 else b"00\0"
-    header = HEADER.pack(LAUNCH.ljust(32, b"\0"), b"SIF_MAGIC\0", b"01\0", header_arch,
-                         image_id, stamp, stamp, SLOTS - len(descriptors), SLOTS,
-                         DESCRIPTORS_OFFSET, SLOTS * DESCRIPTOR.size, DATA_OFFSET, len(data))
-    blob = header.ljust(DESCRIPTORS_OFFSET, b"\0") + table + bytes(data)
+    return write_sif(path, [SifObject(datatype, payload, name=name, extra=extra, align=align)
+                            for datatype, name, payload, extra, align in objects],
+                     arch=arch if squashfs and partition_type == 2 else None,
+                     image_id=image_id, created=stamp)
+
+
+class SifObject:
+    """One data object: ``group`` 0 is "no group"; ``link`` an object id, or
+    ``group_link(n)`` for a group; ``align`` its placement (Apptainer aligns
+    partitions to 4096, the old v1 library every object)."""
+
+    def __init__(self, datatype, data, *, name="", group=1, link=0, extra=b"", align=1,
+                 created=None):
+        self.datatype, self.data, self.name, self.group = datatype, data, name, group
+        self.link, self.extra, self.align, self.created = link, extra, align, created
+
+
+def group_link(group):
+    return GROUP_MASK | group
+
+
+def partition_extra(fs_type, partition_type, arch):
+    return struct.pack("<ii", fs_type, partition_type) + arch_code(arch)
+
+
+def arch_code(arch):
+    return ARCH_CODES.get(arch, "00").encode() + b"\0"
+
+
+def write_sif(path, objects, *, arch=None, image_id=None, created=GO_ZERO_TIME, modified=None,
+              launch=LAUNCH, data_offset=DATA_OFFSET):
+    """Write ``objects`` (``SifObject``) as a SIF v01 file in the given order;
+    ``image_id`` 16 bytes (None: nil, as reproducible builds store)."""
+    modified = created if modified is None else modified
+    descriptors = []
+    data = bytearray()
+    position = data_offset
+    for index, item in enumerate(objects):
+        gap = (-position) % item.align
+        data += bytes(gap)
+        offset = position + gap
+        stamp = created if item.created is None else item.created
+        descriptors.append(DESCRIPTOR.pack(
+            item.datatype, True, index + 1, GROUP_MASK | item.group, item.link, offset,
+            len(item.data), len(item.data) + gap, stamp, stamp, 0, 0,
+            item.name.encode().ljust(128, b"\0"), item.extra.ljust(384, b"\0")))
+        data += item.data
+        position = offset + len(item.data)
+    table = b"".join(descriptors) + bytes(DESCRIPTOR.size * (SLOTS - len(descriptors)))
+    header = HEADER.pack(launch.ljust(32, b"\0"), b"SIF_MAGIC\0", b"01\0", arch_code(arch),
+                         image_id or bytes(16), created, modified, SLOTS - len(descriptors),
+                         SLOTS, DESCRIPTORS_OFFSET, SLOTS * DESCRIPTOR.size, data_offset, len(data))
+    blob = header.ljust(DESCRIPTORS_OFFSET, b"\0") + table
+    blob = blob.ljust(data_offset, b"\0") + bytes(data)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as handle:
         handle.write(blob)
