@@ -47,3 +47,11 @@ def test_every_hpcportald_command_in_the_readme_parses():
             parser.parse_args(args)
         except SystemExit:
             raise AssertionError(f"README: `hpcportald {' '.join(args)}` is not a valid command") from None
+
+
+def test_every_curl_example_is_one_the_demo_test_runs():
+    """tests/test_demo.py runs the blocks marked ``<!-- example: demo -->`` against the demo."""
+    text = open(README, encoding="utf-8").read()
+    blocks = re.finditer(r"(<!-- example: demo(?: setup)? -->\n)?```[a-z]*\n(.*?)\n```", text, re.S)
+    unmarked = [block.group(2) for block in blocks if "curl " in block.group(2) and not block.group(1)]
+    assert not unmarked, f"curl examples the demo test does not run:\n{unmarked}"
