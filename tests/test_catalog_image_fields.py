@@ -48,3 +48,33 @@ def test_missing_sidecar_is_no_sidecar(tmp_path):
 def test_sidecar_problems_are_reported_not_fatal(tmp_path, text, problem):
     values, error = read_sidecar(write(tmp_path, text))
     assert problem in error
+
+
+def _alias_bomb(levels="bcdefghij"):
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+    for level in levels:
+        previous = chr(ord(level) - 1)
+        bomb += f"{level}: &{level} [*{previous},*{previous},*{previous},*{previous},*{previous}]\n"
+    return bomb
+
+
+@pytest.mark.parametrize("text,problem", [
+    # Nine nested aliases would expand to millions of strings before any key is looked at.
+    (_alias_bomb() + "description: *j\n", "aliases"),
+    ("description: &d Site build\nversion: *d\n", "aliases"),
+    ("description: " + "[" * 5000 + "]" * 5000 + "\n", "deeper than 64"),
+    ("description: {text: Site build}\n", "description must be a single value"),
+    ("version: [3, 11]\n", "version must be a single value"),
+    ("description: Good\ngpu: maybe\n", "gpu must be true or false"),
+    ("description: '" + "x" * 70000 + "'\n", "larger than"),
+])
+def test_a_refused_sidecar_is_ignored_whole(tmp_path, text, problem):
+    values, error = read_sidecar(write(tmp_path, text))
+    assert values is None
+    assert problem in error
+
+
+def test_partition_labels_with_aliases_are_not_expanded():
+    from hpcportal.catalog.images import _partition_list
+    assert _partition_list("[&a x, *a]") is None
+    assert _partition_list("[compute, debug]") == ["compute", "debug"]

@@ -263,3 +263,10 @@ def test_yaml_aliases_are_refused_before_they_can_expand():
     parsed = parse(MINIMAL + bomb + "description: *j\n")
     assert not parsed.valid
     assert "aliases" in parsed.errors[0]["message"]
+
+
+def test_deeply_nested_yaml_is_refused_with_its_line():
+    parsed = parse(MINIMAL + "description:\n  " + "[" * 5000 + "]" * 5000 + "\n")
+    assert not parsed.valid
+    assert "deeper than 64" in parsed.errors[0]["message"]
+    assert parsed.errors[0]["line"] > 1

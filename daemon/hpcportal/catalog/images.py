@@ -26,6 +26,7 @@ import yaml
 from ..models.base import isoformat
 from ..models.catalog import Image
 from . import indexer as indexermod
+from . import safe_yaml
 from .indexer import InvalidFile, ModelKind
 from .sif import SifError, read_sif
 
@@ -59,7 +60,7 @@ def _partition_list(value):
         text = value.strip()
         if text.startswith("["):
             try:
-                value = yaml.safe_load(text)
+                value = safe_yaml.load(text, MAX_SIDECAR)
             except yaml.YAMLError:
                 return None
         else:
@@ -78,14 +79,16 @@ def read_sidecar(path):
         return None, None
     except OSError as exc:
         return None, f"sidecar {os.path.basename(path)} is not readable: {exc.strerror}"
-    if len(raw) > MAX_SIDECAR:
-        return None, f"sidecar {os.path.basename(path)} is larger than {MAX_SIDECAR} bytes"
+    ignored = f"sidecar {os.path.basename(path)} is ignored:"
     try:
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
+        data = safe_yaml.load(raw, MAX_SIDECAR) or {}
+    except safe_yaml.Refused as exc:
+        where = f" (line {exc.problem_mark.line + 1})" if exc.problem_mark else ""
+        return None, f"{ignored} {exc.problem}{where}"
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        return None, f"sidecar {os.path.basename(path)} is not valid YAML: {exc}"
+        return None, f"{ignored} not valid YAML: {exc}"
     if not isinstance(data, dict):
-        return None, f"sidecar {os.path.basename(path)} must be a mapping of keys to values"
+        return None, f"{ignored} it must be a mapping of keys to values"
     values, problems = {}, []
     for key, value in data.items():
         if key not in SIDECAR_KEYS:
@@ -107,12 +110,15 @@ def read_sidecar(path):
                 problems.append("gpu must be true or false")
             else:
                 values[key] = value
+        elif isinstance(value, (dict, list)):
+            problems.append(f"{key} must be a single value, not a {type(value).__name__}")
         elif value is not None:
             values[key] = str(value)
-    error = None
     if problems:
-        error = f"sidecar {os.path.basename(path)}: " + "; ".join(problems)
-    return values, error
+        # Half a sidecar would mix the admin's values with the image's own:
+        # the image keeps its own metadata until the sidecar is fixed.
+        return None, f"{ignored} " + "; ".join(problems)
+    return values, None
 
 
 class ImageKind(ModelKind):

@@ -25,6 +25,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 import uuid
 
 log = logging.getLogger("hpcportal.catalog.sif")
@@ -52,11 +53,14 @@ ARCHES = {
 }
 
 # Sanity limits: a valid image never comes near them, a corrupt one must not
-# make us allocate gigabytes.
-MAX_DESCRIPTORS = 65536
+# make us allocate gigabytes. Per object, and per file (``WorkBudget``): many
+# descriptors may all point at the same large object.
+MAX_DESCRIPTORS = 4096
 MAX_METADATA_OBJECT = 16 * 1024 * 1024
 MAX_SQUASHFS_FILE = 1024 * 1024
 UNSQUASHFS_TIMEOUT = 60
+MAX_BYTES_PER_FILE = 64 * 1024 * 1024
+MAX_SECONDS_PER_FILE = 20
 
 # Files read inside the squashfs when the image has no inspect-metadata.json.
 SQUASHFS_FILES = (
@@ -83,6 +87,34 @@ class TruncatedSif(SifError):
 
 class UnsupportedSif(SifError):
     pass
+
+
+class OverBudget(SifError):
+    """Reading the image's metadata would take more than one file may."""
+
+
+class WorkBudget:
+    """What reading one image may cost in all: bytes read and wall time."""
+
+    def __init__(self, max_bytes=MAX_BYTES_PER_FILE, seconds=MAX_SECONDS_PER_FILE,
+                 clock=time.monotonic):
+        self._max_bytes, self._seconds, self._clock = max_bytes, seconds, clock
+        self._bytes = 0
+        self._deadline = clock() + seconds
+
+    def spend(self, count):
+        self._bytes += count
+        if self._bytes > self._max_bytes:
+            raise OverBudget(f"reading this image's metadata takes more than {self._max_bytes} "
+                             "bytes (its objects are too many or too large)")
+        self.remaining()
+
+    def remaining(self):
+        """Seconds left; OverBudget when none are."""
+        left = self._deadline - self._clock()
+        if left <= 0:
+            raise OverBudget(f"reading this image's metadata takes more than {self._seconds} seconds")
+        return left
 
 
 class Descriptor:
@@ -158,10 +190,11 @@ def _string_map(value):
 class SifReader:
     """One image file: ``header``, ``descriptors`` and ``metadata()``."""
 
-    def __init__(self, path, unsquashfs=None, run=subprocess.run):
+    def __init__(self, path, unsquashfs=None, run=subprocess.run, budget=None):
         self.path = path
         self._unsquashfs = unsquashfs
         self._run = run
+        self._budget = budget or WorkBudget()
         self.warnings = []
         with open(path, "rb") as handle:
             self.file_size = os.fstat(handle.fileno()).st_size
@@ -184,8 +217,11 @@ class SifReader:
         if version != VERSION:
             shown = version.split(b"\0", 1)[0].decode("ascii", "replace")
             raise UnsupportedSif(f"unsupported SIF version {shown!r} (only 01 is supported)")
-        if not 0 <= total <= MAX_DESCRIPTORS or descr_size != total * DESCRIPTOR.size:
+        if total < 0 or descr_size != total * DESCRIPTOR.size:
             raise NotSif(f"corrupt SIF header: {total} descriptors in {descr_size} bytes")
+        if total > MAX_DESCRIPTORS:
+            raise OverBudget(f"the image has {total} descriptor slots; at most {MAX_DESCRIPTORS} "
+                             "are read")
         if descr_offset < HEADER.size or descr_offset + descr_size > self.file_size:
             raise TruncatedSif(
                 f"truncated SIF image: the descriptor table ends at byte {descr_offset + descr_size}"
@@ -228,6 +264,7 @@ class SifReader:
     def read(self, descriptor, limit=MAX_METADATA_OBJECT):
         if descriptor.size > limit:
             raise SifError(f"object {descriptor.id} is larger than {limit} bytes")
+        self._budget.spend(descriptor.size)
         with open(self.path, "rb") as handle:
             handle.seek(descriptor.offset)
             data = handle.read(descriptor.size)
@@ -238,7 +275,9 @@ class SifReader:
     def _json(self, descriptor, what):
         try:
             return json.loads(self.read(descriptor).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, SifError) as exc:
+        except OverBudget:
+            raise
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, SifError) as exc:
             self.warnings.append(f"{what} is not readable JSON: {exc}")
             return None
 
@@ -283,6 +322,8 @@ class SifReader:
         if deffiles and not deffile_text:
             try:
                 deffile_text = self.read(deffiles[0]).decode("utf-8", "replace")
+            except OverBudget:
+                raise
             except SifError as exc:
                 self.warnings.append(f"definition file not readable: {exc}")
         if labels is None:
@@ -365,6 +406,8 @@ class SifReader:
             return None
         try:
             files = self._list(binary, partition.offset)
+        except OverBudget:
+            raise
         except SifError as exc:
             raise SifError(f"the root filesystem (squashfs) is not readable: {exc}") from None
 
@@ -403,10 +446,12 @@ class SifReader:
                 "deffile": cat("/.singularity.d/Singularity") if need_deffile else None}
 
     def _unsquashfs_run(self, args):
+        left = self._budget.remaining()
         try:
-            done = self._run(args, capture_output=True, timeout=UNSQUASHFS_TIMEOUT,
+            done = self._run(args, capture_output=True, timeout=min(UNSQUASHFS_TIMEOUT, left),
                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"})
         except subprocess.TimeoutExpired:
+            self._budget.remaining()
             raise SifError("unsquashfs took too long") from None
         except OSError as exc:
             raise SifError(f"cannot run unsquashfs: {exc.strerror}") from None
@@ -433,6 +478,7 @@ class SifReader:
         done = self._unsquashfs_run([binary, "-o", str(offset), "-cat", self.path, inner])
         if done.returncode != 0:
             return None
+        self._budget.spend(min(len(done.stdout), MAX_SQUASHFS_FILE))
         return done.stdout[:MAX_SQUASHFS_FILE].decode("utf-8", "replace")
 
 
@@ -462,13 +508,13 @@ def _warn_once(message):
         log.warning("%s", message)
 
 
-def read_sif(path, unsquashfs=None, run=subprocess.run):
+def read_sif(path, unsquashfs=None, run=subprocess.run, budget=None):
     """Metadata of the image at ``path``; raises ``SifError`` when it is not usable.
 
     ``OSError`` (missing, unreadable) is raised as ``SifError`` too, with the
-    system's reason.
+    system's reason. ``budget`` (a ``WorkBudget``) bounds the whole file's work.
     """
     try:
-        return SifReader(path, unsquashfs=unsquashfs, run=run).metadata()
+        return SifReader(path, unsquashfs=unsquashfs, run=run, budget=budget).metadata()
     except OSError as exc:
         raise SifError(f"cannot read the file: {exc.strerror or exc}") from None

@@ -55,6 +55,7 @@ import jsonschema
 import yaml
 
 from ..errors import ValidationError
+from . import safe_yaml
 # One quoting and one #SBATCH check for the whole daemon: job submission's.
 from ..slurm.script import DIRECTIVE_VALUE, bash_quote, directive_lines, export_lines  # noqa: F401
 
@@ -96,8 +97,9 @@ def _validator():
 
 # --------------------------------------------------------------------------- YAML
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last."""
+class _UniqueKeyLoader(safe_yaml.BoundedLoader):
+    """Refuses duplicate keys (PyYAML would silently keep the last), aliases
+    and deep nesting."""
 
 
 def _construct_unique_mapping(loader, node, deep=False):
@@ -427,14 +429,6 @@ def parse_template(text, relpath):
         parsed.errors.append(source_error)
     try:
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
-        alias = _first_alias(root)
-        if alias is not None:
-            # A few nested aliases expand to billions of nodes ("billion laughs").
-            parsed.errors.append(_problem("", f"YAML aliases (*name) are not supported in templates "
-                                              f"(line {alias.start_mark.line + 1})",
-                                          alias.start_mark.line + 1, alias.start_mark.column + 1))
-            _assign_id(parsed)
-            return parsed
         document = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         parsed.errors.append(_yaml_problem(exc))
@@ -458,23 +452,6 @@ def parse_template(text, relpath):
     if not parsed.errors:
         _cross_check(parsed, root)
     return parsed
-
-
-def _first_alias(root):
-    """The first node reached twice (an alias), or None; linear in the node graph."""
-    seen = set()
-    stack = [root] if root is not None else []
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            return node
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                stack.extend((value, key))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(reversed(node.value))
-    return None
 
 
 def _json_safe(value):
