@@ -189,6 +189,9 @@ SETTINGS = (
       "Calls per minute one user may make, by action (submit, upload_init, scan), counted per "
       "head; bursts up to the limit pass at once; 0 disables a limit; unlisted actions keep "
       "their default."),
+    S("security", "admins_see_all_jobs", parse_bool, True,
+      "Administrators may list every user's jobs and read any job's details, scripts, "
+      "parameters, output and result files; false limits them to their own jobs like users."),
     # paths
     S("paths", "images", parse_path, "/shared/apptainer/images",
       "Root of the image folders; each sub-folder is an image type."),

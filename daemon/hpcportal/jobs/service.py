@@ -474,8 +474,9 @@ class JobService:
             return None, exc.message
 
     def list(self, user, *, all_users=False, state=None, limit=100, offset=0):
-        if all_users and not user.admin:
-            raise PermissionDenied("Only administrators may list every user's jobs.", code="admin_only")
+        if all_users and not self._sees_all(user):
+            raise PermissionDenied("Only administrators may list every user's jobs (when the site "
+                                   "allows it: security.admins_see_all_jobs).", code="admin_only")
         query = Job.select()
         if not all_users:
             query = query.where(Job.user == user.name)
@@ -490,12 +491,15 @@ class JobService:
             answer["slurm"] = {"reachable": False, "message": note}
         return answer
 
+    def _sees_all(self, user):
+        return user.admin and self._config.security.admins_see_all_jobs
+
     def row_for(self, user, job_id):
         row = None
         if isinstance(job_id, str) and job_id.isdigit():
             row = (Job.select().where(Job.slurm_job_id == job_id)
                    .order_by(Job.id.desc()).first())
-        if row is None or (row.user != user.name and not user.admin):
+        if row is None or (row.user != user.name and not self._sees_all(user)):
             raise NotFound(f"There is no job {job_id} of yours.", code="job_not_found")
         return row
 
