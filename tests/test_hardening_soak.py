@@ -75,6 +75,10 @@ def test_malloc_arenas_are_limited_unless_the_environment_says_otherwise():
     assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "4"}) is False
 
 
+def _target(sock):
+    return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+
+
 def test_the_fd_check_tells_pooled_database_connections_from_other_descriptors():
     """The flake this guards against: the pool opened one more connection during
     the measured run (a higher peak of concurrent queries). That one is allowed;
@@ -82,18 +86,20 @@ def test_the_fd_check_tells_pooled_database_connections_from_other_descriptors()
     with socket.create_server(("127.0.0.1", 0)) as http, \
             socket.create_server(("127.0.0.1", 0)) as database:
         port, database_port = http.getsockname()[1], database.getsockname()[1]
+        assert soak.socket_kinds([_target(http)], port) == {"listen": 1}
         before = soak.process_figures(os.getpid(), port, database_port)
-        assert before["sockets"]["listen"] >= 2
-        with socket.create_connection(("127.0.0.1", database_port)):
+        with socket.create_connection(("127.0.0.1", database_port)) as pooled:
+            assert soak.socket_kinds([_target(pooled)], port) == {f"tcp-out:{database_port}": 1}
             grown = soak.process_figures(os.getpid(), port, database_port)
         assert grown["pooled"] == before["pooled"] + 1
-        assert grown["unpooled_fds"] == before["unpooled_fds"]
-        # This process is both ends here: the client's end counts as outbound,
-        # the accepted end as what the daemon would hold for a client.
-        with socket.create_connection(("127.0.0.1", port)):
+        assert grown["unpooled_fds"] == grown["fds"] - grown["pooled"]
+        # This process is both ends here: the accepted end is what the daemon
+        # holds for a client, the client's end is an outbound connection.
+        with socket.create_connection(("127.0.0.1", port)) as client:
             served, _ = http.accept()
             with served:
+                assert soak.socket_kinds([_target(served)], port) == {"http": 1}
+                assert soak.socket_kinds([_target(client)], port) == {f"tcp-out:{port}": 1}
                 left_open = soak.process_figures(os.getpid(), port, database_port)
         assert left_open["sockets"]["http"] == 1
         assert left_open["pooled"] == before["pooled"]
-        assert left_open["unpooled_fds"] == before["unpooled_fds"] + 2
