@@ -208,6 +208,19 @@ def test_the_readme_examples_run_as_written_and_the_template_job_completes(demo,
     assert (tmp_path / "part").read_text() == "epoch,loss\n1,0.25\n"
 
 
+def test_a_demo_folder_its_user_cannot_reach_is_refused_up_front(demo):
+    """Jobs would fail with `Permission denied` one by one: the demo says why at once."""
+    folder = os.path.join(os.path.dirname(demo.checkout), "demo")  # in the 0700 "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCPORTAL_")}
+    env.update(PORTAL_DEMO_DIR=folder, PORTAL_DEMO_PORT=str(free_port()), PORTAL_DEMO_USER=DEMO_USER)
+    answer = subprocess.run([os.path.join(demo.checkout, "scripts", "demo")], capture_output=True,
+                            text=True, env=env, cwd="/", timeout=600)
+    assert answer.returncode == 2, answer.stdout + answer.stderr
+    assert f"the user '{DEMO_USER}' cannot reach {folder}/shared/bin/demo-apptainer" in answer.stderr
+    assert "PORTAL_DEMO_DIR" in answer.stderr
+    assert "starting hpcportald" not in answer.stdout
+
+
 def test_ctrl_c_stops_the_demo_and_its_daemon(demo):
     assert demo.stop() == 0, demo.logs()[-3000:]
     with pytest.raises(requests.ConnectionError):

@@ -55,3 +55,11 @@ def test_every_curl_example_is_one_the_demo_test_runs():
     blocks = re.finditer(r"(<!-- example: demo(?: setup)? -->\n)?```[a-z]*\n(.*?)\n```", text, re.S)
     unmarked = [block.group(2) for block in blocks if "curl " in block.group(2) and not block.group(1)]
     assert not unmarked, f"curl examples the demo test does not run:\n{unmarked}"
+
+
+def test_the_install_steps_put_hpcportald_on_path():
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("\n## Install\n"):text.index("\n## Configure\n")]
+    steps = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    venv = re.search(r"python3 -m venv (\S+)", steps).group(1)
+    assert re.search(rf"^ln -s {re.escape(venv)}/bin/hpcportald /usr/local/bin/", steps, re.M), steps
