@@ -17,7 +17,7 @@ from support.daemon import REPO
 from support import sifstandins
 from support.sifbuild import build_sif, make_squashfs, rootfs_tree, sif_bytes
 
-# Stand-ins of real images always; the real ones too when HPCPORTAL_SIF_FIXTURES is set.
+# Stand-ins of real images always; the real ones too when PORTAL_TEST_SIF_FIXTURES is set.
 REAL = sifstandins.real_folder()
 WAIT = 30   # generous bound for asynchronous effects; never a timing assertion
 # Watching and reading files does not depend on the database: one backend is enough.

@@ -3,7 +3,7 @@
 Real images (built by Singularity and by the SIF reference library) are not in
 this repository. Every run checks stand-ins of them instead, built here with the
 same structure and metadata (tests/support/sifstandins.py); when
-``HPCPORTAL_SIF_FIXTURES`` names a folder holding the real files, every such
+``PORTAL_TEST_SIF_FIXTURES`` names a folder holding the real files, every such
 check runs on the real file as well (test ids ``[real]``). Other images are
 built with tests/support/sifbuild.py.
 """
@@ -37,7 +37,7 @@ def image(request, standins):
         if request.param == "stand-in":
             return standins[name]
         real = os.path.join(REAL, name)
-        assert os.path.exists(real), f"HPCPORTAL_SIF_FIXTURES={REAL} has no {name}"
+        assert os.path.exists(real), f"PORTAL_TEST_SIF_FIXTURES={REAL} has no {name}"
         return real
     return path
 

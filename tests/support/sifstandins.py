@@ -7,7 +7,7 @@ groups, links, alignment and data offset, the same header ID, times and arch,
 and the labels, help, apps and definition file in the same places. Only the
 bulk bytes differ (a small squashfs, made-up signature blocks: nothing verifies
 them). ``REAL_NAMES`` maps each builder to the file name of the real image; the
-tests check the real files too when ``HPCPORTAL_SIF_FIXTURES`` names a folder
+tests check the real files too when ``PORTAL_TEST_SIF_FIXTURES`` names a folder
 holding them.
 """
 
@@ -254,8 +254,9 @@ BY_NAME = {name: builder for builder, name in REAL_NAMES.items()}
 
 
 def real_folder():
-    """Folder of the real images, from $HPCPORTAL_SIF_FIXTURES (None: not given)."""
-    return os.environ.get("HPCPORTAL_SIF_FIXTURES") or None
+    """Folder of the real images, from $PORTAL_TEST_SIF_FIXTURES (None: not given).
+    Not HPCPORTAL_*: hpcportald refuses unknown variables with that prefix."""
+    return os.environ.get("PORTAL_TEST_SIF_FIXTURES") or None
 
 
 def build_all(folder):
