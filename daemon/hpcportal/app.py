@@ -192,6 +192,10 @@ def _add_error_handlers(app):
             resp.set_header(name, value)
         if code == 401:
             resp.set_header("WWW-Authenticate", "Bearer")
+        if exc.code == errors.UnsafePath.code:  # a file a user planted: one line, no traceback
+            user = getattr(req.context, "user", None)
+            log.warning("refused rid=%s user=%s: %s", getattr(req.context, "request_id", "-"),
+                        user.name if user else "-", exc.message)
 
     def handle_database_error(req, resp, exc, params):
         log.error("database error rid=%s: %s", getattr(req.context, "request_id", "-"), exc)

@@ -37,7 +37,9 @@ def build(portal):
                                heartbeat=slurm_config.stream_heartbeat, stopping=portal.stopping,
                                metrics=metrics)
     service.results = JobResults(service)
-    service.monitor = JobMonitor(service, portal.database, interval=slurm_config.poll_interval)
+    # A pass runs squeue and sacct, each allowed the command timeout.
+    service.monitor = JobMonitor(service, portal.database, interval=slurm_config.poll_interval,
+                                 margin=2 * slurm_config.command_timeout + 10)
     portal.services.append(service.monitor)
     portal.areas["jobs"] = service
     return service

@@ -7,14 +7,17 @@ character, so the next slice starts on a character boundary.
 
 import codecs
 import json
+import logging
 import os
 import threading
 import time
 
-from ..errors import NotFound, RateLimited, ValidationError
+from ..errors import NotFound, RateLimited, UnsafePath, ValidationError
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
 from .service import owner_of
+
+log = logging.getLogger("hpcportal.jobs")
 
 STREAMS = ("stdout", "stderr")
 
@@ -95,7 +98,12 @@ class JobOutput:
             started = last_sent = self._clock()
             while not self._stopping.is_set():
                 # The row was checked once; polling reads only the file and the shared squeue snapshot.
-                answer = self._slice(row, stream, offset, self._max_slice)
+                try:
+                    answer = self._slice(row, stream, offset, self._max_slice)
+                except UnsafePath as exc:  # the answer has begun: the refusal is its last event
+                    log.warning("job %s: output stream refused: %s", row.slurm_job_id, exc.message)
+                    yield _event("error", offset, {"error": exc.code, "message": exc.message})
+                    return
                 if answer["next_offset"] > offset:
                     offset = answer["next_offset"]
                     last_sent = self._clock()

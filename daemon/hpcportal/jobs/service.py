@@ -527,7 +527,7 @@ class JobService:
     def _read_text(self, owner, submission_id, name, limit=1024 * 1024):
         try:
             fd = self.folders.open_file(owner, submission_id, name)
-        except (NotFound, PermissionDenied):
+        except NotFound:  # a planted file (UnsafePath) is refused to the caller, not hidden
             return None
         with os.fdopen(fd, "rb") as handle:
             return handle.read(limit).decode("utf-8", errors="replace")
