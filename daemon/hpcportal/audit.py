@@ -17,6 +17,7 @@ import threading
 import peewee
 
 from .models.audit import AuditRecord
+from .passes import PassClock
 
 audit_log = logging.getLogger("hpcportal.audit")
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class AuditTrail:
         self._stop = threading.Event()
         self._last_error = None
         self._dropped = 0
+        # Each turn of the loop is a pass (it waits idle_seconds at most); a batch may wait for
+        # a pooled connection and a connect first.
+        self._passes = PassClock(idle_seconds, margin=30)
 
     def record(self, record):
         """Log ``record`` now; store it soon (at once when the writer is not running)."""
@@ -63,6 +67,7 @@ class AuditTrail:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._passes.start()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -83,6 +88,9 @@ class AuditTrail:
         if self._thread is None or not self._thread.is_alive():
             return False, "not running"
         waiting = self._queue.qsize()
+        overdue = self._passes.overdue()
+        if overdue:
+            return False, f"{overdue}; {waiting} records waiting"
         if self._last_error:
             # The records are in the audit log; a failing table must not take the head out.
             return True, f"degraded: storing audit records failed ({self._last_error}); {waiting} waiting"
@@ -91,6 +99,7 @@ class AuditTrail:
     def _run(self):
         try:
             while not self._stop.is_set():
+                self._passes.finished()
                 try:
                     first = self._queue.get(timeout=self._idle_seconds)
                 except queue.Empty:

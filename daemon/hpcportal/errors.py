@@ -68,6 +68,13 @@ class Conflict(PortalError):
     code = "conflict"
 
 
+class UnsafePath(Conflict):
+    """Something a user planted where the daemon expected its own plain file or
+    folder: a symbolic link, a FIFO, a socket, a device, a swapped folder (409)."""
+
+    code = "unsafe_path"
+
+
 class PayloadTooLarge(PortalError):
     """A body or a declared size beyond a limit (413)."""
 

@@ -88,6 +88,7 @@ from dataclasses import dataclass, field
 import peewee
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..passes import PassClock
 from . import watcher as watchermod
 
 log = logging.getLogger("hpcportal.catalog")
@@ -354,6 +355,7 @@ class Indexer:
         self._settle = settings.settle_seconds
         self._poll_interval = settings.poll_interval
         self._rescan_interval = settings.rescan_interval
+        self._passes = PassClock(settings.rescan_interval)  # a turn of the loop, a scan at the longest
         self._watch_mode = settings.watcher
         self._mountinfo = mountinfo
         self._clock = clock
@@ -409,6 +411,7 @@ class Indexer:
         if self._thread:
             return
         self._stop.clear()
+        self._passes.start()
         self._watcher = watchermod.Watcher(self, self._watch_mode, self._poll_interval,
                                            mountinfo=self._mountinfo)
         for kind in self._kinds.values():
@@ -430,8 +433,8 @@ class Indexer:
     def health(self):
         if self._thread is None:
             return True, "not started"
-        if not self._thread.is_alive():
-            return False, "indexer thread stopped"
+        if not self._thread.is_alive() or self._passes.overdue():
+            return False, self._passes.overdue() or "indexer thread stopped"
         modes = self._watcher.modes() if self._watcher else {}
         detail = ", ".join(f"{name}: {mode}" for name, mode in modes.items())
         if self._last_scan is None:
@@ -484,6 +487,7 @@ class Indexer:
     def _run(self):
         next_scan = self._clock()
         while not self._stop.is_set():
+            self._passes.finished()
             now = self._clock()
             if now >= next_scan:
                 ok = self._safely(self.scan, full_from_worker=True)

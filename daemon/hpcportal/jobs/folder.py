@@ -2,16 +2,21 @@
 
 The daemon runs as root and the user owns the folders it works in, so every
 step is taken through directory descriptors with ``O_NOFOLLOW``: a user who
-swaps a folder or a file for a symlink makes the daemon refuse, never follow.
-Files are read only when they are plain files owned by the job's user, so a job
-cannot point its output at a file its user may not read.
+swaps a folder or a file for a symlink makes the daemon refuse (409
+``unsafe_path``), never follow. Files are opened without blocking and read only
+when they are plain files owned by the job's user, so a job cannot point its
+output at a file its user may not read, nor make a reader wait on a FIFO. A job
+folder is removed through descriptors too (``safefiles.remove_tree``).
 """
 
+import logging
 import os
-import shutil
 import stat
 
-from ..errors import NotFound, PermissionDenied
+from ..errors import NotFound, UnsafePath
+from ..safefiles import open_folder, open_regular, remove_tree
+
+log = logging.getLogger("hpcportal.jobs")
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -32,8 +37,9 @@ class JobFolders:
         os.fchmod(fd, mode)
 
     def _step(self, parent, name, user, create, trusted_owner):
+        refusal = f"The folder {name} was replaced (a symbolic link or not a folder); refusing to use it."
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = open_folder(name, parent, refusal)
         except FileNotFoundError:
             if not create:
                 raise
@@ -41,7 +47,7 @@ class JobFolders:
                 os.mkdir(name, DIR_MODE, dir_fd=parent)
             except FileExistsError:
                 pass
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = open_folder(name, parent, refusal)
             info = os.fstat(fd)
             if info.st_uid == os.geteuid() and self._chown:
                 self._own(fd, user, DIR_MODE)
@@ -49,8 +55,7 @@ class JobFolders:
         info = os.fstat(fd)
         if self._chown and info.st_uid not in trusted_owner:
             os.close(fd)
-            raise PermissionDenied(f"The folder {name} is not owned by its user; refusing to use it.",
-                                   code="unsafe_path")
+            raise UnsafePath(f"The folder {name} is not owned by its user; refusing to use it.")
         return fd
 
     def open_dir(self, user, submission_id=None, create=False):
@@ -97,28 +102,39 @@ class JobFolders:
         return self.path(user.name, submission_id)
 
     def remove(self, user_name, submission_id):
-        shutil.rmtree(self.path(user_name, submission_id), ignore_errors=True)
+        """Remove a job folder the daemon made, through descriptors: whatever the
+        user put in its place or inside it is removed, never followed."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for part in (user_name, "jobs"):
+                child = open_folder(part, fd, f"The folder {part} was replaced; not removing job folders in it.")
+                os.close(fd)
+                fd = child
+        except (OSError, UnsafePath) as exc:
+            log.warning("job folder %s of %s left in place: %s", submission_id, user_name, exc)
+            return
+        try:
+            remove_tree(fd, submission_id)
+        except OSError as exc:
+            log.warning("job folder %s of %s not wholly removed: %s", submission_id, user_name, exc)
+        finally:
+            os.close(fd)
 
     def open_file(self, owner, submission_id, name):
         """A read descriptor of a plain file in the job folder owned by ``owner`` (a User)."""
         if not name or "/" in name or name in (".", "..") or "\x00" in name:
             raise NotFound(f"There is no file {name!r} in the job's folder.", code="file_not_found")
         dfd = self.open_dir(owner, submission_id)
+        refusal = f"{name} is not a plain file owned by the job's user; refusing to read it."
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            fd, info = open_regular(name, os.O_RDONLY, dfd, refusal)
         except FileNotFoundError:
             raise NotFound(f"There is no file {name!r} in the job's folder.", code="file_not_found") from None
-        except OSError:  # ELOOP: a symlink
-            raise PermissionDenied(f"{name} is not a plain file of the job; refusing to read it.",
-                                   code="unsafe_path") from None
         finally:
             os.close(dfd)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or (self._chown and info.st_uid != owner.uid):
+        if self._chown and info.st_uid != owner.uid:
             os.close(fd)
-            raise PermissionDenied(f"{name} is not a plain file owned by the job's user; refusing to read it.",
-                                   code="unsafe_path")
-        os.set_blocking(fd, True)
+            raise UnsafePath(refusal)
         return fd
 
     def list_files(self, owner, submission_id):

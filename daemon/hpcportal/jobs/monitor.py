@@ -19,8 +19,10 @@ import time
 import peewee
 
 from ..auth import User
+from ..errors import UnsafePath
 from ..models.base import utcnow
 from ..models.jobs import Job
+from ..passes import PassClock
 from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
@@ -34,7 +36,9 @@ GIVE_UP_AFTER = 3600
 class JobMonitor:
     name = "jobs"
 
-    def __init__(self, service, database, *, interval):
+    def __init__(self, service, database, *, interval, margin=60):
+        """``margin``: what a pass may take beyond ``interval`` (its squeue and
+        sacct calls, each up to Slurm's command timeout)."""
         self._service = service
         self._slurm = service.slurm
         self._database = database
@@ -46,9 +50,11 @@ class JobMonitor:
         self._thread = None
         self._last_ok = None
         self._last_error = None
+        self._passes = PassClock(interval, margin)
         self.wake = threading.Event()
 
     def start(self):
+        self._passes.start()
         self._thread = threading.Thread(target=self._loop, name="job-monitor", daemon=True)
         self._thread.start()
 
@@ -59,6 +65,9 @@ class JobMonitor:
             self._thread.join(2)  # a squeue in flight must not hold up a stop
 
     def health(self):
+        overdue = self._passes.overdue()
+        if overdue:
+            return False, overdue
         if self._last_error:
             return True, f"degraded: {self._last_error}"
         return True, "Slurm answered" if self._last_ok else "starting"
@@ -77,6 +86,7 @@ class JobMonitor:
                 log.warning("job monitor: database error: %s", exc)
             except Exception:  # keep monitoring whatever one round did
                 log.exception("job monitor round failed")
+            self._passes.finished()
             self.wake.wait(self._interval)
             self.wake.clear()
 
@@ -117,7 +127,11 @@ class JobMonitor:
         job_dir = self._service.folders.path(owner.name, submission_id)
         if job.get("work_dir") and os.path.normpath(job["work_dir"]) != job_dir:
             return False
-        record = self._service.read_record(owner, submission_id) or {}
+        try:
+            record = self._service.read_record(owner, submission_id) or {}
+        except UnsafePath as exc:  # the record only adds details: Slurm's word is enough
+            log.warning("job %s of %s: submission record refused: %s", job["job_id"], owner.name, exc)
+            record = {}
         record.update(submission_id=submission_id, user=owner.name, uid=owner.uid)
         record.setdefault("name", job.get("name") or "job")
         record.setdefault("partition", job.get("partition"))

@@ -3,12 +3,16 @@ orphaned partial files, and tus uploads whose completion a crash cut short.
 
 Every head node runs one; they never step on each other because each
 removal is a conditional delete of the row (only the head whose delete
-matched removes the data).
+matched removes the data). A pass never waits on a user's file (they are
+opened without blocking), and /readyz reports one that has not finished in
+time anyway (``passes.PassClock``).
 """
 
 import logging
 import threading
 import time
+
+from ..passes import PassClock
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ class UploadJanitor:
         self._stop = threading.Event()
         self._thread = None
         self._last_error = None
-        self._last_sweep = None
+        self._passes = PassClock(interval, clock=clock)
 
     def start(self):
         if self._thread is not None:
@@ -40,6 +44,7 @@ class UploadJanitor:
         except Exception as exc:  # the lease then simply runs out
             log.error("could not release a previous run's completion leases: %s", exc)
         self._stop.clear()
+        self._passes.start()
         self._thread = threading.Thread(target=self._run, name="uploads-janitor", daemon=True)
         self._thread.start()
 
@@ -52,13 +57,16 @@ class UploadJanitor:
     def health(self):
         if self._thread is None or not self._thread.is_alive():
             return False, "not running"
+        overdue = self._passes.overdue()
+        if overdue:
+            return False, overdue
         if self._last_error:
             # Clean-up can wait: a failed pass (e.g. during a database restart) must not
             # take every head out of the load balancer. The next pass comes soon.
             return True, f"degraded: last clean-up failed ({self._last_error}); retrying"
-        if self._last_sweep is None:
+        if self._passes.last is None:
             return True, "starting"
-        return True, f"last clean-up {self._clock() - self._last_sweep:.0f}s ago"
+        return True, f"last clean-up {self._passes.ago():.0f}s ago"
 
     def sweep(self):
         """One pass; returns (expired uploads, files removed by retention, orphans,
@@ -77,5 +85,5 @@ class UploadJanitor:
             except Exception as exc:  # keep running: the next pass may succeed
                 self._last_error = str(exc) or type(exc).__name__
                 log.exception("uploads clean-up failed")
-            self._last_sweep = self._clock()
+            self._passes.finished()
             self._stop.wait(min(self._interval, RETRY_SECONDS) if self._last_error else self._interval)

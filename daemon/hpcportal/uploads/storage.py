@@ -8,11 +8,13 @@ Layout under the uploads root::
 Users own (and may change) their folders, so every path below the root is
 walked one component at a time with ``O_NOFOLLOW`` relative to the parent's
 descriptor: a symlink planted anywhere in it is refused, never followed.
-Files are created with ``O_EXCL``; partial files are checked to be plain
-files of the right owner with one link before the daemon (often root)
-writes to them. A finished file appears under its final name with
-``link()``, which never replaces an existing name, then the partial name is
-removed: the move is atomic and never overwrites.
+Files are created with ``O_EXCL``; existing ones are opened without blocking
+and checked to be plain files (``safefiles.open_regular``: a FIFO or socket
+planted in their place is refused, never waited on), partial files also of
+the right owner with one link, before the daemon (often root) uses them. A
+finished file appears under its final name with ``link()``, which never
+replaces an existing name, then the partial name is removed: the move is
+atomic and never overwrites.
 """
 
 import errno
@@ -21,7 +23,8 @@ import stat
 import threading
 import weakref
 
-from ..errors import Conflict, InsufficientStorage, NotFound
+from ..errors import Conflict, InsufficientStorage, NotFound, UnsafePath
+from ..safefiles import REFUSED, open_regular
 from .names import PARTIAL_FOLDER, UNLINKED_FOLDER, numbered
 
 DIR_MODE = 0o750
@@ -31,10 +34,6 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # While a body is copied, the written part is handed to the disk every this
 # many bytes, so the fsync before acknowledging has little left to wait for.
 WRITEBACK_BYTES = 8 * BLOCK
-
-
-class UnsafePath(Conflict):
-    code = "unsafe_path"
 
 
 class Truncated(Exception):
@@ -135,23 +134,18 @@ class Storage:
         except NotFound:
             raise NotFound("The upload's partial data is gone; start the upload again.",
                            code="partial_missing") from None
+        replaced = "The upload's partial file was replaced; refusing to use it."
         try:
-            mode = os.O_RDWR if write else os.O_RDONLY
-            try:
-                fd = os.open(upload_id, mode | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            except FileNotFoundError:
-                raise NotFound("The upload's partial data is gone; start the upload again.",
-                               code="partial_missing") from None
-            except OSError as exc:
-                raise _unsafe(upload_id, exc) from None
+            fd, info = open_regular(upload_id, os.O_RDWR if write else os.O_RDONLY, dfd, replaced)
+        except FileNotFoundError:
+            raise NotFound("The upload's partial data is gone; start the upload again.",
+                           code="partial_missing") from None
         finally:
             os.close(dfd)
-        info = os.fstat(fd)
-        if (not stat.S_ISREG(info.st_mode)
-                or not (info.st_nlink == 1 or self._is_published(user, info, published))
+        if (not (info.st_nlink == 1 or self._is_published(user, info, published))
                 or (self._chown and info.st_uid != owner[0])):
             os.close(fd)
-            raise UnsafePath("The upload's partial file was replaced; refusing to use it.")
+            raise UnsafePath(replaced)
         return fd
 
     def _is_published(self, user, info, published):
@@ -385,22 +379,18 @@ class Storage:
         return parts[:-1], parts[-1]
 
     def open_file(self, path, owner_uid=None):
-        """A read-only descriptor of a finished file, refusing symlinks and, with
-        ``owner_uid``, files that user does not own (a hard link planted in place)."""
+        """A read-only descriptor of a finished file, refusing symlinks, FIFOs and
+        anything but a plain file and, with ``owner_uid``, files that user does
+        not own (a hard link planted in place)."""
         folders, name = self._file_dir(path)
         dfd = self._open_dir(folders, create=False)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd, info = open_regular(name, os.O_RDONLY, dfd,
+                                    "The stored file is not a plain file any more.")
         except FileNotFoundError:
             raise NotFound("The file is no longer on disk.", code="file_missing") from None
-        except OSError as exc:
-            raise _unsafe(name, exc) from None
         finally:
             os.close(dfd)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            raise UnsafePath("The stored file is not a plain file any more.")
         if owner_uid is not None and info.st_uid != owner_uid:
             os.close(fd)
             raise UnsafePath("The stored file is not owned by its user any more.")
@@ -442,7 +432,7 @@ def _storage_error(exc):
 
 
 def _unsafe(part, exc):
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+    if exc.errno in REFUSED:
         return UnsafePath(f"'{part}' in the upload folder is a symbolic link or not a folder; "
                           "refusing to follow it.")
     return exc
