@@ -14,7 +14,8 @@ import collections
 import os
 import stat
 
-from ..errors import Conflict, NotFound, ValidationError
+from ..errors import NotFound, UnsafePath, ValidationError
+from ..safefiles import open_folder, open_regular
 from .service import owner_of
 
 MAX_FILES = 1000
@@ -22,13 +23,6 @@ MAX_DEPTH = 8  # folders below the job's folder
 # Entries of any kind looked at per listing: bounds a folder of empty folders or FIFOs too.
 MAX_SCANNED = 20000
 MAX_PATH = 4096
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-class UnsafeResult(Conflict):
-    code = "unsafe_path"
 
 
 def split_path(path):
@@ -124,7 +118,7 @@ class JobResults:
     def _reopen(self, top, parts, owner):
         try:
             return self._descend(top, parts, owner)
-        except (NotFound, UnsafeResult):
+        except (NotFound, UnsafePath):
             return None
 
     # -- one file ----------------------------------------------------------------
@@ -155,13 +149,14 @@ class JobResults:
                     _refuse_special(info, shown)
                     raise NotFound(f"{shown} is not a folder of the job.", code="file_not_found")
                 try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError:
-                    raise UnsafeResult(f"{shown} changed while it was opened; refusing to follow it.") from None
+                    child = open_folder(name, fd, f"{shown} changed while it was opened; refusing to follow it.")
+                except FileNotFoundError:
+                    raise NotFound(f"There is no folder {shown!r} in the job's folder.",
+                                   code="file_not_found") from None
                 os.close(fd)
                 fd = child
                 if not self._owned(os.fstat(fd), owner, folder=True):
-                    raise UnsafeResult(f"The folder {shown} is not the job user's; refusing to read it.")
+                    raise UnsafePath(f"The folder {shown} is not the job user's; refusing to read it.")
             return fd
         except BaseException:
             os.close(fd)
@@ -172,17 +167,14 @@ class JobResults:
         if stat.S_ISDIR(info.st_mode):
             raise NotFound(f"{shown} is a folder, not a file.", code="file_not_found")
         _refuse_special(info, shown)
+        refusal = f"{shown} is not a plain file owned by the job's user; refusing to read it."
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=folder)
+            fd, opened = open_regular(name, os.O_RDONLY, folder, refusal)
         except FileNotFoundError:
             raise NotFound(f"There is no file {shown!r} in the job's folder.", code="file_not_found") from None
-        except OSError:
-            raise UnsafeResult(f"{shown} changed while it was opened; refusing to read it.") from None
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or not self._owned(opened, owner):
+        if not self._owned(opened, owner):
             os.close(fd)
-            raise UnsafeResult(f"{shown} is not a plain file owned by the job's user; refusing to read it.")
-        os.set_blocking(fd, True)
+            raise UnsafePath(refusal)
         return fd
 
     def _owned(self, info, owner, folder=False):
@@ -202,13 +194,13 @@ def _lstat(folder, name, shown):
 
 
 def _refuse_special(info, shown):
-    """UnsafeResult for anything but a plain file or a folder."""
+    """UnsafePath for anything but a plain file or a folder, named for what it is."""
     if stat.S_ISLNK(info.st_mode):
-        raise UnsafeResult(f"{shown} is a symbolic link; the portal does not follow links in job folders.")
+        raise UnsafePath(f"{shown} is a symbolic link; the portal does not follow links in job folders.")
     if not stat.S_ISREG(info.st_mode):
         kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
             "a socket" if stat.S_ISSOCK(info.st_mode) else "a device or other special file"
-        raise UnsafeResult(f"{shown} is {kind}, not a plain file; refusing to read it.")
+        raise UnsafePath(f"{shown} is {kind}, not a plain file; refusing to read it.")
 
 
 def _is_utf8(name):
