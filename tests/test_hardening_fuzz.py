@@ -12,6 +12,7 @@ Bounded: ``PORTAL_FUZZ_EXAMPLES`` examples per operation with a token (default
 minutes on two cores; raise it by hand for a deeper run.
 """
 
+import base64
 import json
 import os
 import warnings
@@ -19,7 +20,8 @@ import warnings
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_headers_conformance,
                                                response_schema_conformance,
@@ -27,6 +29,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
 
 from hpcportal.openapi import document
 from support.daemon import Daemon, SharedTree, auth_headers
+from support.uploads import upload
 
 EXAMPLES = int(os.environ.get("PORTAL_FUZZ_EXAMPLES", "20"))
 # Derandomized: the suite is reproducible; PORTAL_FUZZ_RANDOM=1 explores new examples.
@@ -115,3 +118,144 @@ def test_api_without_a_token_keeps_its_contract(case, fuzzed_daemon):
     answer = call_and_validate(case, base_url=fuzzed_daemon.url, checks=CHECKS, timeout=60)
     if case.path.startswith("/api/") and case.path != "/api/openapi.json":
         assert answer.status_code == 401, (case.method, case.formatted_path, answer.text[:300])
+
+
+# -- values that are not what the document says --------------------------------
+#
+# schemathesis generates values that fit the document (and some that do not, by
+# its own choice); the bugs of that kind we had were elsewhere: a field of
+# another JSON type, integers of thousands of digits, deep nesting, NaN, and
+# headers whose numbers have hundreds of digits. These tests take each
+# operation's generated request and put such a value in one field or header.
+
+class Raw:
+    """JSON text put into the body as it is (json.dumps cannot write these)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return f"Raw({self.text[:20]!r}...)"
+
+
+RAW_JSON = ["9" * 5000, "-" + "9" * 5000, "99999999999999999999", "NaN", "-Infinity", "1e999",
+            "[" * 5000 + "]" * 5000, '{"a":' * 200 + "1" + "}" * 200]
+WRONG_JSON = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=2 ** 63, max_value=2 ** 200),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
+    st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
+    st.sampled_from(RAW_JSON).map(Raw))
+# Numbers of every length around the limits that matter: 64 bits (19-20 digits)
+# and Python's int() of a string (4300 digits).
+DIGITS = st.sampled_from([1, 19, 20, 300, 4301, 6000]).map(lambda count: "9" * count)
+RANGES = st.builds(lambda first, last: f"bytes={first}-{last}",
+                   st.one_of(st.just(""), DIGITS), st.one_of(st.just(""), DIGITS))
+ODD_NUMBERS = st.sampled_from(["-1", "²", "1e400", "0x10", "+5", "1 2", "bytes=²-", "bytes=0-1,2-3",
+                               "sha256 " + "A" * 5000])
+# Visible Latin-1: what an HTTP client sends at all (no controls, no leading blanks).
+VISIBLE = "".join(map(chr, range(33, 127))) + "".join(map(chr, range(161, 256)))
+WRONG_HEADER = st.one_of(DIGITS, RANGES, RANGES, ODD_NUMBERS,
+                         st.text(alphabet=VISIBLE, min_size=1, max_size=300))
+SENTINEL = "\x00raw-json\x00"
+
+
+def _operations(predicate):
+    found = [result.ok() for result in schema.get_all_operations()]
+    return [op for op in found if predicate(op)]
+
+
+JSON_OPERATIONS = _operations(lambda op: any(b.media_type == "application/json" for b in op.body))
+# (operation, header): each header of each operation gets its own examples.
+HEADERS = [(op, h.name) for op in _operations(lambda op: True) for h in op.headers
+           if h.name not in ("Authorization", "Tus-Resumable")]
+
+
+def _fields(operation, body):
+    """Paths of the fields to replace: the document's properties and what was generated."""
+    schema_properties = operation.body[0].definition.get("schema", {}).get("properties", {})
+    paths = {(name,) for name in schema_properties}
+    if isinstance(body, dict):
+        for name, value in body.items():
+            paths.add((name,))
+            if isinstance(value, dict):
+                paths.update((name, inner) for inner in value)
+    return sorted(paths)
+
+
+def _put(body, path, value):
+    target = body
+    for part in path[:-1]:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[path[-1]] = SENTINEL if isinstance(value, Raw) else value
+
+
+def _expect_a_clear_answer(response, what):
+    assert response.status_code < 500 or response.status_code in (503, 507), (
+        f"{what} answered {response.status_code}: {response.text[:500]}")
+    if response.status_code >= 400 and response.request.method != "HEAD":
+        body = response.json()
+        assert body.get("error") and (body.get("message") or body.get("msg")), (what, body)
+
+
+@pytest.fixture(scope="module")
+def known_ids(fuzzed_daemon):
+    """Ids that exist, so header values reach the code that reads them."""
+    stored = upload(fuzzed_daemon, "alice", b"0123456789" * 50)
+    created = requests.post(fuzzed_daemon.url + "/api/v2/files/tus", timeout=30, headers={
+        **auth_headers("alice", admin=True), "Tus-Resumable": "1.0.0", "Upload-Length": "100",
+        "Upload-Metadata": "filename " + base64.b64encode(b"t.bin").decode()})
+    assert created.status_code == 201, created.text
+    return {"file_id": stored["file_id"], "upload_id": created.json()["upload_id"], "job_id": "1"}
+
+
+@pytest.mark.parametrize("operation", JSON_OPERATIONS, ids=lambda op: f"{op.method.upper()} {op.path}")
+@settings(max_examples=EXAMPLES * 2, **FUZZ_SETTINGS)
+@given(data=st.data())
+def test_json_bodies_with_a_field_of_another_type_or_shape(fuzzed_daemon, operation, data):
+    case = data.draw(operation.as_strategy())
+    body = case.body if isinstance(case.body, dict) else {}
+    path = data.draw(st.sampled_from(_fields(operation, body)))
+    value = data.draw(WRONG_JSON)
+    _put(body, path, value)
+    text = json.dumps(body)
+    if isinstance(value, Raw):
+        text = text.replace(json.dumps(SENTINEL), value.text)
+    response = requests.request(
+        operation.method.upper(), fuzzed_daemon.url + case.formatted_path, params=case.query,
+        data=text.encode(), timeout=60,
+        headers={**auth_headers("alice", admin=True), "Content-Type": "application/json"})
+    _expect_a_clear_answer(response, f"{operation.method.upper()} {case.formatted_path} "
+                                     f"with {'.'.join(path)}={value!r:.60}")
+
+
+@pytest.mark.parametrize("operation,name", HEADERS,
+                         ids=[f"{op.method.upper()} {op.path} {name}" for op, name in HEADERS])
+@settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
+@given(data=st.data())
+def test_headers_with_numbers_of_hundreds_of_digits_or_other_junk(fuzzed_daemon, known_ids,
+                                                                   operation, name, data):
+    case = data.draw(operation.as_strategy())
+    value = data.draw(WRONG_HEADER)
+    path = case.formatted_path
+    for parameter, known in known_ids.items():
+        if f"{{{parameter}}}" in operation.path:
+            path = operation.path.replace(f"{{{parameter}}}", known)
+    headers = {**auth_headers("alice", admin=True), "Tus-Resumable": "1.0.0", name: value}
+    if name == "Last-Event-ID":
+        headers["Accept"] = "text/event-stream"
+    if operation.body and not isinstance(case.body, (bytes, str, dict)):
+        case.body = b""
+    body = case.body if isinstance(case.body, (bytes, str)) else None
+    if operation.body and operation.body[0].media_type == "application/offset+octet-stream":
+        headers["Content-Type"] = "application/offset+octet-stream"
+    response = requests.request(operation.method.upper(), fuzzed_daemon.url + path,
+                                params=case.query, data=body, headers=headers, timeout=60,
+                                stream=name == "Last-Event-ID")
+    if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        response.close()  # a live stream: its status is what counts
+        assert response.status_code == 200
+        return
+    _expect_a_clear_answer(response, f"{operation.method.upper()} {path} with {name}: {value[:60]!r}")
