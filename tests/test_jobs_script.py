@@ -48,7 +48,7 @@ def test_bad_time_is_refused(given):
 
 def test_check_resources_reports_every_field():
     with pytest.raises(ValidationError) as caught:
-        batch.check_resources({"jobName": "a b", "nodes": 0, "cpus": "x", "memory": "q", "time": "z",
+        batch.check_resources({"jobName": "a\tb", "nodes": 0, "cpus": "x", "memory": "q", "time": "z",
                                "partition": "-p", "account": "a;b", "gpus": -1}, max_script_size=10)
     assert set(caught.value.errors) == {"jobName", "nodes", "cpus", "memory", "time", "partition", "account",
                                         "gpus", "script"}
@@ -62,11 +62,42 @@ def test_check_resources_reports_every_field():
 
 
 def test_directives_refuse_anything_that_could_add_a_line_or_option():
-    for value in ("a b", "x\n#SBATCH --uid=0", "x'", "x#y", "", "x\ry"):
+    for value in ("x\n#SBATCH --uid=0", "", "x\ry", "a\x00b", "a\u2028b", "tab\there"):
         with pytest.raises(ValueError):
             batch.directive_lines([("job-name", value)])
     with pytest.raises(ValueError):
         batch.directive_lines([("uid=0 --x", "1")])
+    # Values outside the plain set are quoted as sbatch reads them back (checked against the
+    # real sbatch in tests/test_jobs_names.py).
+    assert batch.directive_lines([("job-name", "데이터 분석 (1)"), ("job-name", 'a "b" \\ #c'),
+                                  ("exclusive", None), ("mem", "16G")]) == [
+        '#SBATCH --job-name="데이터 분석 (1)"', '#SBATCH --job-name="a \\"b\\" \\\\ #c"',
+        "#SBATCH --exclusive", "#SBATCH --mem=16G"]
+
+
+@pytest.mark.parametrize("name", ["데이터 분석 (1)", "a b", "x" * 128, "it's \"q\"", "#1", "é,ü;漢"])
+def test_job_names_are_any_printable_text(name):
+    assert batch.job_name(name) == name
+    assert batch.check_resources({"jobName": name, "script": "true"}, max_script_size=10)["job_name"] == name
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 129, "a\nb", "a\rb", "a\tb", "a\x00b", "a\x1bb", "a\u2028b",
+                                  "a\x85b", 5, ["a"], {"a": 1}])
+def test_job_names_refused(name):
+    with pytest.raises(ValueError):
+        batch.job_name(name)
+
+
+@pytest.mark.parametrize("path", ["/shared/uploads/alice/files/tmp-1/데이터 (1).csv", "/a/b, c: d.txt",
+                                  "/a/it's $(id) `x`.txt", "/a/../b/./c"])
+def test_input_paths_take_any_printable_name(path):
+    assert batch.input_path(path) == os.path.normpath(path)
+
+
+@pytest.mark.parametrize("path", ["relative.txt", "/a\nb", "/a\rb", "/a\x00b", "/a\tb", "/" + "x" * 5000, 7, None])
+def test_input_paths_refused(path):
+    with pytest.raises(ValueError):
+        batch.input_path(path)
 
 
 def run_bash(text, tmp_path):
@@ -110,7 +141,8 @@ def test_container_command_and_unsafe_binds(tmp_path):
                                     binds=["/j", "/shared/data"])
     assert text.endswith("exec /opt/apptainer exec --nv --bind /j --bind /shared/data /i/p.sif /bin/bash "
                          "/j/script.sh\n")
-    for bind in ("/a,/b", "/a b", "/a\n"):
+    assert batch.bind_path_ok("/data/two words (1)")
+    for bind in ("/a,/b", "/a\n", "relative"):
         with pytest.raises(ValueError):
             batch.build_batch_script([], [], {}, body="", body_path="/j/s", image_path="/i", binds=[bind])
 

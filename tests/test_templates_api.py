@@ -273,8 +273,13 @@ def test_render_checks_values_and_returns_the_batch_script(shared_dir, daemon, t
                                          "overrides.nodes", "overrides.partition"}
     assert daemon.post(f"{LIST}/official.nothing/render", user="alice", json={}).status_code == 404
     odd = daemon.post(url, user="alice", json={"parameters": {"text": "x"},
-                                               "files": [{"storage_path": "/shared/a,/etc/x.txt"}]})
+                                               "files": [{"storage_path": "/shared/a\n#SBATCH --uid=0/x.txt"}]})
     assert odd.status_code == 400 and "files[0]" in odd.json()["errors"]
+    # Commas, spaces and Korean letters are a file name like any other: the path reaches the job quoted.
+    named = daemon.post(url, user="alice", json={"parameters": {"text": "x"},
+                                                 "files": [{"storage_path": "/shared/a,/데이터 (1).txt"}]})
+    assert named.status_code == 200, named.text
+    assert named.json()["environment"]["INPUT_FILE_0"] == "/shared/a,/데이터 (1).txt"
     assert daemon.post(url, user="alice", data="[", headers={"Content-Type": "application/json"}).status_code == 400
 
     crafted = "x\n#SBATCH --uid=0\n$(touch pwned) `touch pwned2` '; rm -rf ~; '"

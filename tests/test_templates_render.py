@@ -162,7 +162,7 @@ def test_overrides_within_bounds_are_applied_and_normalised():
     ({"overrides": {"partition": "viz"}}, "overrides.partition", "one of compute, group1"),
     ({"overrides": {"partition": "compute --uid=0"}}, "overrides.partition", "name"),
     ({"overrides": {"qos": "high"}}, "overrides.qos", "fixed"),
-    ({"overrides": {"job_name": "a\n#SBATCH --uid=0"}}, "overrides.job_name", "letters"),
+    ({"overrides": {"job_name": "a\n#SBATCH --uid=0"}}, "overrides.job_name", "line breaks"),
     ({"overrides": {"uid": 0}}, "overrides.uid", "unknown"),
     ({"extra": 1}, "extra", "unknown"),
 ])
@@ -310,8 +310,8 @@ def test_container_jobs_run_the_body_file_through_apptainer_with_inert_values(tm
 def test_the_builder_refuses_unsafe_directives_and_names():
     with pytest.raises(ValueError):
         t.build_batch_script([("partition", "a\n#SBATCH --uid=0")], {}, "true\n")
-    with pytest.raises(ValueError):
-        t.build_batch_script([("partition", "a b")], {}, "true\n")
+    # A space cannot end the value: it is quoted as sbatch reads it (values are checked before).
+    assert '#SBATCH --partition="a b"\n' in t.build_batch_script([("partition", "a b")], {}, "true\n")
     with pytest.raises(ValueError):
         t.build_batch_script([], {"BAD NAME": "x"}, "true\n")
     with pytest.raises(ValueError):

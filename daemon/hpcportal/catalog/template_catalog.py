@@ -27,7 +27,7 @@ from ..errors import NotFound, PermissionDenied, ValidationError
 from ..models.base import isoformat
 from ..models.catalog import Image
 from ..models.templates import Template
-from ..slurm.script import SAFE_PATH
+from ..slurm.script import input_path
 from . import templates as tpl
 from .indexer import InvalidFile, ModelKind, generation
 
@@ -347,9 +347,11 @@ class TemplateCatalog:
                      for index, item in enumerate(request["files"])]
             for index, item in enumerate(files):
                 path = item.get("storage_path") if isinstance(item, dict) else item
-                if isinstance(path, str) and f"files[{index}]" not in errors and (
-                        any(c in path for c in "\n\r,:") or not SAFE_PATH.match(posixpath.normpath(path))):
-                    errors[f"files[{index}]"] = "the path has characters a job cannot be given safely"
+                if isinstance(path, str) and f"files[{index}]" not in errors:
+                    try:
+                        input_path(path)
+                    except ValueError as exc:
+                        errors[f"files[{index}]"] = str(exc)
             if errors:
                 raise ValidationError(f"{len(errors)} file(s) are not acceptable for this template.",
                                       errors=errors)

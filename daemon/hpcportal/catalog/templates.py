@@ -58,6 +58,7 @@ from ..errors import ValidationError
 from . import safe_yaml
 # One quoting and one #SBATCH check for the whole daemon: job submission's.
 from ..slurm.script import DIRECTIVE_VALUE, bash_quote, directive_lines, export_lines  # noqa: F401
+from ..slurm.script import bind_path_ok, job_name as check_job_name
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 USERS_SOURCE = "users"
@@ -750,7 +751,7 @@ def build_batch_script(directives, environment, body, *, image_path=None, body_p
     command = [apptainer_command, "exec", *exec_options]
     for bind in binds:
         # apptainer splits --bind on commas: one path must stay one bind.
-        if not DIRECTIVE_VALUE.match(bind) or "," in bind:
+        if not bind_path_ok(bind):
             raise ValueError(f"unsafe bind path {bind!r}")
         command += ["--bind", bind]
     if app:
@@ -837,9 +838,6 @@ def _check_files(document, items, errors, stat=os.stat):
     return assigned, ordered
 
 
-_JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}$")
-
-
 def _resolve_slurm(document, overrides, errors, default_job_name="job"):
     """Checked ``{template key: value}`` and the ``#SBATCH`` directives."""
     if overrides is None:
@@ -853,10 +851,10 @@ def _resolve_slurm(document, overrides, errors, default_job_name="job"):
     job_name = overrides.pop("job_name", overrides.pop("jobName", None))
     if job_name is None:
         job_name = default_job_name
-    if not isinstance(job_name, str) or not _JOB_NAME.match(job_name):
-        errors["overrides.job_name"] = "use 1-128 letters, digits and . _ + -"
-    else:
-        directives.append(("job-name", job_name))
+    try:
+        directives.append(("job-name", check_job_name(job_name)))
+    except ValueError as exc:
+        errors["overrides.job_name"] = str(exc)
     for key in overrides:
         if key not in SLURM_SETTINGS:
             errors[f"overrides.{key}"] = "unknown setting"
@@ -1012,6 +1010,7 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
     comment = f"hpcportal template {template_id} {version}"
     body = document["script"]
     result = {"template": {"id": template_id, "version": version}, "slurm": slurm_values,
+              "job_name": dict(directives).get("job-name"),
               "parameters": params_out, "environment": environment, "image": None}
     try:
         _build_rendered(result, container, directives, environment, body, image, job_dir,

@@ -16,7 +16,6 @@ import os
 import posixpath
 import pwd
 import re
-import subprocess
 import uuid
 
 import peewee
@@ -25,10 +24,13 @@ from ..auth import User
 from ..errors import Conflict, NotFound, PermissionDenied, ServiceUnavailable, ValidationError
 from ..models.base import isoformat, utcnow
 from ..models.jobs import Job
+from ..slurm import directives
 from ..slurm import script as batch
 from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
-from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable, as_user
+from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
+from .inputs import InputFiles
+from .request import type_errors
 
 log = logging.getLogger("hpcportal.jobs")
 
@@ -41,7 +43,6 @@ SUBMISSION_RECORD = "submission.json"
 RECORD_FIELDS = ("submission_id", "user", "uid", "name", "partition", "nodes", "cpus", "memory", "time_limit",
                  "account", "qos", "gpus", "image", "template_id", "template_version", "parameters", "files",
                  "client_job_id")
-MAX_FILES = 1000
 _REQUEST_FIELD = {"overrides.job_name": "jobName", "overrides.jobName": "jobName", "overrides.partition": "partition",
                   "overrides.nodes": "nodes", "overrides.cpus": "cpus", "overrides.memory": "memory",
                   "overrides.time": "time", "overrides.account": "account", "overrides.qos": "qos",
@@ -107,7 +108,7 @@ class JobService:
         self._templates = templates
         self._uploads = uploads
         self._metrics = metrics
-        self._check_readable = check_readable or readable_by
+        self._inputs = InputFiles(uploads, config.slurm.data_roots, check_readable)
 
     # -- submit ------------------------------------------------------------------
 
@@ -124,34 +125,33 @@ class JobService:
         return self._run(user, plan)
 
     def _plan(self, user, body):
-        """Everything the submission needs, checked; a ValidationError lists every bad field."""
-        errors = {}
+        """Everything the submission needs, checked; a ValidationError lists every bad field.
+        Only a request valid in itself asks Slurm anything (its partitions, last)."""
+        errors = type_errors(body)
         template_id = body.get("templateId")
-        use_template = template_id not in (None, "")
+        use_template = isinstance(template_id, str) and template_id != ""
+        script_options = {}
+        if not use_template and isinstance(body.get("script"), str):
+            try:
+                script_options = directives.script_options(body["script"])
+            except ValidationError as exc:
+                errors.update(exc.errors or {})
         try:
             resources = batch.check_resources(body, max_script_size=self._config.slurm.max_script_size,
-                                              need_name=not use_template, need_script=not use_template)
+                                              need_name=not use_template and "job-name" not in script_options,
+                                              need_script=not use_template)
         except ValidationError as exc:
-            errors.update(exc.errors or {})
+            errors = {**(exc.errors or {}), **errors}
             resources = {}
         client_job_id = body.get("jobId")
         if client_job_id not in (None, "") and not (isinstance(client_job_id, str)
                                                     and _CLIENT_JOB_ID.match(client_job_id)):
-            errors["jobId"] = "must be the dashboard's temporary id (letters, digits and . _ : -)"
+            errors.setdefault("jobId", "must be the dashboard's temporary id (letters, digits and . _ : -)")
             client_job_id = None
-        partition = resources.get("partition")
-        partitions = self.slurm.partitions()
-        names = [p["name"] for p in partitions]
-        if partition is not None and partition not in names:
-            errors["partition"] = f"there is no partition {partition!r} (available: {', '.join(names)})"
-        effective_partition = partition or next((p["name"] for p in partitions if p["default"]), None)
-        if partition is None and effective_partition and not use_template and "partition" not in errors:
-            # Written out, so the job row and the image check name the partition the job runs in.
-            resources["partition"] = effective_partition
-        files, template_files = self._check_files(user, body, errors)
+        files, template_files = self._inputs.check(user, body, errors)
         image = None
         if not use_template:
-            image = self._check_image(body.get("apptainerImage"), effective_partition, errors)
+            image = self._check_image(body.get("apptainerImage"), errors)
         elif body.get("apptainerImage") not in (None, {}, ""):
             errors["apptainerImage"] = "a template chooses its own image; leave apptainerImage out"
         if use_template and self._templates is None:
@@ -160,14 +160,40 @@ class JobService:
             raise ValidationError(_summary(errors), errors=dict(sorted(errors.items())))
         submission_id = uuid.uuid4().hex
         job_dir = self.folders.path(user.name, submission_id)
-        plan = {"submission_id": submission_id, "job_dir": job_dir, "resources": resources,
+        # The body's own values make its options; the script's #SBATCH lines fill in where it is silent.
+        plan = {"submission_id": submission_id, "job_dir": job_dir,
+                "resources": {**directives.recorded_values(script_options),
+                              **{k: v for k, v in resources.items() if v is not None}},
+                "body_resources": resources, "script_options": script_options,
                 "files": files, "image": image, "client_job_id": client_job_id or None,
                 "template": None, "parameters": None, "template_files": template_files}
         if use_template:
             self._render_template(user, body, plan)
-        else:
+        self._check_partition(plan, use_template)
+        if not use_template:
             self._build_script(plan)
         return plan
+
+    def _check_partition(self, plan, use_template):
+        """The job's partition exists (the default one is written out) and its image may run there."""
+        resources = plan["resources"]
+        partitions = self.slurm.partitions()
+        names = [p["name"] for p in partitions]
+        partition = resources.get("partition")
+        if partition is not None and partition not in names:
+            reason = f"there is no partition {partition!r} (available: {', '.join(names)})"
+            raise ValidationError(_summary({"partition": reason}), errors={"partition": reason})
+        if partition is None and not use_template:
+            partition = next((p["name"] for p in partitions if p["default"]), None)
+            if partition is not None:
+                # Written out, so the job row names the partition the job runs in.
+                resources["partition"] = plan["body_resources"]["partition"] = partition
+        image = plan["image"]
+        allowed = image.get("partitions") if image and not use_template else None
+        if partition and allowed is not None and partition not in allowed:
+            reason = (f"image {image['id']!r} may not run on partition {partition!r} "
+                      f"(allowed: {', '.join(allowed) or 'none'})")
+            raise ValidationError(_summary({"apptainerImage": reason}), errors={"apptainerImage": reason})
 
     def _job_options(self, plan):
         job_dir = plan["job_dir"]
@@ -185,23 +211,26 @@ class JobService:
         binds = [plan["job_dir"], *self._config.slurm.apptainer_binds]
         for path in plan["files"]:
             folder = posixpath.dirname(path)
+            if ":" in folder:
+                raise ValueError(f"apptainer would read the ':' in the folder of {path} as a bind's target")
             if folder not in binds:
                 binds.append(folder)
         return binds
 
     def _build_script(self, plan):
         resources = plan["resources"]
+        options = directives.merged(batch.directives_for(plan["body_resources"]), plan["script_options"])
         environment = self._portal_environment(plan)
         for index, path in enumerate(plan["files"]):
             environment[f"INPUT_FILE_{index}"] = path
         environment["INPUT_FILE_COUNT"] = str(len(plan["files"]))
-        body = resources["script"]
+        body = plan["body_resources"]["script"]
         body_path = posixpath.join(plan["job_dir"], USER_SCRIPT)
         image = plan["image"]
         exec_options = ["--nv"] if image and (image.get("gpu") or resources.get("gpus")) else []
         try:
             text = batch.build_batch_script(
-                batch.directives_for(resources), self._job_options(plan), environment, body=body,
+                options, self._job_options(plan), environment, body=body,
                 body_path=body_path, image_path=image["path"] if image else None,
                 apptainer_command=self._config.slurm.apptainer, exec_options=exec_options,
                 binds=self._binds(plan) if image else ())
@@ -211,7 +240,7 @@ class JobService:
         plan["user_script"] = body
 
     def _render_template(self, user, body, plan):
-        resources = plan["resources"]
+        resources = plan["body_resources"]
         overrides = {}
         for key, field in (("job_name", "jobName"), ("partition", "partition"), ("nodes", "nodes"),
                            ("cpus", "cpus"), ("memory", "memory"), ("time", "time"), ("account", "account"),
@@ -240,8 +269,9 @@ class JobService:
         except ValueError as exc:
             raise ValidationError(f"The template's script cannot be submitted: {exc}.") from None
         slurm_values = result.get("slurm") or {}
+        resources = plan["resources"]
         resources.update({
-            "job_name": _directive(text, "job-name") or body["templateId"],
+            "job_name": result.get("job_name") or body["templateId"],
             "partition": slurm_values.get("partition") or resources.get("partition"),
             "nodes": slurm_values.get("nodes", resources.get("nodes")),
             "cpus": slurm_values.get("cpus", resources.get("cpus")),
@@ -251,10 +281,6 @@ class JobService:
             "qos": slurm_values.get("qos", resources.get("qos")),
             "gpus": slurm_values.get("gpus", resources.get("gpus")),
         })
-        partition = resources.get("partition")
-        if partition is not None and partition not in [p["name"] for p in self.slurm.partitions()]:
-            raise ValidationError(f"There is no partition {partition!r}.",
-                                  errors={"partition": f"there is no partition {partition!r}"})
         plan["batch_script"] = text
         plan["user_script"] = result.get("body")
         plan["user_script_path"] = result.get("body_path")
@@ -262,7 +288,8 @@ class JobService:
         plan["template"] = result.get("template") or {"id": body["templateId"], "version": version}
         plan["parameters"] = result.get("parameters")
 
-    def _check_image(self, given, partition, errors):
+    def _check_image(self, given, errors):
+        """The catalog's image for ``given`` (its partitions are checked once the partition is known)."""
         if given in (None, {}, ""):
             return None
         if not isinstance(given, dict):
@@ -288,88 +315,11 @@ class JobService:
             errors["apptainerImage"] = (f"image {image_id!r}: path {path!r} is not the catalog's path "
                                         f"{image['path']}")
             return None
-        allowed = image.get("partitions")
-        if partition and allowed is not None and partition not in allowed:
-            errors["apptainerImage"] = (f"image {image_id!r} may not run on partition {partition!r} "
-                                        f"(allowed: {', '.join(allowed) or 'none'})")
-            return None
         if not batch.SAFE_PATH.match(image["path"]):
             errors["apptainerImage"] = f"image {image_id!r} has a path the portal cannot pass to apptainer"
             return None
         keys = ("id", "name", "path", "type", "version", "gpu", "partitions")
         return {k: image.get(k) for k in keys}
-
-    def _check_files(self, user, body, errors):
-        """Absolute paths of the user's own files, in the order given."""
-        paths = []
-        template_files = []
-        given = body.get("files")
-        ids = body.get("fileIds")
-        items = []
-        if given not in (None, []):
-            if not isinstance(given, list):
-                errors["files"] = "must be a list of files"
-            else:
-                items += [("files", i, item) for i, item in enumerate(given)]
-        if ids not in (None, []):
-            if not isinstance(ids, list):
-                errors["fileIds"] = "must be a list of file ids"
-            else:
-                items += [("fileIds", i, {"file_id": item}) for i, item in enumerate(ids)]
-        if len(items) > MAX_FILES:
-            errors["files"] = f"at most {MAX_FILES} files per job"
-            return [], []
-        for field, index, item in items:
-            key = f"{field}[{index}]"
-            if isinstance(item, str) and field == "files":
-                item = {"storage_path": item}
-            if not isinstance(item, dict):
-                errors[key] = "must be an object with storage_path or file_id"
-                continue
-            try:
-                path = self._own_file(user, item)
-            except ValueError as exc:
-                errors[key] = str(exc)
-                continue
-            paths.append(path)
-            slot = item.get("name")
-            entry = {"storage_path": path}
-            for extra in ("filename", "size", "file_type"):
-                if extra in item:
-                    entry[extra] = item[extra]
-            if isinstance(slot, str):
-                entry["name"] = slot
-            template_files.append(entry)
-        return paths, template_files
-
-    def _own_file(self, user, item):
-        file_id = item.get("file_id", item.get("fileId", item.get("id")))
-        path = item.get("storage_path", item.get("path"))
-        if file_id not in (None, "") and self._uploads is not None and isinstance(file_id, str):
-            found = self._uploads.file_for_user(user.name, file_id)
-            if found is None:
-                raise ValueError(f"you have no uploaded file {file_id!r}")
-            if path not in (None, "") and os.path.normpath(str(path)) != os.path.normpath(found["storage_path"]):
-                raise ValueError(f"file {file_id!r} is not at {path!r}")
-            return os.path.normpath(found["storage_path"])
-        if file_id not in (None, "") and path in (None, ""):
-            raise ValueError("uploaded files are not available on this portal" if self._uploads is None
-                             else "file_id must be a string")
-        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path or len(path) > 4096:
-            raise ValueError("storage_path must be an absolute path")
-        normalized = os.path.normpath(path)
-        if any(c in normalized for c in "\n\r,:") or not batch.SAFE_PATH.match(normalized):
-            raise ValueError("the path has characters a job cannot be given safely")
-        if self._uploads is not None and self._uploads.file_by_storage_path(user.name, normalized):
-            return normalized
-        roots = [user.home if r == "~" else r for r in self._config.slurm.data_roots]
-        real = os.path.realpath(normalized)
-        if not any(_under(normalized, root) and _under(real, root) for root in roots if root):
-            raise ValueError(f"{normalized} is neither one of your uploads nor under "
-                             f"{', '.join(self._config.slurm.data_roots)}")
-        if not self._check_readable(user, normalized):
-            raise ValueError(f"{normalized} does not exist or you may not read it")
-        return normalized
 
     def _run(self, user, plan):
         submission_id = plan["submission_id"]
@@ -573,32 +523,7 @@ def _parse_time(text):
         return None
 
 
-def _directive(script, option):
-    prefix = f"#SBATCH --{option}="
-    for line in script.splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix):]
-    return None
-
-
-def _under(path, root):
-    root = os.path.normpath(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def _summary(errors):
     first = next(iter(sorted(errors)))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"The job request is not valid: {first} {errors[first]}{more}."
-
-
-def readable_by(user, path):
-    """Whether ``user`` may read ``path``, asked with the user's own identity."""
-    argv, kwargs = as_user(user, ["/usr/bin/test", "-r", path]) if os.geteuid() == 0 \
-        else (["/usr/bin/test", "-r", path], {})
-    try:
-        answer = subprocess.run(argv, env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=10,
-                                stdin=subprocess.DEVNULL, capture_output=True, **kwargs)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return answer.returncode == 0

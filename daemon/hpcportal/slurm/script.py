@@ -1,24 +1,30 @@
 """Checking a job request and writing its batch script.
 
-Every value that reaches an ``#SBATCH`` line is checked against a strict
-character set first, so no value can add a line or an option. The user's own
+Every value that reaches an ``#SBATCH`` line is checked first: no control
+character (so no value can add a line), and a value outside a plain character
+set is written in double quotes with ``\\`` and ``"`` escaped, as sbatch reads
+its directives (so spaces, ``#`` and quotes cannot add an option). The user's own
 script is never pasted into the batch script: it is saved byte-for-byte as its
 own file and run from there (inside ``apptainer exec`` when an image is
 chosen), so nothing in its text can end a heredoc or add a directive.
 """
 
 import math
+import posixpath
 import re
 import shlex
 
 from ..errors import ValidationError
 
-JOB_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,128}\Z")
+MAX_JOB_NAME = 128
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Values allowed on an #SBATCH line or in a --bind: no space, quote, #, newline, ...
 DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,1024}\Z")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.@%+=/-]{0,4095}\Z")
+# Control characters, and the Unicode line and paragraph separators some readers take for newlines.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_PATH = 4096
 
 MAX_NODES = 100000
 MAX_TASKS = 1000000
@@ -122,6 +128,36 @@ def _count(value, minimum, maximum):
     return value
 
 
+def job_name(value):
+    """The job name as given: any printable text (Korean, spaces, quotes) of 1-128 characters."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > MAX_JOB_NAME:
+        raise ValueError(f"must be at most {MAX_JOB_NAME} characters")
+    if CONTROL.search(value):
+        raise ValueError("must not contain line breaks, tabs or other control characters")
+    return value
+
+
+def input_path(value):
+    """An absolute path a job can be handed (quoted wherever it is written): any
+    characters but control characters (newline, NUL, ...), normalised."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_PATH:
+        raise ValueError("storage_path must be an absolute path")
+    if CONTROL.search(value):
+        raise ValueError("the path has line breaks or other control characters a job cannot be given")
+    return posixpath.normpath(value)
+
+
+def bind_path_ok(bind):
+    """Whether ``bind`` (a path, or an administrator's ``src:dest:opts``) is one ``apptainer
+    --bind``: apptainer splits the value on commas. Spaces are fine: it is one quoted argument."""
+    return (isinstance(bind, str) and bind.startswith("/") and not CONTROL.search(bind)
+            and "," not in bind)
+
+
 def _given(body, key):
     value = body.get(key)
     return value is not None and value != ""
@@ -140,10 +176,11 @@ def check_resources(body, *, max_script_size, need_name=True, need_script=True):
         if need_name:
             errors["jobName"] = "is required"
         out["job_name"] = None
-    elif not isinstance(name, str) or not JOB_NAME.match(name):
-        errors["jobName"] = "use 1-128 letters, digits and . _ + - (no spaces or line breaks)"
     else:
-        out["job_name"] = name
+        try:
+            out["job_name"] = job_name(name)
+        except ValueError as exc:
+            errors["jobName"] = str(exc)
     for key in ("partition", "account", "qos"):
         value = body.get(key)
         if not _given(body, key):
@@ -225,13 +262,31 @@ def bash_quote(value):
     return "$'" + "".join(escaped) + "'"
 
 
+def directive_value(value):
+    """``value`` as sbatch reads it back from an ``#SBATCH`` line: plain, or in double
+    quotes with ``\\`` and ``"`` escaped (sbatch's own rule; an unquoted space or ``#``
+    would end the value). Raises ValueError on what no line can hold."""
+    value = str(value)
+    if DIRECTIVE_VALUE.match(value):
+        return value
+    if not value or CONTROL.search(value) or len(value) > 4096:
+        raise ValueError(f"{value!r} cannot be written on an #SBATCH line")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def directive_lines(directives):
+    """``#SBATCH`` lines for ``[(option, value)]``; a value of None is a flag (``--exclusive``)."""
     lines = []
     for option, value in directives:
-        value = str(value)
-        if not re.fullmatch(r"[a-z][a-z-]{0,40}", option) or not DIRECTIVE_VALUE.match(value):
-            raise ValueError(f"unsafe #SBATCH value for --{option}: {value!r}")
-        lines.append(f"#SBATCH --{option}={value}")
+        if not re.fullmatch(r"[a-z][a-z-]{0,40}", option):
+            raise ValueError(f"unsafe #SBATCH option --{option}")
+        if value is None:
+            lines.append(f"#SBATCH --{option}")
+            continue
+        try:
+            lines.append(f"#SBATCH --{option}={directive_value(value)}")
+        except ValueError:
+            raise ValueError(f"unsafe #SBATCH value for --{option}: {value!r}") from None
     return lines
 
 
@@ -273,7 +328,7 @@ def build_batch_script(directives, job_options, environment, *, body, body_path,
     if image_path is not None:
         container = [apptainer_command, "exec", *exec_options]
         for bind in binds:
-            if not DIRECTIVE_VALUE.match(bind) or "," in bind:
+            if not bind_path_ok(bind):
                 raise ValueError(f"unsafe bind path {bind!r}")
             container += ["--bind", bind]
         command = [*container, image_path, *command]
