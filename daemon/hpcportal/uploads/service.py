@@ -265,10 +265,9 @@ class Uploads(JobLinks):
             raise ValidationError("chunk_sha256 must be 64 hexadecimal digits.",
                                   errors={"chunk_sha256": "must be 64 hexadecimal digits"})
         self._forget_hashed(row.id, index)
-        with self._database.atomic():  # one commit (one WAL fsync) instead of two
-            UploadChunk.delete().where((UploadChunk.upload == row.id)
-                                       & (UploadChunk.chunk_index == index)).execute()
-            self._touch(row.id)
+        this_chunk = (UploadChunk.upload == row.id) & (UploadChunk.chunk_index == index)
+        if UploadChunk.select().where(this_chunk).exists():  # a re-send; else no commit (WAL fsync) here
+            UploadChunk.delete().where(this_chunk).execute()
         digest = hashlib.sha256() if chunk_sha256 else None
         fd = self._open_partial(row)
         try:
@@ -296,7 +295,8 @@ class Uploads(JobLinks):
             try:
                 # No INSERT IGNORE: on MariaDB it would also swallow the foreign-key
                 # error of an upload cancelled meanwhile and acknowledge the chunk.
-                with self._database.atomic():
+                with self._database.atomic():  # touch first: its row lock comes before the insert's
+                    self._touch(row.id)
                     UploadChunk.insert(upload=row.id, chunk_index=index, size=expected,
                                        token=os.urandom(8).hex(), received_at=self._now()).execute()
             except peewee.IntegrityError:
@@ -326,9 +326,10 @@ class Uploads(JobLinks):
             self._hashing.pop(upload_id, None)
 
     def _forget_hashed(self, upload_id, index):
-        """A re-send of a chunk already hashed here: start the hash over."""
+        """A re-send of a chunk already hashed here: start the hash over. Looked at unlocked
+        first: hashing holds the lock for whole chunks (one hashed meanwhile gets a new token)."""
         state = self._hashing_state(upload_id)
-        if state is not None:
+        if state is not None and index < state.next_index:
             with state.lock:
                 if index < state.next_index:
                     state.reset()
