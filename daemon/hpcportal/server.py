@@ -12,6 +12,8 @@ import time
 import waitress
 from waitress.channel import HTTPChannel
 
+from .bodies import BodyBudget, keeping_bodies_in_memory
+
 log = logging.getLogger("hpcportal.server")
 
 # How long a stop waits for requests in flight before closing anyway.
@@ -24,6 +26,11 @@ DRAIN_SECONDS = 30
 RECV_BYTES = 256 * 1024
 # Room for multipart framing around the largest chunk a client may send.
 BODY_MARGIN = 1024 * 1024
+# Bodies up to uploads.chunk_size plus this (multipart framing and fields) are
+# received in memory, up to one per worker thread at once (bodies.py): spooling
+# each 5 MiB chunk through TMPDIR cost an eighth of the daemon's CPU time per
+# upload, and the chunk's time before the daemon could write it (bench/RESULTS.md).
+CHUNK_FRAMING = 64 * 1024
 
 
 def limit_malloc_arenas(arenas=2, environ=os.environ):
@@ -80,6 +87,9 @@ class Server:
             cleanup_interval=30,
             recv_bytes=RECV_BYTES,
         )
+        largest = config.uploads.chunk_size + CHUNK_FRAMING
+        self.bodies = BodyBudget(config.server.threads * largest, largest, app.portal.registry)
+        self._server.channel_class = keeping_bodies_in_memory(self._server.channel_class, self.bodies)
 
     @property
     def port(self):
