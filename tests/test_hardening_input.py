@@ -228,3 +228,23 @@ def test_tokens_with_claims_of_the_wrong_shape_are_refused(portal, payload):
 def test_a_valid_token_still_works(portal):
     token = jwt.encode({"sub": "alice", "exp": 4102444800}, TEST_SECRET, algorithm="HS256")
     assert portal.get("/api/v2/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+# -- sizes and times written with hundreds of digits ------------------------------
+
+LONG = ["9" * 5000, "9" * 300, "1-" + "9" * 5000, "9" * 5000 + ":00:00", "9" * 400 + "G",
+        "9" * 5000 + "G", "9" * 400 + ".5G", "0." + "9" * 5000 + "G", "1" * 20]
+
+
+@pytest.mark.parametrize("field", ["memory", "time"])
+@pytest.mark.parametrize("value", LONG, ids=[f"{v[:6]}..{len(v)}" for v in LONG])
+def test_sizes_and_times_of_hundreds_of_digits_answer_400(portal, field, value):
+    submitted = portal.post("/api/slurm/jobs/submit", user="alice",
+                            json={"jobName": "long", "script": "#!/bin/bash\ntrue\n", field: value})
+    if submitted.status_code != 200:  # "1" * 20 minutes is refused too; the rest surely
+        _refused(submitted, 400)
+    rendered = portal.post(RENDER, user="alice",
+                           json={"parameters": {"text": "x"}, "overrides": {field: value}})
+    _refused(rendered, 400)
+    for answer in (submitted, rendered):
+        assert "Exceeds the limit" not in answer.text  # Python's words, not ours

@@ -30,11 +30,12 @@ MAX_NODES = 100000
 MAX_TASKS = 1000000
 MAX_GPUS = 1024
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?)(B?)\s*$", re.IGNORECASE)
+# Digits are bounded: float() of thousands of digits is infinity, int() refuses them.
+_SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([KMGTP]?)(I?)(B?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
 _TIME = re.compile(
-    r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+))?(?::(?P<ds>\d+))?"
-    r"|(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?)\Z")
+    r"^(?:(?P<days>\d{1,10})-(?P<dh>\d{1,10})(?::(?P<dm>\d{1,10}))?(?::(?P<ds>\d{1,10}))?"
+    r"|(?P<a>\d{1,10})(?::(?P<b>\d{1,10}))?(?::(?P<c>\d{1,10}))?)\Z")
 
 
 def memory_megabytes(value):
