@@ -20,6 +20,7 @@ from . import errors
 from .auth import Authenticator, TokenVerifier, UserDirectory
 from .audit import AuditTrail
 from .ratelimit import RateLimits
+from .requestlabels import loggable, method_label, route_label
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -117,26 +118,27 @@ class RequestContextMiddleware:
 
     def process_response(self, req, resp, resource, req_succeeded):
         duration = time.monotonic() - getattr(req.context, "started", time.monotonic())
-        route = req.uri_template or "(unrouted)"
+        # Labels and logged values from fixed sets or cut to a bound: clients choose them.
+        method, route = method_label(req.method), route_label(req.uri_template)
         status = resp.status if isinstance(resp.status, int) else int(str(resp.status).split()[0])
         user = req.context.user.name if getattr(req.context, "user", None) else "-"
-        self._requests.labels(req.method, route, str(status)).inc()
-        self._latency.labels(req.method, route).observe(duration)
-        access_log.info("%s %s %s %.1fms user=%s rid=%s", req.method, route, status,
+        self._requests.labels(method, route, str(status)).inc()
+        self._latency.labels(method, route).observe(duration)
+        access_log.info("%s %s %s %.1fms user=%s rid=%s", loggable(req.method, 16), route, status,
                         duration * 1000, user, getattr(req.context, "request_id", "-"))
         if req.method not in READ_ONLY_METHODS and req.path.startswith("/api/"):
-            self._audit(req, route, status, user)
+            self._audit(req, f"{loggable(req.method, 16)} {route}", status, user)
         database = self._portal.database
         if not isinstance(database, peewee.SqliteDatabase) and not database.is_closed():
             database.close()  # back to the pool; SQLite keeps one per worker thread
 
-    def _audit(self, req, route, status, user):
+    def _audit(self, req, action, status, user):
         outcome = "ok" if status < 400 else ("denied" if status in (401, 403) else "failed")
         record = {
             "user": None if user == "-" else user,
             "client": client_address(req, self._portal.config.server.trusted_proxies),
-            "action": f"{req.method} {route}",
-            "target": req.context.audit_target or req.path,
+            "action": action,
+            "target": loggable(req.context.audit_target or req.path),
             "outcome": outcome,
             "status": status,
             "request_id": req.context.request_id,
@@ -171,9 +173,9 @@ def _serialize_http_error(req, resp, exc):
     code = exc.status_code if hasattr(exc, "status_code") else int(str(exc.status).split()[0])
     message = exc.description or exc.title or "Error"
     if code == 404 and not exc.description:
-        message = f"There is no resource at {req.path}."
+        message = f"There is no resource at {loggable(req.path)}."
     elif code == 405 and not exc.description:
-        message = f"Method {req.method} is not allowed on {req.path}."
+        message = f"Method {loggable(req.method, 16)} is not allowed on {loggable(req.path)}."
     body = {"success": False, "error": _HTTP_CODES.get(code, "http_error"), "message": message}
     resp.media = body
     resp.content_type = falcon.MEDIA_JSON
@@ -207,7 +209,8 @@ def _add_error_handlers(app):
         if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
             raise exc
         request_id = getattr(req.context, "request_id", "-")
-        log.exception("unexpected error rid=%s on %s %s", request_id, req.method, req.path)
+        log.exception("unexpected error rid=%s on %s %s", request_id, loggable(req.method, 16),
+                      loggable(req.path))
         resp.status = falcon.HTTP_500
         resp.media = {"success": False, "error": "internal_error", "request_id": request_id,
                       "message": f"An unexpected error occurred (request id {request_id})."}
