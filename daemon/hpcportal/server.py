@@ -11,8 +11,10 @@ import time
 
 import waitress
 from waitress.channel import HTTPChannel
+from waitress.task import WSGITask
 
 from .bodies import BodyBudget, keeping_bodies_in_memory
+from .requestlabels import BoundedLogValues
 
 log = logging.getLogger("hpcportal.server")
 
@@ -31,6 +33,44 @@ BODY_MARGIN = 1024 * 1024
 # each 5 MiB chunk through TMPDIR cost an eighth of the daemon's CPU time per
 # upload, and the chunk's time before the daemon could write it (bench/RESULTS.md).
 CHUNK_FRAMING = 64 * 1024
+
+
+class AnsweringTask(WSGITask):
+    """Marks its channel while a response is being produced (see PipelineChannel)."""
+
+    def service(self):
+        self.channel.answering = True
+        try:
+            super().service()
+        finally:
+            self.channel.answering = False
+
+
+class PipelineChannel(HTTPChannel):
+    """A connection whose client stops reading does not hold a worker thread.
+
+    Between two pipelined requests waitress makes the worker wait until the
+    client has taken all but outbuf_high_watermark (16 MiB) of what is queued
+    for it: a client that asks for a large file twice in one packet and reads
+    nothing would hold a worker for ever. Instead, this connection answers
+    nothing more: its queued requests are dropped and it closes once the
+    queued answers are sent (HTTP/1.1 clients retry requests a closed
+    connection did not answer). Waiting inside one answer (a worker writing a
+    long body) is unchanged; our long bodies are files, sent by the event loop.
+    """
+
+    task_class = AnsweringTask
+    answering = False
+
+    def _flush_outbufs_below_high_watermark(self):
+        if self.answering or self.total_outbufs_len <= self.adj.outbuf_high_watermark:
+            return super()._flush_outbufs_below_high_watermark()
+        with self.requests_lock:
+            self.close_when_flushed = True
+            for request in self.requests[1:]:
+                request.close()
+            del self.requests[1:]
+        return None
 
 
 def limit_malloc_arenas(arenas=2, environ=os.environ):
@@ -75,6 +115,9 @@ class Server:
         self._config = config
         self._stop_requested = threading.Event()
         self._listening_closed = threading.Event()
+        waitress_log = logging.getLogger("waitress")
+        if not any(isinstance(f, BoundedLogValues) for f in waitress_log.filters):
+            waitress_log.addFilter(BoundedLogValues())
         self._server = waitress.create_server(
             app,
             host=config.server.host,
@@ -87,6 +130,7 @@ class Server:
             cleanup_interval=30,
             recv_bytes=RECV_BYTES,
         )
+        self._server.channel_class = PipelineChannel
         largest = config.uploads.chunk_size + CHUNK_FRAMING
         self.bodies = BodyBudget(config.server.threads * largest, largest, app.portal.registry)
         self._server.channel_class = keeping_bodies_in_memory(self._server.channel_class, self.bodies)

@@ -4,6 +4,7 @@ Used by the files API (uploads) and the job results download, so both speak
 HTTP ranges the same way.
 """
 
+import errno
 import os
 import re
 import urllib.parse
@@ -11,8 +12,6 @@ import urllib.parse
 import falcon
 
 from ..errors import RangeNotSatisfiable
-
-BLOCK = 1024 * 1024
 
 
 def _position(digits):
@@ -41,33 +40,54 @@ def parse_range(header, size):
     return start, min(_position(last), size - 1) if last else size - 1
 
 
-class FileBody:
-    """Iterates a byte range of a descriptor in blocks; closed by the server."""
+class FileRange:
+    """One byte range of a descriptor, as a read-only file that owns the descriptor.
+
+    Handed to the WSGI server's ``wsgi.file_wrapper`` (falcon does that for a
+    ``resp.stream`` with ``read``): waitress then sends it from its event loop
+    as the client takes it, so a client that reads nothing holds no worker
+    thread. Offsets are relative to the range: ``seek(0, 2)`` is its end, which
+    is how waitress measures what is left to send.
+    """
 
     def __init__(self, fd, start, length):
         self._fd = fd
-        self._offset = start
-        self._left = length
+        self._start = start
+        self._length = length
+        self._position = 0
 
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self._left <= 0 or self._fd is None:
-            self.close()
-            raise StopIteration
-        block = os.pread(self._fd, min(BLOCK, self._left), self._offset)
+    def read(self, size=-1):
+        left = self._length - self._position
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0 or self._fd is None:
+            return b""
+        block = os.pread(self._fd, size, self._start + self._position)
         if not block:
-            self.close()
-            raise StopIteration
-        self._offset += len(block)
-        self._left -= len(block)
+            # Returning b"" would leave waitress retrying the send for ever;
+            # an error closes the connection, so the client sees a cut answer.
+            raise OSError(errno.EIO, "the file shrank while it was being sent")
+        self._position += len(block)
         return block
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = min(max(0, base + offset), self._length)
+        return self._position
+
+    def tell(self):
+        return self._position
+
+    def seekable(self):
+        return True
 
     def close(self):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    # A body never handed to the server (HEAD, an error after the handler) still frees its descriptor.
+    __del__ = close
 
 
 def send_file(req, resp, fd, *, etag, filename, content_type="application/octet-stream"):
@@ -96,4 +116,4 @@ def send_file(req, resp, fd, *, etag, filename, content_type="application/octet-
         raise
     resp.content_type = content_type
     resp.content_length = max(0, end - start + 1)
-    resp.stream = FileBody(fd, start, max(0, end - start + 1))
+    resp.stream = FileRange(fd, start, max(0, end - start + 1))
