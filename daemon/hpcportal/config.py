@@ -289,6 +289,9 @@ SETTINGS = (
     S("slurm", "max_streams", parse_int, 4,
       "Live output streams open at once (each holds a worker thread, so at most "
       "server.threads - 1 are allowed); more get 429."),
+    S("slurm", "max_streams_per_user", parse_int, 2,
+      "Live output streams one user may have open at once on this head; more get 429 "
+      "while other users keep theirs."),
     S("slurm", "stream_max_duration", parse_duration, "30m",
       "A live output stream ends after this long; the client resumes with Last-Event-ID."),
     S("slurm", "stream_heartbeat", parse_duration, "15s", "Heartbeat interval of live output streams."),
@@ -475,3 +478,5 @@ def _check(values):
         fail("slurm.command_timeout", "must be positive")
     if values["slurm.max_streams"] < 0:
         fail("slurm.max_streams", "must not be negative")
+    if values["slurm.max_streams_per_user"] < 0:
+        fail("slurm.max_streams_per_user", "must not be negative")

@@ -33,6 +33,7 @@ def build(portal):
     service.output = JobOutput(service, max_slice=slurm_config.max_output_slice,
                                # Streams hold worker threads: one is always left for other requests.
                                max_streams=max(0, min(slurm_config.max_streams, config.server.threads - 1)),
+                               max_streams_per_user=slurm_config.max_streams_per_user,
                                max_duration=slurm_config.stream_max_duration,
                                heartbeat=slurm_config.stream_heartbeat, stopping=portal.stopping,
                                metrics=metrics)

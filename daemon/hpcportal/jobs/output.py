@@ -36,11 +36,15 @@ def read_slice(fd, offset, limit):
 
 
 class JobOutput:
-    def __init__(self, service, *, max_slice, max_streams, max_duration, heartbeat, stopping,
-                 metrics=None, poll=0.5, clock=time.monotonic):
+    def __init__(self, service, *, max_slice, max_streams, max_streams_per_user, max_duration, heartbeat,
+                 stopping, metrics=None, poll=0.5, clock=time.monotonic):
         self._service = service
         self._max_slice = max_slice
         self._streams = threading.BoundedSemaphore(max_streams) if max_streams else None
+        # Each stream holds a worker thread: one user must not take every stream of the head.
+        self._max_per_user = max_streams_per_user
+        self._per_user = {}
+        self._per_user_lock = threading.Lock()
         self._max_duration = max_duration
         self._heartbeat = heartbeat
         self._stopping = stopping
@@ -85,12 +89,32 @@ class JobOutput:
         """An iterator of server-sent events; raises RateLimited when too many are open."""
         row = self._service.row_for(user, job_id)
         self._path_name(row, stream)
+        self._take_user_stream(user.name)
         if self._streams is None or not self._streams.acquire(blocking=False):
+            self._give_user_stream(user.name)
             raise RateLimited("Too many live output streams are open; poll the output instead or retry shortly.",
                               retry_after=5, code="too_many_streams")
         if self._metrics:
             self._metrics.streams.inc()
         return self._events(user, row, stream, offset)
+
+    def _take_user_stream(self, name):
+        with self._per_user_lock:
+            held = self._per_user.get(name, 0)
+            if held >= self._max_per_user:
+                raise RateLimited(
+                    f"You have {held} live output streams open, the most one user may have; close one, "
+                    "poll the output instead or retry shortly.", retry_after=5, code="too_many_streams",
+                    extra={"limit": self._max_per_user})
+            self._per_user[name] = held + 1
+
+    def _give_user_stream(self, name):
+        with self._per_user_lock:
+            held = self._per_user.get(name, 0) - 1
+            if held > 0:
+                self._per_user[name] = held
+            else:
+                self._per_user.pop(name, None)
 
     def _events(self, user, row, stream, offset):
         try:
@@ -127,6 +151,7 @@ class JobOutput:
             if self._metrics:
                 self._metrics.streams.dec()
             self._streams.release()
+            self._give_user_stream(user.name)
 
 
 def _event(kind, event_id, payload):
