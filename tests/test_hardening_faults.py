@@ -340,7 +340,7 @@ def test_image_folder_gone_then_back_watcher_survives_and_readyz_says_why(daemon
     os.rename(shared_dir.images, away)  # an unmounted or renamed share
 
     def catalog_detail():
-        return daemon.get("/readyz").json()["checks"]["catalog"]["detail"]
+        return daemon.get("/readyz", user="alice", admin=True).json()["checks"]["catalog"]["detail"]
 
     wait_for(lambda: "missing" in catalog_detail(), message="readyz to say the folder is missing")
     # Still serving what it knew; a vanished share is not a deletion of every image.

@@ -12,15 +12,23 @@ class LivenessResource:
 
 
 class ReadinessResource:
+    """Ready or not, per check. The details name folders, hosts and commands of
+    this head, so only an administrator's token gets them; probes and everyone
+    else see which check fails, not why."""
+
     def __init__(self, portal):
         self._portal = portal
 
     def on_get(self, req, resp):
+        header = req.get_header("Authorization")
+        detailed = header is not None and self._portal.authenticator.authenticate(header).admin
         checks = {"database": self._database()}
         for service in self._portal.services:
             ok, detail = service.health()
             checks[getattr(service, "name", type(service).__name__)] = {"ok": ok, "detail": detail}
         ready = all(check["ok"] for check in checks.values())
+        if not detailed:
+            checks = {name: {"ok": check["ok"]} for name, check in checks.items()}
         resp.status = 200 if ready else 503
         resp.media = {"ready": ready, "checks": checks}
 

@@ -137,13 +137,15 @@ class SlurmRunner:
             raise SlurmAnswerLost(
                 f"{UNREACHABLE_PREFIX}: {command} did not answer within {timeout or self.timeout:.0f} s.",
                 code="slurm_timeout") from None
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             outcome = "missing"
-            raise SlurmUnavailable(
-                f"{UNREACHABLE_PREFIX}: the Slurm command {argv[0]} is not installed on this head node.",
-                code="slurm_missing") from None
+            raise self._missing(command, argv[0]) from None
         finally:
             self._observe(command, time.monotonic() - started, outcome)
+        if (proc.returncode in (126, 127) and argv[0] == self._setpriv
+                and (proc.stderr or "").startswith("setpriv:")):
+            # setpriv itself could not start the command; its message names our paths.
+            raise self._missing(command, (proc.stderr or "").strip()[:300])
         if proc.returncode < 0:
             raise SlurmAnswerLost(f"{UNREACHABLE_PREFIX}: {command} was killed by signal {-proc.returncode}.")
         if proc.returncode != 0:
@@ -154,3 +156,9 @@ class SlurmRunner:
             if check:
                 raise SlurmRefused(message)
         return proc
+
+    def _missing(self, command, detail):
+        # The answer names the command only: where this head keeps its binaries is not the caller's business.
+        log.error("%s cannot be run: %s", command, detail)
+        return SlurmUnavailable(f"{UNREACHABLE_PREFIX}: the Slurm command {command} cannot be run on this "
+                                "head node.", code="slurm_missing")
