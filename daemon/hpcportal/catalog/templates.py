@@ -257,7 +257,10 @@ def sort_versions(versions):
 
 # --------------------------------------------------------------------------- sizes, durations
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KkMmGgTtPp]?)([Ii]?)([Bb]?)\s*$")
+# Digits are bounded: float() of thousands of digits is infinity, int() refuses them.
+_SIZE_RE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([KkMmGgTtPp]?)([Ii]?)([Bb]?)\s*$")
+MAX_SIZE = 1024 ** 6  # an exbibyte: larger than any node's memory
+MAX_TIME_LIMIT = 3650 * 86400
 _SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
@@ -276,7 +279,10 @@ def parse_size(value):
     if not match or (not match.group(2) and match.group(3)):
         raise ValueError(f"expected a size such as 512M, 16G or 2T, got {value!r}")
     number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** _SIZE_POWERS[unit])
+    amount = int(number * 1024 ** _SIZE_POWERS[unit])
+    if amount > MAX_SIZE:
+        raise ValueError(f"{value!r} is larger than any node")
+    return amount
 
 
 def slurm_memory(value):
@@ -288,7 +294,7 @@ def slurm_memory(value):
     return f"{megabytes}M"
 
 
-_TIME_RE = re.compile(r"^(?:(\d+)-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?)$")
+_TIME_RE = re.compile(r"^(?:(\d{1,10})-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(\d{1,10})(?::(\d{1,2}))?(?::(\d{1,2}))?)$")
 
 
 def parse_slurm_time(value):
@@ -298,7 +304,7 @@ def parse_slurm_time(value):
     if isinstance(value, int):
         if value < 1:
             raise ValueError("a time limit must be at least one minute")
-        return value * 60
+        return _bounded_time(value * 60)
     match = _TIME_RE.match(str(value).strip())
     if not match:
         raise ValueError(f"expected a time limit such as 90, 02:00:00 or 1-12:00:00, got {value!r}")
@@ -313,6 +319,12 @@ def parse_slurm_time(value):
         seconds = int(first) * 60
     if seconds < 1:
         raise ValueError("a time limit must be positive")
+    return _bounded_time(seconds)
+
+
+def _bounded_time(seconds):
+    if seconds > MAX_TIME_LIMIT:
+        raise ValueError("a time limit must be at most ten years")
     return seconds
 
 
