@@ -53,6 +53,26 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, response_headers_conformance]
 
 
+# A template that exists, so render and submit bodies reach the checks of their fields.
+FUZZ_TEMPLATE = """\
+name: Fuzz
+version: "1.0.0"
+category: general
+slurm:
+  partition: {default: compute, choices: [compute]}
+  nodes: {default: 1, max: 2}
+  cpus: 1
+  memory: {default: 1G, max: 4G}
+  time: {default: "00:05:00", max: "01:00:00"}
+parameters:
+  - {name: text, type: string, required: true}
+  - {name: count, type: int, default: 2, min: 1, max: 5}
+  - {name: ratio, type: float, default: 0.5}
+script: |
+  echo "$PARAM_TEXT"
+"""
+
+
 @pytest.fixture(scope="module")
 def fuzzed_daemon(users):
     shared = SharedTree()
@@ -64,6 +84,9 @@ def fuzzed_daemon(users):
         "uploads": {"max_size": "64MiB", "max_active_per_user": 10000,
                     "free_space_reserve": "0"},
     })
+    os.makedirs(os.path.join(shared.templates, "official"), exist_ok=True)
+    with open(os.path.join(shared.templates, "official", "fuzz.yaml"), "w", encoding="utf-8") as out:
+        out.write(FUZZ_TEMPLATE)
     daemon.start()
     yield daemon
     daemon.stop()
@@ -138,6 +161,13 @@ class Raw:
         return f"Raw({self.text[:20]!r}...)"
 
 
+# Numbers of every length around the limits that matter: 64 bits (19-20 digits)
+# and Python's int() of a string (4300 digits); as text with the units and
+# separators of sizes and times too.
+DIGITS = st.sampled_from([1, 19, 20, 300, 4301, 6000]).map(lambda count: "9" * count)
+NUMERIC_TEXT = st.builds(lambda digits, form: form.format(digits), st.sampled_from(
+    [20, 300, 4301, 6000]).map(lambda count: "9" * count), st.sampled_from(
+    ["{}", "{}G", "{}.5M", "0.{}T", "{}:00:00", "1-{}", "00:{}"]))
 RAW_JSON = ["9" * 5000, "-" + "9" * 5000, "99999999999999999999", "NaN", "-Infinity", "1e999",
             "[" * 5000 + "]" * 5000, '{"a":' * 200 + "1" + "}" * 200]
 WRONG_JSON = st.one_of(
@@ -145,10 +175,7 @@ WRONG_JSON = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
     st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
     st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
-    st.sampled_from(RAW_JSON).map(Raw))
-# Numbers of every length around the limits that matter: 64 bits (19-20 digits)
-# and Python's int() of a string (4300 digits).
-DIGITS = st.sampled_from([1, 19, 20, 300, 4301, 6000]).map(lambda count: "9" * count)
+    st.sampled_from(RAW_JSON).map(Raw), NUMERIC_TEXT, NUMERIC_TEXT, NUMERIC_TEXT)
 RANGES = st.builds(lambda first, last: f"bytes={first}-{last}",
                    st.one_of(st.just(""), DIGITS), st.one_of(st.just(""), DIGITS))
 ODD_NUMBERS = st.sampled_from(["-1", "²", "1e400", "0x10", "+5", "1 2", "bytes=²-", "bytes=0-1,2-3",
@@ -171,16 +198,29 @@ HEADERS = [(op, h.name) for op in _operations(lambda op: True) for h in op.heade
            if h.name not in ("Authorization", "Tus-Resumable")]
 
 
-def _fields(operation, body):
-    """Paths of the fields to replace: the document's properties and what was generated."""
-    schema_properties = operation.body[0].definition.get("schema", {}).get("properties", {})
-    paths = {(name,) for name in schema_properties}
-    if isinstance(body, dict):
-        for name, value in body.items():
-            paths.add((name,))
-            if isinstance(value, dict):
-                paths.update((name, inner) for inner in value)
-    return sorted(paths)
+def _fields(operation):
+    """Paths of the fields to replace: the document's properties, those of its
+    objects, and the fuzz template's parameters."""
+    properties = operation.body[0].definition.get("schema", {}).get("properties", {})
+    paths = [(name,) for name in properties]
+    for name, spec in properties.items():
+        paths += [(name, inner) for inner in spec.get("properties", {})]
+    if "parameters" in properties:
+        paths += [("parameters", name) for name in ("text", "count", "ratio")]
+    if "overrides" in properties:
+        paths += [("overrides", name) for name in ("memory", "time", "nodes", "partition")]
+    return sorted(set(paths))
+
+
+JSON_FIELDS = [(op, path) for op in JSON_OPERATIONS for path in _fields(op)]
+
+
+def _known_path(operation, case, known_ids):
+    path = case.formatted_path
+    for parameter, known in known_ids.items():
+        if f"{{{parameter}}}" in operation.path:
+            path = operation.path.replace(f"{{{parameter}}}", known)
+    return path
 
 
 def _put(body, path, value):
@@ -208,27 +248,34 @@ def known_ids(fuzzed_daemon):
         **auth_headers("alice", admin=True), "Tus-Resumable": "1.0.0", "Upload-Length": "100",
         "Upload-Metadata": "filename " + base64.b64encode(b"t.bin").decode()})
     assert created.status_code == 201, created.text
-    return {"file_id": stored["file_id"], "upload_id": created.json()["upload_id"], "job_id": "1"}
+    return {"file_id": stored["file_id"], "upload_id": created.json()["upload_id"], "job_id": "1",
+            "template_id": "official.fuzz"}
 
 
-@pytest.mark.parametrize("operation", JSON_OPERATIONS, ids=lambda op: f"{op.method.upper()} {op.path}")
-@settings(max_examples=EXAMPLES * 2, **FUZZ_SETTINGS)
+@pytest.mark.parametrize("operation,field", JSON_FIELDS, ids=[
+    f"{op.method.upper()} {op.path} {'.'.join(path)}" for op, path in JSON_FIELDS])
+@settings(max_examples=EXAMPLES, **FUZZ_SETTINGS)
 @given(data=st.data())
-def test_json_bodies_with_a_field_of_another_type_or_shape(fuzzed_daemon, operation, data):
+def test_json_bodies_with_a_field_of_another_type_or_shape(fuzzed_daemon, known_ids, operation,
+                                                           field, data):
     case = data.draw(operation.as_strategy())
     body = case.body if isinstance(case.body, dict) else {}
-    path = data.draw(st.sampled_from(_fields(operation, body)))
+    if "templateId" in body or operation.path.endswith("/render"):
+        body.setdefault("parameters", {"text": "x"})
+        if "templateId" in body:
+            body["templateId"] = known_ids["template_id"]
     value = data.draw(WRONG_JSON)
-    _put(body, path, value)
+    _put(body, field, value)
     text = json.dumps(body)
     if isinstance(value, Raw):
         text = text.replace(json.dumps(SENTINEL), value.text)
+    path = _known_path(operation, case, known_ids)
     response = requests.request(
-        operation.method.upper(), fuzzed_daemon.url + case.formatted_path, params=case.query,
+        operation.method.upper(), fuzzed_daemon.url + path, params=case.query,
         data=text.encode(), timeout=60,
         headers={**auth_headers("alice", admin=True), "Content-Type": "application/json"})
-    _expect_a_clear_answer(response, f"{operation.method.upper()} {case.formatted_path} "
-                                     f"with {'.'.join(path)}={value!r:.60}")
+    _expect_a_clear_answer(response, f"{operation.method.upper()} {path} "
+                                     f"with {'.'.join(field)}={value!r:.60}")
 
 
 @pytest.mark.parametrize("operation,name", HEADERS,
@@ -239,10 +286,7 @@ def test_headers_with_numbers_of_hundreds_of_digits_or_other_junk(fuzzed_daemon,
                                                                    operation, name, data):
     case = data.draw(operation.as_strategy())
     value = data.draw(WRONG_HEADER)
-    path = case.formatted_path
-    for parameter, known in known_ids.items():
-        if f"{{{parameter}}}" in operation.path:
-            path = operation.path.replace(f"{{{parameter}}}", known)
+    path = _known_path(operation, case, known_ids)
     headers = {**auth_headers("alice", admin=True), "Tus-Resumable": "1.0.0", name: value}
     if name == "Last-Event-ID":
         headers["Accept"] = "text/event-stream"
