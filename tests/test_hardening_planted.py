@@ -7,6 +7,7 @@ traceback), never waited on and never followed; background passes carry on;
 and /readyz says so when a pass does not finish in time.
 """
 
+import fcntl
 import os
 import socket
 import sqlite3
@@ -167,6 +168,33 @@ def test_the_clean_up_pass_carries_on_past_a_planted_fifo(daemon_factory, shared
     # Logged once, not at every pass.
     assert daemon.logs().count(f"upload {upload_id} of alice: finishing its completion failed") == 1
     assert "Traceback" not in daemon.logs()
+
+
+@ONE_BACKEND
+def test_a_lock_a_user_holds_on_their_partial_data_holds_no_worker(daemon_factory, shared_dir):
+    daemon = daemon_factory(config=SMALL)
+    headers = {"Tus-Resumable": "1.0.0", **auth_headers("alice")}
+    created = requests.post(daemon.url + "/api/v2/files/tus", timeout=30, headers={
+        **headers, "Upload-Length": "8", "Upload-Metadata": "filename bG9jay5iaW4="})
+    location = created.headers["Location"]
+    url = daemon.url + location if location.startswith("/") else location
+    upload_id = url.rstrip("/").rsplit("/", 1)[1]
+
+    def patch(body, offset):
+        return requests.patch(url, data=body, timeout=QUICK, headers={
+            **headers, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+
+    # Alice owns her partial file: she may lock it (fcntl, as every head does) and keep the lock.
+    with open(partial_path(shared_dir, upload_id), "r+b") as held:
+        fcntl.lockf(held, fcntl.LOCK_EX)
+        answers = [patch(b"0123", 0) for _ in range(10)]  # more than the 8 workers
+        for answer in answers:
+            assert answer.status_code == 409, answer.text
+            assert answer.json()["error"] == "upload_locked" and answer.headers["Retry-After"]
+        assert daemon.get("/healthz", timeout=1).status_code == 200
+    assert patch(b"0123", 0).status_code == 204
+    done = patch(b"4567", 4)
+    assert done.status_code == 204 and done.headers["Upload-Offset"] == "8"
 
 
 def test_storage_refuses_a_fifo_without_waiting_on_it(tmp_path):

@@ -9,7 +9,6 @@ carry on an upload another one started, also after a crash.
 """
 
 import datetime
-import fcntl
 import functools
 import hashlib
 import logging
@@ -606,7 +605,7 @@ class Uploads(JobLinks):
                 code="exceeds_upload_length")
         fd = self._open_partial(row)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
+            self._storage.lock_for_append(fd)
             row = self._upload(user, upload_id)
             self._check_offset(row, offset)
             if row.state != "active":

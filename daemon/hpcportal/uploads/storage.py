@@ -18,6 +18,7 @@ atomic and never overwrites.
 """
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -222,6 +223,21 @@ class Storage:
             if lock is None:
                 lock = self._write_locks[key] = threading.Lock()
             return lock
+
+    @staticmethod
+    def lock_for_append(fd):
+        """Take the lock (fcntl, seen by every head) one tus PATCH holds while it
+        appends, or answer at once: the user owns the file and may hold a lock
+        on it for as long as they like, and a worker waiting for it would be
+        theirs for as long. Two PATCHes of one client never need to wait: the
+        second one's offset is stale anyway."""
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise Conflict("Another request is writing this upload; ask for its offset (HEAD) and "
+                           "resume from there.", code="upload_locked", headers={"Retry-After": "1"}) from None
 
     def write_at(self, fd, offset, stream, length, digests=(), exact=True):
         """Copy ``length`` bytes of ``stream`` to ``fd`` at ``offset``.
