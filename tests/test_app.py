@@ -98,8 +98,8 @@ def test_readyz_is_503_and_says_why_when_a_service_is_down(tmp_path, users):
     answer = client.simulate_get("/readyz", headers=auth_headers("alice", admin=True))
     assert answer.status_code == 503
     assert answer.json["checks"]["watcher"] == {"ok": False, "detail": "images folder is missing"}
-    # Without an administrator's token: which check fails, not why.
-    for headers in ({}, auth_headers("alice")):
+    # Without an administrator's token (a stale one included): which check fails, not why.
+    for headers in ({}, auth_headers("alice"), {"Authorization": "Bearer not.a.token"}):
         answer = client.simulate_get("/readyz", headers=headers)
         assert answer.status_code == 503 and answer.json["checks"]["watcher"] == {"ok": False}
 
