@@ -73,11 +73,24 @@ def test_a_fifo_or_socket_in_place_of_a_finished_file_is_refused_at_once(daemon_
     daemon = daemon_factory(config=SMALL)
     stored = upload(daemon, "alice", b"my data\n", filename="mine.txt")
     plant(stored["storage_path"], kind)
-    for suffix in ("/content", "/preview"):
-        assert_unsafe(daemon.get(f"/api/v2/files/{stored['file_id']}{suffix}", user="alice", timeout=QUICK))
+    answers = [daemon.get(f"/api/v2/files/{stored['file_id']}{suffix}", user="alice", timeout=QUICK)
+               for suffix in ("/content", "/preview")]
+    for answer in answers:
+        assert_unsafe(answer)
     # The file row can still be deleted: the name is unlinked, nothing is opened.
     assert daemon.delete(f"/api/v2/files/{stored['file_id']}", user="alice", timeout=QUICK).status_code == 204
     assert not os.path.lexists(stored["storage_path"])
+    daemon.stop()
+    assert_logged_once(daemon.logs(), answers)
+
+
+def assert_logged_once(logs, answers):
+    """Each refusal is one warning line (with its request id), and no traceback."""
+    assert "Traceback" not in logs
+    for answer in answers:
+        request_id = answer.headers["X-Request-ID"]
+        refused = [line for line in logs.splitlines() if f"rid={request_id}" in line and "refused" in line]
+        assert len(refused) == 1, (request_id, refused)
 
 
 @ONE_BACKEND
@@ -295,12 +308,7 @@ def test_a_job_folder_swapped_by_its_user_answers_4xx_logged_once(daemon_factory
     cancel = daemon.delete(base, user="alice", timeout=QUICK)  # reaches Slurm only: the job has ended
     assert cancel.status_code == 409 and cancel.json()["error"] == "job_finished"
     daemon.stop()
-    logs = daemon.logs()
-    assert "Traceback" not in logs
-    for answer in answers:
-        request_id = answer.headers["X-Request-ID"]
-        refused = [line for line in logs.splitlines() if f"rid={request_id}" in line and "refused" in line]
-        assert len(refused) == 1, (request_id, refused)
+    assert_logged_once(daemon.logs(), answers)
 
 
 def _job_folders(tmp_path):
