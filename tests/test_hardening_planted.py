@@ -23,7 +23,7 @@ from hpcportal.jobs.folder import JobFolders
 from hpcportal.passes import PassClock
 from support.daemon import auth_headers
 from support.slurm import jobs_config, slurm_conf, wait_finished  # noqa: F401
-from support.uploads import SMALL, chunks_of, complete, init, send_chunk, upload
+from support.uploads import SMALL, chunks_of, init, send_chunk, upload
 from support.waiting import wait_for
 
 ALICE = 2001
