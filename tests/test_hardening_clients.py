@@ -144,6 +144,35 @@ def test_silent_downloads_leave_the_worker_threads_to_others(daemon_factory, sha
 
 @pytest.mark.databases("sqlite")
 @pytest.mark.slurm
+def test_a_file_that_shrinks_while_sent_ends_its_download(daemon_factory, shared_dir, slurm_conf):
+    daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))
+    job_id = submit(daemon, "alice", "#!/bin/bash\ntruncate -s 64M shrinks.bin\n")
+    wait_finished(daemon, "alice", job_id)
+    sock = open_silent_download(daemon, f"/api/slurm/jobs/{job_id}/files/shrinks.bin", "alice")
+    try:
+        assert select.select([sock], [], [], 30)[0], "the download did not start"
+        # Its user cuts the file: what is left to send is no longer there.
+        folder = daemon.get(f"/api/slurm/jobs/{job_id}/files", user="alice").json()["job_dir"]
+        os.truncate(os.path.join(folder, "shrinks.bin"), 1024 * 1024)
+        sock.settimeout(30)
+        received = b""
+        while True:
+            block = sock.recv(1024 * 1024)  # a timeout here: the server keeps the answer open
+            if not block:
+                break
+            received += block
+        header, _, body = received.partition(b"\r\n\r\n")
+        assert header.startswith(b"HTTP/1.1 200") and b"67108864" in header
+        assert len(body) < 64 * 1024 * 1024  # cut short: the client knows it is incomplete
+    finally:
+        sock.close()
+    assert daemon.get("/healthz", timeout=5).status_code == 200
+    assert "download ended early: the file shrank" in daemon.logs()
+    assert "Traceback" not in daemon.logs()
+
+
+@pytest.mark.databases("sqlite")
+@pytest.mark.slurm
 def test_live_streams_are_capped_per_user(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, max_streams=4, max_streams_per_user=2,
                                         stream_heartbeat="1s"))

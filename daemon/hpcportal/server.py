@@ -15,6 +15,7 @@ from waitress.task import WSGITask
 
 from .bodies import BodyBudget, keeping_bodies_in_memory
 from .requestlabels import BoundedLogValues
+from .resources.downloads import FileShrank
 
 log = logging.getLogger("hpcportal.server")
 
@@ -57,10 +58,26 @@ class PipelineChannel(HTTPChannel):
     queued answers are sent (HTTP/1.1 clients retry requests a closed
     connection did not answer). Waiting inside one answer (a worker writing a
     long body) is unchanged; our long bodies are files, sent by the event loop.
+    A file that shrinks while it is sent ends its connection early.
     """
 
     task_class = AnsweringTask
     answering = False
+
+    def _flush_exception(self, flush, do_close=True):
+        if flush is None:
+            return super()._flush_exception(flush, do_close)
+
+        def flush_or_close(do_close=True):
+            # A file cut by its owner while it is sent: the connection closes, so the
+            # client sees a short answer; one line in the log, not waitress' traceback.
+            try:
+                return flush(do_close=do_close)
+            except FileShrank as exc:
+                log.warning("download ended early: %s", exc.strerror)
+                self.will_close = True
+                return False
+        return super()._flush_exception(flush_or_close, do_close)
 
     def _flush_outbufs_below_high_watermark(self):
         if self.answering or self.total_outbufs_len <= self.adj.outbuf_high_watermark:

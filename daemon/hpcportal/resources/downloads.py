@@ -20,6 +20,10 @@ def _position(digits):
     return int(digits) if len(digits) <= 19 else 2**63
 
 
+class FileShrank(OSError):
+    """The file holds less than the answer's Content-Length promised."""
+
+
 def parse_range(header, size):
     """(start, end inclusive) of one ``bytes=`` range; None to send the whole file."""
     match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "", re.ASCII)
@@ -66,7 +70,8 @@ class FileRange:
         if not block:
             # Returning b"" would leave waitress retrying the send for ever;
             # an error closes the connection, so the client sees a cut answer.
-            raise OSError(errno.EIO, "the file shrank while it was being sent")
+            raise FileShrank(errno.EIO, f"the file shrank to {self._start + self._position} bytes while it "
+                             "was being sent")
         self._position += len(block)
         return block
 
