@@ -1,28 +1,35 @@
 #!/usr/bin/env python3
 """Upload throughput: the chunk protocol and tus over loopback against dd.
 
-Starts a real daemon whose uploads root lies on the filesystem of ``--dir``,
-uploads one random file (default 2 GiB) through the chunk protocol and
-through tus (tuspy), writes the same bytes with ``dd ... conv=fsync`` to the
-same filesystem, and the same bytes in chunks each fsynced before the next
-(what acknowledging a chunk costs, without HTTP), and prints each
-throughput, its ratio to dd and the daemon's peak RSS (VmHWM); ``--rounds`` (3) times, dd again before each
-round, then the medians. Needs root (the test users own the uploads).
+By default it measures the way the dashboard uploads: a 512 MiB random file
+through the chunk protocol in 5 MiB chunks, two in flight, alternating with
+``dd ... conv=fsync`` of the same file to the same filesystem, twice (two
+rounds), and prints the medians and their ratio to dd. Each round also
+uploads the file through tus (tuspy, 32 MiB PATCHes, one at a time) and
+writes it in chunks each fsynced before the next (what acknowledging a chunk
+costs, without HTTP). It prints the daemon's peak RSS (VmHWM) and how many
+request bodies it kept in memory or spooled to a file. Needs root (the test
+users own the uploads). Results of earlier runs: bench/RESULTS.md.
 
-Every step starts from the same memory state: it waits ``--settle`` seconds
-after the previous one. On a VM whose host takes back the memory a guest frees
-(virtio-balloon free page reporting, as on the Firecracker development VM),
-filling the page cache runs at ~3 GB/s with memory freed a moment ago and at
-~260 MB/s with memory freed seconds ago, the disk aside; without the pause
-whichever step follows the deletion of a 2 GiB file gets the fast memory.
+The page cache's memory decides dd's rate on a VM whose host takes back the
+memory a guest frees (virtio-balloon free page reporting, as on the
+Firecracker development VM): filling it runs at ~3 GB/s with memory freed a
+moment ago and ~260 MB/s with memory freed seconds ago, whatever the disk.
+Run back to back (``--settle 0``, the default, as the dashboard's figures
+were taken) dd's rate depends on what the step before it freed: on that VM
+anywhere from ~130 to ~1400 MiB/s, so read the rounds, not only the medians.
+``--settle 10`` waits before each step, so every step meets memory freed
+long ago (dd ~260-300 MiB/s there).
 
-    .venv/bin/python bench/upload.py [--size 2GiB] [--rounds 3] [--settle 10] [--dir /var/tmp/hpcportal-bench]
+    .venv/bin/python bench/upload.py [--size 512MiB] [--chunk-size 5MiB] [--parallel 2]
+        [--rounds 2] [--settle 0] [--tus-chunk-size 32MiB] [--dir /var/tmp/hpcportal-bench]
 """
 
 import argparse
 import concurrent.futures
 import hashlib
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -146,6 +153,30 @@ def _recv_bytes_hook(work, size):
     return folder
 
 
+def kept_bodies(daemon):
+    """Request bodies the daemon kept in memory or spooled, from its metrics."""
+    counts = {"memory": 0, "file": 0}
+    for line in requests.get(daemon.url + "/metrics", timeout=60).text.splitlines():
+        for kept in counts:
+            if line.startswith(f'hpcportal_request_bodies_total{{kept="{kept}"}}'):
+                counts[kept] = int(float(line.split()[-1]))
+    return counts
+
+
+def machine_memory():
+    with open("/proc/meminfo") as handle:
+        total = int(handle.readline().split()[1]) * 1024
+    return f"{total / 1024 ** 3:.0f} GiB RAM"
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of a process so far (a busy machine slows an
+    upload; its CPU time changes less)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss(pid):
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
@@ -156,15 +187,15 @@ def peak_rss(pid):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="2GiB")
+    parser.add_argument("--size", default="512MiB", help="file size")
     parser.add_argument("--dir", default="/var/tmp/hpcportal-bench",
                         help="folder on the filesystem to measure")
-    parser.add_argument("--chunk-size", default="32MiB", help="chunk protocol chunk size")
+    parser.add_argument("--chunk-size", default="5MiB", help="chunk protocol chunk size (the dashboard's)")
     parser.add_argument("--tus-chunk-size", default="32MiB", help="tus client chunk size")
     parser.add_argument("--parallel", type=int, default=2, help="chunks in flight at once")
-    parser.add_argument("--rounds", type=int, default=3, help="dd, chunk and tus runs, each round")
-    parser.add_argument("--settle", type=float, default=10.0,
-                        help="seconds to wait before each step, so every step meets the same memory state")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of dd, fsynced chunks, chunk and tus")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait before each step (0: back to back, see above)")
     parser.add_argument("--recv-bytes", default=None,
                         help="try another waitress recv_bytes (the daemon's is 256KiB) without editing server.py")
     parser.add_argument("--spool-dir", default=None,
@@ -204,19 +235,24 @@ def main(argv=None):
                                              args.parallel)
             os.unlink(os.path.join(work, "fsynced.out"))
             time.sleep(args.settle)
+            cpu_before = cpu_seconds(daemon.proc.pid)
             chunk_seconds, chunk_file = chunk_upload(daemon, source, size, chunk_size, args.parallel)
+            chunk_cpu = cpu_seconds(daemon.proc.pid) - cpu_before
             assert chunk_file["sha256"] == expected, "chunk upload: sha256 differs"
             os.unlink(chunk_file["storage_path"])
             time.sleep(args.settle)
+            cpu_before = cpu_seconds(daemon.proc.pid)
             tus_seconds, tus_file = tus_upload(daemon, source, tus_chunk, number)
+            tus_cpu = cpu_seconds(daemon.proc.pid) - cpu_before
             assert tus_file["sha256"] == expected, "tus upload: sha256 differs"
             os.unlink(tus_file["storage_path"])
-            rounds.append((dd_seconds, chunk_seconds, tus_seconds, fsynced_seconds))
+            rounds.append((dd_seconds, chunk_seconds, tus_seconds, fsynced_seconds, chunk_cpu, tus_cpu))
             print(f"round {number + 1}: dd {rate(dd_seconds):6.1f} MiB/s, fsync per chunk "
                   f"{rate(fsynced_seconds):6.1f} MiB/s, chunk protocol "
                   f"{rate(chunk_seconds):6.1f} MiB/s (ratio {dd_seconds / chunk_seconds:.2f}), "
                   f"tus {rate(tus_seconds):6.1f} MiB/s (ratio {dd_seconds / tus_seconds:.2f})", flush=True)
         rss = peak_rss(daemon.proc.pid)
+        bodies = kept_bodies(daemon)
     finally:
         if daemon:
             daemon.stop()
@@ -227,16 +263,23 @@ def main(argv=None):
         return statistics.median(values)
 
     print(f"size {size / MiB:.0f} MiB on {args.dir}, {args.rounds} rounds (medians), "
-          f"{args.settle:g} s pause before each step")
-    print(f"dd (bs=4M, conv=fsync)     {median([rate(r[0]) for r in rounds]):8.1f} MiB/s")
+          f"{args.settle:g} s pause before each step; ratio = dd's time / the step's time "
+          "(1.0: as fast as dd)")
+    print(f"dd (bs=4M, conv=fsync)     {median([rate(r[0]) for r in rounds]):8.1f} MiB/s  "
+          f"(rounds: {min(rate(r[0]) for r in rounds):.0f} to {max(rate(r[0]) for r in rounds):.0f})")
     print(f"fsync per {chunk_size // MiB} MiB chunk x{args.parallel} {median([rate(r[3]) for r in rounds]):8.1f} MiB/s  "
           f"ratio {median([r[0] / r[3] for r in rounds]):.2f}  (no HTTP: what acknowledging each chunk costs)")
     print(f"chunk protocol ({chunk_size // MiB} MiB x{args.parallel}) "
           f"{median([rate(r[1]) for r in rounds]):8.1f} MiB/s  "
-          f"ratio {median([r[0] / r[1] for r in rounds]):.2f}  (incl. complete: sha256 + classify + move)")
+          f"ratio {median([r[0] / r[1] for r in rounds]):.2f}  (incl. complete: sha256 + classify + move), "
+          f"daemon CPU {median([r[4] for r in rounds]):.2f} s")
     print(f"tus (tuspy, {tus_chunk // MiB} MiB)        {median([rate(r[2]) for r in rounds]):8.1f} MiB/s  "
-          f"ratio {median([r[0] / r[2] for r in rounds]):.2f}")
+          f"ratio {median([r[0] / r[2] for r in rounds]):.2f}, daemon CPU {median([r[5] for r in rounds]):.2f} s")
     print(f"daemon peak RSS            {rss / MiB:8.1f} MiB")
+    print("request bodies over 512 KiB " + ", ".join(f"{n} {kept}" for kept, n in bodies.items())
+          + "  (memory: received within the daemon's body budget; file: spooled to TMPDIR)")
+    print(f"machine: {os.cpu_count()} CPUs, {machine_memory()}, {platform.release()}, "
+          f"load average {os.getloadavg()[0]:.1f} at the end (others' work slows every step)")
     return 0
 
 
