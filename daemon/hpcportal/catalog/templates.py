@@ -59,6 +59,7 @@ from . import safe_yaml
 # One quoting and one #SBATCH check for the whole daemon: job submission's.
 from ..slurm.script import DIRECTIVE_VALUE, bash_quote, directive_lines, export_lines  # noqa: F401
 from ..slurm.script import bind_path_ok, input_path, job_name as check_job_name
+from ..slurm import values
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 USERS_SOURCE = "users"
@@ -257,83 +258,26 @@ def sort_versions(versions):
 
 # --------------------------------------------------------------------------- sizes, durations
 
-# Digits are bounded: float() of thousands of digits is infinity, int() refuses them.
-_SIZE_RE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([KkMmGgTtPp]?)([Ii]?)([Bb]?)\s*$")
-MAX_SIZE = 1024 ** 6  # an exbibyte: larger than any node's memory
-MAX_TIME_LIMIT = 3650 * 86400
-_SIZE_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+MAX_SIZE = values.MAX_SIZE
+MAX_TIME_LIMIT = values.MAX_TIME
 
 
 def parse_size(value):
-    """Bytes from ``16GB``/``16G``/``512M``/``1.5GiB``/an integer.
-
-    Like Slurm, a unit means powers of 1024 (``16G`` = ``16GB`` = 16 GiB).
-    """
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 16G")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match or (not match.group(2) and match.group(3)):
-        raise ValueError(f"expected a size such as 512M, 16G or 2T, got {value!r}")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    amount = int(number * 1024 ** _SIZE_POWERS[unit])
-    if amount > MAX_SIZE:
-        raise ValueError(f"{value!r} is larger than any node")
-    return amount
+    """Bytes from ``16GB``/``16G``/``512M``/``1.5GiB``/an integer (bytes), as Slurm reads sizes."""
+    return values.size_bytes(value)
 
 
 def slurm_memory(value):
-    """A size as sbatch's ``--mem`` wants it: whole megabytes with ``M`` (or a larger unit)."""
-    megabytes = math.ceil(parse_size(value) / 1024 ** 2)
-    for unit, power in (("T", 2), ("G", 1)):
-        if megabytes % 1024 ** power == 0 and megabytes:
-            return f"{megabytes // 1024 ** power}{unit}"
-    return f"{megabytes}M"
-
-
-_TIME_RE = re.compile(r"^(?:(\d{1,10})-(\d{1,2})(?::(\d{1,2}))?(?::(\d{1,2}))?|(\d{1,10})(?::(\d{1,2}))?(?::(\d{1,2}))?)$")
+    """A template size as sbatch's ``--mem`` wants it (a bare number is bytes in a template)."""
+    return values.slurm_memory(value, default_unit="")
 
 
 def parse_slurm_time(value):
-    """Seconds from every format sbatch --time accepts (minutes as an integer)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a time limit such as 02:00:00")
-    if isinstance(value, int):
-        if value < 1:
-            raise ValueError("a time limit must be at least one minute")
-        return _bounded_time(value * 60)
-    match = _TIME_RE.match(str(value).strip())
-    if not match:
-        raise ValueError(f"expected a time limit such as 90, 02:00:00 or 1-12:00:00, got {value!r}")
-    days, d_hours, d_minutes, d_seconds, first, second, third = match.groups()
-    if days is not None:
-        seconds = int(days) * 86400 + int(d_hours) * 3600 + int(d_minutes or 0) * 60 + int(d_seconds or 0)
-    elif third is not None:  # hours:minutes:seconds
-        seconds = int(first) * 3600 + int(second) * 60 + int(third)
-    elif second is not None:  # minutes:seconds
-        seconds = int(first) * 60 + int(second)
-    else:  # minutes
-        seconds = int(first) * 60
-    if seconds < 1:
-        raise ValueError("a time limit must be positive")
-    return _bounded_time(seconds)
+    """Seconds from every format sbatch --time accepts (minutes as an integer); never unlimited."""
+    return values.time_seconds(value, allow_unlimited=False)
 
 
-def _bounded_time(seconds):
-    if seconds > MAX_TIME_LIMIT:
-        raise ValueError("a time limit must be at most ten years")
-    return seconds
-
-
-def format_slurm_time(seconds):
-    days, rest = divmod(int(seconds), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}-{clock}" if days else clock
+format_slurm_time = values.format_time
 
 
 # --------------------------------------------------------------------------- slurm settings
@@ -909,16 +853,7 @@ def _same(kind, a, b):
 
 def _check_setting(key, kind, spec, value):
     if kind == "count":
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError("must be a whole number")
-        minimum = spec.get("min", 0 if key == "gpus" else 1)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        if "max" in spec and value > spec["max"]:
-            raise ValueError(f"must be at most {spec['max']}")
-        return value
+        return values.count(value, spec.get("min", 0 if key == "gpus" else 1), spec.get("max"))
     if kind == "size":
         amount = parse_size(value)
         if amount < 1024 ** 2:
@@ -936,13 +871,8 @@ def _check_setting(key, kind, spec, value):
             raise ValueError(f"must be at most {spec['max']}")
         return format_slurm_time(seconds)
     if kind == "gres":
-        if not isinstance(value, str) or not re.fullmatch(
-                r"[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2}(,[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2})*", value):
-            raise ValueError("must look like gpu:2 or gpu:a100:1")
-        return value
-    # name
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
-        raise ValueError("must be a name of letters, digits and . _ -")
+        return values.gres(value)
+    values.slurm_name(value)
     if spec.get("choices") and value not in spec["choices"]:
         raise ValueError("must be one of " + ", ".join(spec["choices"]))
     return value

@@ -16,12 +16,11 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ValidationError
-from . import script as values
+from . import values
 
 MAGIC_WORDS = ("#SBATCH", "#SLURM")
 
 _COUNT = re.compile(r"^[0-9]{1,9}\Z")
-_NAME = values.SLURM_NAME
 _WORDS = {
     "mail-type": {"NONE", "BEGIN", "END", "FAIL", "REQUEUE", "ALL", "INVALID_DEPEND", "STAGE_OUT", "TIME_LIMIT",
                   "TIME_LIMIT_90", "TIME_LIMIT_80", "TIME_LIMIT_50", "ARRAY_TASKS"},
@@ -51,10 +50,6 @@ def _pattern(regex, example):
     return check
 
 
-def _name(value):
-    if not _NAME.match(value):
-        raise ValueError("must be a name of letters, digits and . _ -")
-    return value
 
 
 def _words(option):
@@ -87,11 +82,11 @@ _HOSTS = _pattern(r"[A-Za-z0-9_.,\[\]-]+", "node[01-04],node07")
 # (only ``--opt=v``) and "none" (a flag).
 ALLOWED = {
     "job-name": ("J", "required", values.job_name),
-    "partition": ("p", "required", _name),
-    "account": ("A", "required", _name),
-    "qos": ("q", "required", _name),
-    "reservation": (None, "required", _name),
-    "wckey": (None, "required", _name),
+    "partition": ("p", "required", values.slurm_name),
+    "account": ("A", "required", values.slurm_name),
+    "qos": ("q", "required", values.slurm_name),
+    "reservation": (None, "required", values.slurm_name),
+    "wckey": (None, "required", values.slurm_name),
     "nodes": ("N", "required", _pattern(r"[0-9]{1,6}(-[0-9]{1,6})?", "2 or 2-4")),
     "ntasks": ("n", "required", _count),
     "ntasks-per-node": (None, "required", _count),
@@ -110,8 +105,7 @@ ALLOWED = {
     "tmp": (None, "required", _checked(values.slurm_memory)),
     "time": ("t", "required", _checked(values.slurm_time)),
     "time-min": (None, "required", _checked(values.slurm_time)),
-    "gres": (None, "required", _pattern(r"[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2}(,[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+){0,2})*",
-                                        "gpu:2 or gpu:a100:1")),
+    "gres": (None, "required", values.gres),
     "gpus": ("G", "required", _GPUS),
     "gpus-per-node": (None, "required", _GPUS),
     "gpus-per-task": (None, "required", _GPUS),

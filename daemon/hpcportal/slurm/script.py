@@ -9,137 +9,25 @@ own file and run from there (inside ``apptainer exec`` when an image is
 chosen), so nothing in its text can end a heredoc or add a directive.
 """
 
-import math
 import posixpath
 import re
 import shlex
 
 from ..errors import ValidationError
+from . import values
+# The one parser of each value, under the names callers of this module know.
+from .values import job_name, slurm_memory, slurm_time  # noqa: F401
 
-MAX_JOB_NAME = 128
-SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Values allowed on an #SBATCH line or in a --bind: no space, quote, #, newline, ...
 DIRECTIVE_VALUE = re.compile(r"^[A-Za-z0-9_.:,@%/+=-]{1,1024}\Z")
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.@%+=/-]{0,4095}\Z")
-# Control characters, and the Unicode line and paragraph separators some readers take for newlines.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL = values.CONTROL
 MAX_PATH = 4096
 
 MAX_NODES = 100000
 MAX_TASKS = 1000000
 MAX_GPUS = 1024
-
-# Digits are bounded: float() of thousands of digits is infinity, int() refuses them.
-_SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([KMGTP]?)(I?)(B?)\s*$", re.IGNORECASE)
-_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
-_TIME = re.compile(
-    r"^(?:(?P<days>\d{1,10})-(?P<dh>\d{1,10})(?::(?P<dm>\d{1,10}))?(?::(?P<ds>\d{1,10}))?"
-    r"|(?P<a>\d{1,10})(?::(?P<b>\d{1,10}))?(?::(?P<c>\d{1,10}))?)\Z")
-
-
-def memory_megabytes(value):
-    """Megabytes from ``16GB``, ``16G``, ``16GiB``, ``512M``, ``1T``, ``2048`` (MB, like sbatch)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 512M, 16G or 1T")
-    if isinstance(value, int):
-        megabytes = value
-    elif isinstance(value, float) and value.is_integer():
-        megabytes = int(value)
-    else:
-        match = _SIZE.match(value) if isinstance(value, str) else None
-        if not match or (match.group(3) and not match.group(2)):
-            raise ValueError("expected a size such as 512M, 16G, 16GB or 1T")
-        number, unit = float(match.group(1)), match.group(2).upper() or "M"
-        # Like sbatch, units are powers of 1024 whether written G, GB or GiB.
-        megabytes = math.ceil(number * 1024 ** _POWERS[unit] / 1024 ** 2)
-    if megabytes < 1:
-        raise ValueError("must be at least 1M")
-    if megabytes > 1024 ** 3:  # a petabyte per node is surely a typo
-        raise ValueError("is larger than any node")
-    return megabytes
-
-
-def slurm_memory(value):
-    """The size as ``--mem`` takes it: whole megabytes, written with the largest exact unit."""
-    megabytes = memory_megabytes(value)
-    for unit, power in (("T", 2), ("G", 1)):
-        if megabytes % 1024 ** power == 0:
-            return f"{megabytes // 1024 ** power}{unit}"
-    return f"{megabytes}M"
-
-
-def time_seconds(value):
-    """Seconds from every format sbatch's ``--time`` takes: ``M``, ``M:S``, ``H:M:S``,
-    ``D-H``, ``D-H:M``, ``D-H:M:S``; a JSON integer is minutes. None for unlimited."""
-    if isinstance(value, bool):
-        raise ValueError("expected a time such as 01:00:00")
-    if isinstance(value, int):
-        minutes = value
-        if minutes < 1:
-            raise ValueError("must be at least one minute")
-        return minutes * 60
-    if not isinstance(value, str):
-        raise ValueError("expected a time such as 01:00:00")
-    text = value.strip()
-    if text.lower() in ("unlimited", "infinite"):
-        return None
-    match = _TIME.match(text)
-    if not match:
-        raise ValueError("expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
-    g = match.groupdict()
-    if g["days"] is not None:
-        seconds = (int(g["days"]) * 86400 + int(g["dh"]) * 3600 + int(g["dm"] or 0) * 60
-                   + int(g["ds"] or 0))
-    elif g["c"] is not None:
-        seconds = int(g["a"]) * 3600 + int(g["b"]) * 60 + int(g["c"])
-    elif g["b"] is not None:
-        seconds = int(g["a"]) * 60 + int(g["b"])
-    else:
-        seconds = int(g["a"]) * 60
-    if seconds < 1:
-        raise ValueError("must be positive")
-    if seconds > 3650 * 86400:
-        raise ValueError("must be at most ten years")
-    return seconds
-
-
-def slurm_time(value):
-    seconds = time_seconds(value)
-    if seconds is None:
-        return "UNLIMITED"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}-{clock}" if days else clock
-
-
-def _count(value, minimum, maximum):
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be a whole number")
-    if value < minimum:
-        raise ValueError(f"must be at least {minimum}")
-    if value > maximum:
-        raise ValueError(f"must be at most {maximum}")
-    return value
-
-
-def job_name(value):
-    """The job name as given: any printable text (Korean, spaces, quotes) of 1-128 characters."""
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    if not value.strip():
-        raise ValueError("must not be empty")
-    if len(value) > MAX_JOB_NAME:
-        raise ValueError(f"must be at most {MAX_JOB_NAME} characters")
-    if CONTROL.search(value):
-        raise ValueError("must not contain line breaks, tabs or other control characters")
-    return value
 
 
 def input_path(value):
@@ -183,19 +71,19 @@ def check_resources(body, *, max_script_size, need_name=True, need_script=True):
         except ValueError as exc:
             errors["jobName"] = str(exc)
     for key in ("partition", "account", "qos"):
-        value = body.get(key)
         if not _given(body, key):
             out[key] = None
-        elif not isinstance(value, str) or not SLURM_NAME.match(value):
-            errors[key] = "must be a name of letters, digits and . _ - (starting with a letter or digit)"
-        else:
-            out[key] = value
+            continue
+        try:
+            out[key] = values.slurm_name(body[key])
+        except ValueError as exc:
+            errors[key] = str(exc)
     for key, minimum, maximum in (("nodes", 1, MAX_NODES), ("cpus", 1, MAX_TASKS), ("gpus", 0, MAX_GPUS)):
         if not _given(body, key):
             out[key] = None
             continue
         try:
-            out[key] = _count(body[key], minimum, maximum)
+            out[key] = values.count(body[key], minimum, maximum)
         except ValueError as exc:
             errors[key] = str(exc)
     checks = (("memory", slurm_memory), ("time", slurm_time))
