@@ -20,8 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from support.daemon import Daemon, SharedTree, auth_headers, make_token  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
 
-# db_url: each test using daemons runs on SQLite and MariaDB (see support/databases.py).
-pytest_plugins = ["support.databases"]
+# db_url: each test using daemons runs on SQLite and MariaDB (see support/databases.py);
+# unitguard: tests marked unit start no daemon and use no Slurm or database server.
+pytest_plugins = ["support.databases", "support.unitguard"]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,9 @@ import pytest
 
 from hpcportal.catalog.images import read_sidecar, safe_stem, version_from_name
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("stem,version", [
     ("python_3.11", "3.11"), ("openfoam-v2312", "v2312"), ("gromacs-2023.3-cuda", "2023.3"),

@@ -19,6 +19,9 @@ from hpcportal.catalog.indexer import (FileState, Indexer, InvalidFile, ModelKin
                                        is_temporary)
 from hpcportal.models.catalog import CatalogGeneration, IndexedFile
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 class Note(IndexedFile):
     body = peewee.TextField(null=True)

@@ -21,6 +21,9 @@ from hpcportal.catalog.sif import NotSif, SifError, TruncatedSif, UnsupportedSif
 from support import sifstandins
 from support.sifbuild import build_sif, make_squashfs, rootfs_tree, sif_bytes
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 REAL = sifstandins.real_folder()
 SOURCES = ["stand-in"] + (["real"] if REAL else [])
 

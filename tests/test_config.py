@@ -7,6 +7,9 @@ import pytest
 from hpcportal.config import SETTINGS, Config, parse_duration, parse_size
 from hpcportal.errors import ConfigError
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_match_the_documented_key_names():
     config = Config.from_dict({"auth": {"secret": "s"}})

@@ -7,6 +7,9 @@ from hpcportal.errors import ValidationError
 from hpcportal.slurm import directives
 from hpcportal.slurm import script as batch
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 def options(text):
     return {option: d.value for option, d in directives.script_options(text).items()}

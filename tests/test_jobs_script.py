@@ -14,6 +14,9 @@ from hpcportal.slurm import script as batch
 from hpcportal.slurm.parse import exit_code_from_status, parse_sinfo, parse_squeue_json
 from hpcportal.slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmRunner, SlurmUnavailable, slurm_message
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("given, expected", [
     ("16GB", "16G"), ("16G", "16G"), ("16gb", "16G"), ("16GiB", "16G"), ("16 GB", "16G"), ("512M", "512M"),

@@ -12,6 +12,9 @@ import os
 
 import pytest
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SKIPS = {"skip", "skipif", "importorskip", "xfail"}
 

@@ -10,6 +10,9 @@ import pytest
 from hpcportal.auth import User
 from hpcportal.catalog import templates as t
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "templates")
 EXAMPLE_FILES = sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.yaml"), recursive=True))
 

@@ -14,6 +14,9 @@ import pytest
 from hpcportal.catalog import templates as t
 from hpcportal.errors import ValidationError
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "templates", "official")
 
 PLAIN = """\

@@ -6,6 +6,9 @@ from hpcportal.errors import ValidationError
 from hpcportal.uploads.classify import Classifier, looks_like_text
 from hpcportal.uploads.names import MAX_NAME_BYTES, clean_filename, clean_job_id, numbered
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 
 def test_numbered_names_keep_the_extension_and_the_length_limit():
     assert numbered("data.csv", 0) == "data.csv"
