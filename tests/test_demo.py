@@ -1,6 +1,6 @@
 """``scripts/demo`` as a newcomer meets it: run as root from a checkout that only
-root can enter (an admin's clone in /root), then the README's examples pasted
-into another shell, as written.
+root can enter (an admin's clone in /root), then the examples of the README and
+the guides in docs/ pasted into another shell, as written.
 
 The demo runs for real (its own shared folder, SQLite, the local Slurm, the
 apptainer stand-in); its user is the test user alice, so that no account is
@@ -23,11 +23,11 @@ import pytest
 import requests
 import yaml
 from support.daemon import REPO, SharedTree, free_port
+from support.guides import guides
 from support.slurm import FINAL, slurm_conf  # noqa: F401 (fixture)
 from support.waiting import wait_for
 
-README = os.path.join(REPO, "README.md")
-# The two values of the README's demo examples that name this one demo.
+# The two values of the guides' demo examples that name this one demo.
 README_DEMO_DIR = "/tmp/hpcportal-demo"
 README_API = "http://127.0.0.1:5000"
 DEMO_USER = "alice"
@@ -168,8 +168,9 @@ def test_what_jobs_run_is_where_every_user_reaches_it(demo):
     assert subprocess.run(["runuser", "-u", DEMO_USER, "--", "test", "-x", apptainer]).returncode == 0
 
 
-def test_the_readme_examples_run_as_written_and_the_template_job_completes(demo, tmp_path):
-    blocks = example_blocks(open(README, encoding="utf-8").read())
+def test_the_guides_examples_run_as_written_and_the_template_job_completes(demo, tmp_path):
+    # README.md, then docs/*.md by name: a guide's examples may use what an earlier one set.
+    blocks = [block for _, text in guides() for block in example_blocks(text)]
     kinds = [kind for kind, _ in blocks]
     assert kinds.count("setup") >= 2 and kinds.count("demo") >= 8, kinds
     ordered = [code for kind, code in blocks if kind == "setup"] + \

@@ -1,7 +1,8 @@
 """A short soak (bench/soak.py) against a real daemon: a mixed load from many
 clients, then no 5xx, no transport errors, and no growth of the daemon's
 threads or open descriptors after warm-up. No timing is asserted; the figures
-are printed (``pytest -s``) and the long run is done by hand (README, "Load: soak figures")."""
+are printed (``pytest -s``) and the long run is done by hand (docs/operations.md,
+"Load: soak runs")."""
 
 import os
 import socket

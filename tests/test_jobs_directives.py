@@ -107,8 +107,8 @@ def test_merged_options_are_written_as_sbatch_reads_them():
     assert {k: d.value for k, d in again.items()} == {k: d.value for k, d in script.items()}
 
 
-def test_the_allow_list_in_the_readme_is_the_code_s():
+def test_the_allow_list_in_the_jobs_guide_is_the_code_s():
     import pathlib
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    guide = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "jobs.md").read_text()
     for option, (short, kind, _check) in directives.ALLOWED.items():
-        assert f"`--{option}`" in readme, option
+        assert f"`--{option}`" in guide, option

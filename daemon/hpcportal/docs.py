@@ -1,4 +1,4 @@
-"""Documentation generated from the code, so the README cannot drift from it."""
+"""Documentation generated from the code, so the guides cannot drift from it."""
 
 from .config import SETTINGS
 

@@ -275,7 +275,7 @@ def test_every_role_variable_is_specified_and_documented():
     assert all(name.startswith("hpcportal_") for name in defaults)
     assert set(options) == set(defaults)
     assert all(options[name].get("description") for name in options)
-    guide = (ROOT / "README.md").read_text()
+    guide = (ROOT / "docs" / "deployment.md").read_text()
     assert [name for name in defaults if f"`{name}`" not in guide] == []
 
 
