@@ -12,14 +12,13 @@ request bodies it kept in memory or spooled to a file. Needs root (the test
 users own the uploads). Results of earlier runs: bench/RESULTS.md.
 
 The page cache's memory decides dd's rate on a VM whose host takes back the
-memory a guest frees (virtio-balloon free page reporting, as on the
-Firecracker development VM): filling it runs at ~3 GB/s with memory freed a
-moment ago and ~260 MB/s with memory freed seconds ago, whatever the disk.
-Run back to back (``--settle 0``, the default, as the dashboard's figures
-were taken) dd's rate depends on what the step before it freed: on that VM
-anywhere from ~130 to ~1400 MiB/s, so read the rounds, not only the medians.
-``--settle 10`` waits before each step, so every step meets memory freed
-long ago (dd ~260-300 MiB/s there).
+memory a guest frees (virtio-balloon free page reporting): filling it is
+several times faster with memory freed a moment ago than with memory freed
+seconds ago, whatever the disk. Run back to back (``--settle 0``, the default,
+as the dashboard's figures were taken) dd's rate then depends on what the step
+before it freed, so read the rounds, not only the medians (bench/RESULTS.md
+shows such a machine). ``--settle 10`` waits before each step, so every step
+meets memory freed long ago.
 
     .venv/bin/python bench/upload.py [--size 512MiB] [--chunk-size 5MiB] [--parallel 2]
         [--rounds 2] [--settle 0] [--tus-chunk-size 32MiB] [--dir /var/tmp/hpcportal-bench]

@@ -22,17 +22,16 @@ log = logging.getLogger("hpcportal.server")
 # How long a stop waits for requests in flight before closing anyway.
 DRAIN_SECONDS = 30
 # Socket reads of 256 KiB, not waitress' 8 KiB: the one thread that reads every
-# connection spent most of an upload looping over small reads (on a disk-bound
-# run, 2 GiB through the chunk protocol went from 0.6 to about 1.0 times dd's
-# rate, and tus from 0.4 to 0.7; README "Uploads"). Peak memory stayed the
-# same: each read's buffer is freed once spooled.
+# connection spent most of an upload looping over small reads, and uploads were
+# bound by it (bench/RESULTS.md). Peak memory stays the same: each read's buffer
+# is freed once spooled.
 RECV_BYTES = 256 * 1024
 # Room for multipart framing around the largest chunk a client may send.
 BODY_MARGIN = 1024 * 1024
 # Bodies up to uploads.chunk_size plus this (multipart framing and fields) are
 # received in memory, up to one per worker thread at once (bodies.py): spooling
-# each 5 MiB chunk through TMPDIR cost an eighth of the daemon's CPU time per
-# upload, and the chunk's time before the daemon could write it (bench/RESULTS.md).
+# each chunk through TMPDIR cost CPU time and delayed the moment the daemon could
+# write it (bench/RESULTS.md).
 CHUNK_FRAMING = 64 * 1024
 
 
@@ -96,9 +95,9 @@ def limit_malloc_arenas(arenas=2, environ=os.environ):
     glibc gives threads that contend for malloc arenas of their own (up to 8 per
     core) and seldom gives their freed memory back: with many worker threads and
     large short-lived buffers (chunk bodies, output slices, squeue snapshots) the
-    RSS climbed by 160 MiB in a minute of submits and output reads, and stayed
-    flat with two arenas (README, "Load: soak figures"). MALLOC_ARENA_MAX in the
-    environment, read by glibc itself, wins."""
+    RSS climbs under submits and output reads and stays up; with two arenas it
+    stays flat (bench/RESULTS.md, "Load"). MALLOC_ARENA_MAX in the environment,
+    read by glibc itself, wins."""
     if "MALLOC_ARENA_MAX" in environ:
         return False
     try:

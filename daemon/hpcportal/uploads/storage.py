@@ -212,10 +212,9 @@ class Storage:
         """The lock this process takes around each write to ``fd``'s file.
 
         The kernel serialises buffered writes to one file anyway (ext4 takes the
-        inode's lock), and a writer waiting for it spins on a CPU. Two chunks of
-        one upload written at once spent 2.5 s of CPU per GiB spinning (about a
-        third of the daemon's time on a 2-core head, README "Uploads"); waiting
-        here sleeps instead, and the bytes reach the disk as fast."""
+        inode's lock), and a writer waiting for it spins on a CPU that the head
+        needs for other requests (bench/RESULTS.md); waiting here sleeps
+        instead, and the bytes reach the disk as fast."""
         info = os.fstat(fd)
         key = (info.st_dev, info.st_ino)
         with self._write_locks_guard:
@@ -309,8 +308,8 @@ class Storage:
         The head node never reads an upload again (jobs read it on compute
         nodes), so 50 GB of it would only push everything else out of the page
         cache. Memory the kernel frees this way is reused at once by the next
-        chunk; on a VM whose host takes freed memory back, fresh memory costs
-        ten times more to fill (README "Uploads")."""
+        chunk, which is cheaper than fresh memory (much cheaper on a VM whose
+        host takes freed memory back)."""
         if end > start:
             try:
                 os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
