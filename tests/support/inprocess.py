@@ -73,6 +73,8 @@ def unit_config(shared, extra=None):
         "database": {"url": f"sqlite:///{shared.state}/portal.db"},
         "auth": {"secret_file": secret_file},
         "slurm": {"bin_dir": no_slurm, "conf": None},
+        # Tests write a catalog file and scan at once; it will not change afterwards.
+        "catalog": {"settle_seconds": 0},
         # Many requests by one user in a few milliseconds: the limits would answer 429
         # to tests that are not about them.
         "security": {"rate_limits": {"submit": 0, "upload_init": 0, "scan": 0}},
@@ -81,10 +83,19 @@ def unit_config(shared, extra=None):
     return Config.from_dict(deep_merge(base, extra), env={})
 
 
+_open = []  # the portal now open in this process, if any
+
+
 @contextlib.contextmanager
 def inprocess(config=None):
-    """An ``InProcess`` portal on a fresh shared tree, removed afterwards."""
+    """An ``InProcess`` portal on a fresh shared tree, removed afterwards.
+
+    One at a time: the database models are bound once per process, so a
+    second app would take them over from the first."""
+    if _open:
+        raise RuntimeError("an in-process portal is already open; close it before opening another")
     ensure_test_users()
+    _open.append(True)
     shared = SharedTree()
     try:
         settings = unit_config(shared, config)
@@ -96,3 +107,4 @@ def inprocess(config=None):
             app.portal.database.close()
     finally:
         shared.cleanup()
+        _open.clear()

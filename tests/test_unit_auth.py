@@ -1,0 +1,146 @@
+"""The token matrix of README "Authentication", in process: each refusal's exact body.
+
+tests/test_auth.py proves the same against a real daemon over HTTP; this is the
+fast copy to run while changing code.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import warnings
+
+import jwt
+import pytest
+
+from support.daemon import TEST_SECRET, make_token
+from support.inprocess import inprocess
+
+pytestmark = pytest.mark.unit
+
+NO_BEARER = "Missing 'Bearer' type in 'Authorization' header. Expected 'Authorization: Bearer <JWT>'"
+NOW = int(time.time())
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def handmade(header, payload, key=b""):
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
+    return f"{signing_input}.{b64(signature)}"
+
+
+def claims(user="alice", **extra):
+    return {"sub": user, "iat": NOW, "nbf": NOW, "exp": NOW + 600, "type": "access", **extra}
+
+
+def hs512_token():
+    with warnings.catch_warnings():  # the test secret is short for HS512, on purpose
+        warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
+        return jwt.encode(claims(), TEST_SECRET, algorithm="HS512")
+
+
+@pytest.fixture(scope="module")
+def portal():
+    with inprocess({"users": {"deny": ["bob"]}}) as portal:
+        yield portal
+
+
+def me(portal, authorization=None):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    return portal.get("/api/v2/me", headers=headers)
+
+
+def flask_jwt_body(error, msg):
+    """flask_jwt_extended's ``msg``, with the portal's own fields beside it."""
+    return {"success": False, "error": error, "message": msg, "msg": msg}
+
+
+@pytest.mark.parametrize("authorization, error, msg", [
+    (None, "missing_token", "Missing Authorization Header"),
+    ("Basic YWxpY2U6cHc=", "missing_token", NO_BEARER),
+    ("Token abc", "missing_token", NO_BEARER),
+    ("bearer abc", "missing_token", NO_BEARER),
+    (f"Bearer {make_token('alice', exp=NOW - 3600, iat=NOW - 7200, nbf=NOW - 7200)}",
+     "token_expired", "Token has expired"),
+], ids=["no header", "basic", "token scheme", "lower-case bearer", "expired"])
+def test_401_answers_with_flask_jwt_extended_body_and_www_authenticate(portal, authorization, error, msg):
+    answer = me(portal, authorization)
+    assert answer.status_code == 401
+    assert answer.json == flask_jwt_body(error, msg)
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("token, msg", [
+    ("not-a-jwt", "Not enough segments"),
+    (jwt.encode(claims(), "another-secret-another-secret-xx", algorithm="HS256"),
+     "Signature verification failed"),
+    (handmade({"alg": "none", "typ": "JWT"}, claims()), "The specified alg value is not allowed"),
+    (hs512_token(), "The specified alg value is not allowed"),
+    (make_token("alice", type="refresh"), "Only non-refresh tokens are allowed"),
+    (make_token("alice", nbf=NOW + 3600, exp=NOW + 4200), "The token is not yet valid (nbf)"),
+    (jwt.encode({k: v for k, v in claims().items() if k != "exp"}, TEST_SECRET, algorithm="HS256"),
+     'Token is missing the "exp" claim'),
+], ids=["malformed", "bad signature", "alg none", "disallowed alg", "refresh", "not yet valid", "no exp"])
+def test_invalid_tokens_are_422_with_flask_jwt_extended_msg(portal, token, msg):
+    answer = me(portal, f"Bearer {token}")
+    assert answer.status_code == 422
+    assert answer.json == flask_jwt_body("invalid_token", msg)
+
+
+def test_a_bearer_header_of_three_words_is_a_bad_header(portal):
+    answer = me(portal, "Bearer abc def")
+    assert answer.status_code == 422
+    assert answer.json["msg"] == "Bad Authorization header. Expected 'Authorization: Bearer <JWT>'"
+
+
+@pytest.mark.parametrize("user, error, message", [
+    ("no-such-user-here", "unknown_user", "User 'no-such-user-here' does not exist on this cluster."),
+    ("root", "user_denied", "The root account may not use the portal."),
+    ("daemon", "user_denied",
+     "User 'daemon' is a system account (uid 1 is below 1000) and may not use the portal."),
+    ("nobody", "user_denied", "User 'nobody' is outside the portal's range of accounts "
+                              "(uid 65534 is above 60000) and may not use the portal."),
+], ids=["unknown", "root", "below min_uid", "above max_uid"])
+def test_accounts_the_portal_refuses_are_403(portal, user, error, message):
+    answer = me(portal, f"Bearer {make_token(user)}")
+    assert answer.status_code == 403
+    assert answer.json == {"success": False, "error": error, "message": message}
+
+
+def test_a_denied_user_is_403_user_denied(portal):
+    answer = me(portal, f"Bearer {make_token('bob')}")
+    assert answer.status_code == 403
+    assert answer.json["error"] == "user_denied"
+
+
+def test_a_valid_token_names_the_unix_account(portal):
+    answer = me(portal, f"Bearer {make_token('alice')}")
+    assert answer.status_code == 200
+    assert answer.json == {"user": "alice", "uid": 2001, "gid": 2001, "groups": ["alice"], "admin": False}
+
+
+@pytest.mark.parametrize("extra", [{"roles": ["user", "admin"]}, {"roles": "admin"}, {"is_admin": True}])
+def test_administrator_claims(portal, extra):
+    answer = me(portal, f"Bearer {make_token('alice', **extra)}")
+    assert answer.status_code == 200 and answer.json["admin"] is True
+
+
+@pytest.mark.parametrize("extra", [{"roles": ["user"]}, {"roles": "administrator"}, {"is_admin": "true"}])
+def test_claims_that_do_not_make_an_administrator(portal, extra):
+    assert me(portal, f"Bearer {make_token('alice', **extra)}").json["admin"] is False
+
+
+@pytest.mark.parametrize("path", ["/api/v2/templates", "/api/v2/apptainer/images", "/api/v2/files",
+                                  "/api/slurm/jobs", "/api/slurm/partitions"])
+def test_every_api_route_needs_a_token(portal, path):
+    answer = portal.get(path)
+    assert answer.status_code == 401 and answer.json["msg"] == "Missing Authorization Header"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/api/openapi.json"])
+def test_operations_routes_and_the_api_document_need_no_token(portal, path):
+    assert portal.get(path).status_code in (200, 503)  # /readyz: 503 while services are stopped
