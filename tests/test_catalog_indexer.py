@@ -18,6 +18,7 @@ from hpcportal.catalog import watcher
 from hpcportal.catalog.indexer import (FileState, Indexer, InvalidFile, ModelKind, generation,
                                        is_temporary)
 from hpcportal.models.catalog import CatalogGeneration, IndexedFile
+from support.waiting import wait_for
 
 # In process: no daemon, no Slurm, no database server (`pytest -m unit`).
 pytestmark = pytest.mark.unit
@@ -200,14 +201,11 @@ def test_the_watcher_indexes_a_dropped_file_and_a_moved_folder(database, root, t
         write(outside / "one.txt", "1")
         write(outside / "two.txt", "2")
         os.rename(outside, root / "moved")
-        deadline = time.monotonic() + 30
-        while set(rows()) != {"dropped.txt", "moved/one.txt", "moved/two.txt"}:
-            assert time.monotonic() < deadline, rows()
-            time.sleep(0.05)
+        wait_for(lambda: set(rows()) == {"dropped.txt", "moved/one.txt", "moved/two.txt"}, timeout=30,
+                 interval=0.05, message="the dropped file and the moved folder indexed", show=rows)
         os.rename(root / "moved", tmp_path / "gone")
-        while set(rows()) != {"dropped.txt"}:
-            assert time.monotonic() < deadline, rows()
-            time.sleep(0.05)
+        wait_for(lambda: set(rows()) == {"dropped.txt"}, timeout=30, interval=0.05,
+                 message="the folder moved away removed", show=rows)
         assert indexer.health() == (True, "notes: inotify")
     finally:
         indexer.stop()
@@ -220,10 +218,7 @@ def test_missing_root_is_watched_once_it_appears(database, tmp_path):
     try:
         assert "folder missing" in indexer.health()[1]
         write(late / "a.txt", "alpha")
-        deadline = time.monotonic() + 30
-        while "a.txt" not in rows():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: "a.txt" in rows(), timeout=30, interval=0.05, message="a.txt indexed", show=rows)
     finally:
         indexer.stop()
 
@@ -253,25 +248,20 @@ def test_a_vanished_root_keeps_the_index_and_is_watched_again(database, root, tm
     write(root / "a.txt", "alpha", mtime=time.time() - 100)
     indexer.start()
     try:
-        deadline = time.monotonic() + 30
-        while set(rows()) != {"a.txt"}:
-            assert time.monotonic() < deadline, rows()
-            time.sleep(0.05)
+        wait_for(lambda: set(rows()) == {"a.txt"}, timeout=30, interval=0.05, message="a.txt indexed",
+                 show=rows)
         os.rename(root, tmp_path / "unmounted")      # as an NFS outage looks to the daemon
-        while "folder missing" not in indexer.health()[1]:
-            assert time.monotonic() < deadline, indexer.health()
-            time.sleep(0.05)
+        wait_for(lambda: "folder missing" in indexer.health()[1], timeout=30, interval=0.05,
+                 message="the missing folder noticed", show=indexer.health)
         assert indexer.scan()["notes"].removed == []
         assert set(rows()) == {"a.txt"}
         os.rename(tmp_path / "unmounted", root)
         # Back: the watch is re-attached and new files are followed again.
-        while "folder missing" in indexer.health()[1]:
-            assert time.monotonic() < deadline, indexer.health()
-            time.sleep(0.05)
+        wait_for(lambda: "folder missing" not in indexer.health()[1], timeout=30, interval=0.05,
+                 message="the folder watched again", show=indexer.health)
         write(root / "b.txt", "beta")
-        while set(rows()) != {"a.txt", "b.txt"}:
-            assert time.monotonic() < deadline, rows()
-            time.sleep(0.05)
+        wait_for(lambda: set(rows()) == {"a.txt", "b.txt"}, timeout=30, interval=0.05,
+                 message="b.txt indexed", show=rows)
     finally:
         indexer.stop()
 
