@@ -115,6 +115,19 @@ class ServiceUnavailable(PortalError):
     code = "unavailable"
 
 
+class TusVersionUnsupported(PortalError):
+    """A tus request without ``Tus-Resumable: 1.0.0`` (412, as tus 1.0.0 says)."""
+
+    code = "unsupported_tus_version"
+
+
+class TusChecksumMismatch(PortalError):
+    """A tus PATCH body that does not match its Upload-Checksum (460, the tus
+    checksum extension's status)."""
+
+    code = "checksum_mismatch"
+
+
 class UnsupportedMediaType(PortalError):
     code = "unsupported_media_type"
 

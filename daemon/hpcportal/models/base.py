@@ -1,6 +1,7 @@
-"""What every model shares: the base class, JSON columns, UTC timestamps."""
+"""What every model shares: the base class, JSON columns, UTC timestamps, path keys."""
 
 import datetime
+import hashlib
 import json
 
 import peewee
@@ -9,6 +10,17 @@ import peewee
 def utcnow():
     """Naive UTC: portable across SQLite, MariaDB and PostgreSQL columns."""
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def utc_at(timestamp):
+    """A Unix time as naive UTC, to the second, like ``utcnow``."""
+    return datetime.datetime.fromtimestamp(int(timestamp), datetime.timezone.utc).replace(tzinfo=None)
+
+
+def path_hash(path):
+    """The key of a row found by its path (sha256): one unique key on every
+    backend, however long the path. File names that are not UTF-8 keep their bytes."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def isoformat(value):

@@ -1,0 +1,130 @@
+"""The finished files: listing, reading, previewing and deleting a user's
+files, the look-ups the jobs area makes, and removal after retention_days."""
+
+import logging
+import os
+
+from ..errors import NotFound, UnsupportedMediaType
+from ..models.base import isoformat, path_hash, utc_at
+from ..models.uploads import UploadedFile
+from .classify import looks_like_text
+from .links import JobLinks
+
+log = logging.getLogger(__name__)
+
+PREVIEW_BYTES = 64 * 1024
+
+
+def serialize_file(row):
+    return {
+        "file_id": row.id,
+        "filename": row.filename,
+        "size": row.size,
+        "sha256": row.sha256,
+        "file_type": row.file_type,
+        "mime_type": row.mime_type,
+        "storage_path": row.storage_path,
+        "job_id": row.job_id,
+        "slurm_job_id": row.slurm_job_id,
+        "created_at": isoformat(row.created_at),
+    }
+
+
+class Files(JobLinks):
+    def __init__(self, settings, storage, metrics, clock):
+        self._settings = settings
+        self._storage = storage
+        self._metrics = metrics
+        self._clock = clock
+
+    def _file(self, user, file_id):
+        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user.name))
+        if row is None:
+            raise NotFound(f"There is no file {file_id!r}.", code="file_not_found")
+        return row
+
+    def completed(self, user_name, upload_id):
+        """The file an upload became, or None."""
+        return UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
+                                        & (UploadedFile.user == user_name))
+
+    def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0):
+        query = UploadedFile.select().where(UploadedFile.user == user.name)
+        if job_id:
+            query = query.where(UploadedFile.job_id == job_id)
+        if file_type:
+            query = query.where(UploadedFile.file_type == file_type)
+        total = query.count()
+        rows = query.order_by(UploadedFile.created_at.desc(), UploadedFile.id).limit(limit).offset(offset)
+        return [serialize_file(r) for r in rows], total
+
+    def get_file(self, user, file_id):
+        return serialize_file(self._file(user, file_id))
+
+    def open_file(self, user, file_id):
+        """(file dict, read-only descriptor); the caller closes the descriptor."""
+        row = self._file(user, file_id)
+        return serialize_file(row), self._storage.open_file(row.storage_path, owner_uid=user.uid)
+
+    def preview(self, user, file_id):
+        info, fd = self.open_file(user, file_id)
+        try:
+            sample = os.pread(fd, PREVIEW_BYTES, 0)
+        finally:
+            os.close(fd)
+        if not looks_like_text(sample):
+            raise UnsupportedMediaType(
+                f"{info['filename']} is a {info['file_type']} file ({info['mime_type']}); "
+                "only text files have a preview.", code="not_text")
+        return {"file_id": info["file_id"], "filename": info["filename"],
+                "mime_type": info["mime_type"], "size": info["size"],
+                "truncated": info["size"] > PREVIEW_BYTES,
+                "content": sample.decode("utf-8", errors="ignore")}
+
+    def delete_file(self, user, file_id):
+        self._remove(self._file(user, file_id))
+
+    def _remove(self, row, condition=None):
+        query = UploadedFile.delete().where(UploadedFile.id == row.id)
+        if condition is not None:
+            query = query.where(condition)
+        if query.execute():
+            self._storage.remove_file(row.storage_path)
+            return True
+        return False
+
+    # -- for other areas (jobs) ----------------------------------------------
+
+    def file_for_user(self, user_name, file_id):
+        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user_name))
+        return serialize_file(row) if row else None
+
+    def file_by_storage_path(self, user_name, storage_path):
+        if not isinstance(storage_path, str) or not storage_path:
+            return None
+        row = UploadedFile.get_or_none(
+            (UploadedFile.storage_path_hash == path_hash(os.path.normpath(storage_path)))
+            & (UploadedFile.user == user_name))
+        return serialize_file(row) if row else None
+
+    def files_for_job(self, user_name, job_id):
+        rows = (UploadedFile.select().where((UploadedFile.user == user_name)
+                                            & (UploadedFile.job_id == job_id))
+                .order_by(UploadedFile.created_at, UploadedFile.id))
+        return [serialize_file(r) for r in rows]
+
+    # -- clean-up (the janitor service) --------------------------------------
+
+    def apply_retention(self):
+        days = self._settings.retention_days
+        if days is None:
+            return 0
+        cutoff = utc_at(self._clock() - days * 86400)
+        count = 0
+        for row in list(UploadedFile.select().where(UploadedFile.created_at < cutoff)):
+            if self._remove(row, condition=UploadedFile.created_at < cutoff):
+                count += 1
+                self._metrics.retained_removed.inc()
+                log.info("file %s of %s removed after %s days: %s", row.id, row.user, days,
+                         row.storage_path)
+        return count
