@@ -2,12 +2,12 @@
 (one body per worker thread); the others are spooled to a file as before."""
 
 import socket
-import time
 
 import pytest
 
 from support.daemon import auth_headers
 from support.uploads import complete, init, random_bytes, send_chunk, sha256
+from support.waiting import wait_for
 
 MiB = 1024 * 1024
 
@@ -19,15 +19,6 @@ def kept(daemon):
             if line.startswith(f'hpcportal_request_bodies_total{{kept="{where}"}}'):
                 counts[where] = int(float(line.split()[-1]))
     return counts
-
-
-def wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class HeldChunk:
@@ -87,7 +78,8 @@ def test_bodies_beyond_the_budget_are_spooled_and_memory_stays_bounded(daemon_fa
     before = rss(daemon)
     held = [HeldChunk(daemon, info["upload_id"], index, data[index * 5 * MiB:(index + 1) * 5 * MiB])
             for index in range(count)]
-    assert wait_for(lambda: sum(kept(daemon).values()) == count)
+    wait_for(lambda: sum(kept(daemon).values()) == count, timeout=30, interval=0.05,
+             message=f"{count} bodies counted", show=lambda: kept(daemon))
     assert kept(daemon) == {"memory": 2, "file": count - 2}
     # Ten bodies of 5 MiB each, all but complete: two are in memory (10 MiB),
     # the others in files; unbounded, the daemon would hold 50 MiB of them.
@@ -105,14 +97,15 @@ def test_a_connection_dropped_mid_body_gives_its_budget_back(daemon_factory):
     data = random_bytes(5 * MiB)
     info = init(daemon, "alice", "dropped.bin", 5 * MiB).json()
     dropped = HeldChunk(daemon, info["upload_id"], 0, data)
-    assert wait_for(lambda: kept(daemon) == {"memory": 1, "file": 0})
+    wait_for(lambda: kept(daemon) == {"memory": 1, "file": 0}, timeout=30, interval=0.05,
+             message="one body kept in memory", show=lambda: kept(daemon))
     dropped.drop()
 
     def kept_in_memory_again():
         assert send_chunk(daemon, "alice", info["upload_id"], 0, data).status_code == 200
         return kept(daemon)["memory"] == 2
 
-    assert wait_for(kept_in_memory_again)
+    wait_for(kept_in_memory_again, timeout=30, interval=0.05, message="bodies kept in memory again")
     assert complete(daemon, "alice", info["upload_id"]).json()["sha256"] == sha256(data)
 
 

@@ -2,10 +2,12 @@
 
 import hashlib
 import io
+import linecache
 import os
 import shutil
 import socket
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +18,7 @@ import requests
 from hpcportal.uploads.storage import Storage
 from support.uploads import (SMALL, chunks_of, complete, drops_cached_pages, init, random_bytes, resident_pages,
                              send_chunk, sha256, upload)
+from support.waiting import wait_for
 
 
 @pytest.fixture
@@ -194,15 +197,6 @@ def test_cancel_removes_partial_data(small, shared_dir):
     assert small.delete(f"/api/v2/files/upload/{info['upload_id']}", user="alice").status_code == 404
 
 
-def _wait_for(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_expired_uploads_and_old_files_are_cleaned_up(daemon_factory, shared_dir):
     daemon = daemon_factory(config={"uploads": {**SMALL["uploads"], "expire_after": "1s",
                                                 "cleanup_interval": "0.2", "retention_days": 2e-5}})
@@ -212,12 +206,13 @@ def test_expired_uploads_and_old_files_are_cleaned_up(daemon_factory, shared_dir
     with open(orphan, "wb") as handle:
         handle.write(b"left behind by a crash")
     os.utime(orphan, (time.time() - 60, time.time() - 60))
-    assert _wait_for(lambda: status(daemon, "alice", info["upload_id"]).status_code == 404)
+    wait_for(lambda: status(daemon, "alice", info["upload_id"]).status_code == 404, timeout=20,
+             message="the expired upload removed")
     assert not os.path.exists(partial)
-    assert _wait_for(lambda: not os.path.exists(orphan))
+    wait_for(lambda: not os.path.exists(orphan), timeout=20, message="the orphaned part file removed")
     result = upload(daemon, "alice", b"old data\n", filename="old.txt", chunk_size=1024)
-    assert _wait_for(lambda: daemon.get(f"/api/v2/files/{result['file_id']}", user="alice")
-                     .status_code == 404)
+    wait_for(lambda: daemon.get(f"/api/v2/files/{result['file_id']}", user="alice").status_code == 404,
+             timeout=20, message="the file past retention removed")
     assert not os.path.exists(result["storage_path"])
     metrics = daemon.get("/metrics").text
     assert "hpcportal_uploads_expired_total 1.0" in metrics
@@ -336,7 +331,11 @@ def test_disconnect_mid_chunk_records_nothing(small):
                 f"Host: x\r\nAuthorization: {_bearer('alice')}\r\n"
                 "Content-Type: application/octet-stream\r\nContent-Length: 4096\r\n\r\n")
         sock.sendall(head.encode() + b"z" * 2000)
-    time.sleep(0.5)
+        sock.shutdown(socket.SHUT_WR)  # the client is gone, 2096 bytes short
+        # Positive signal: the daemon closes its side once it has dropped the request.
+        sock.settimeout(30)
+        while sock.recv(65536):
+            pass
     assert status(small, "alice", info["upload_id"]).json()["received_chunks"] == []
     assert send_chunk(small, "alice", info["upload_id"], 0, b"y" * 4096).status_code == 200
 
@@ -560,6 +559,13 @@ def test_memory_stays_flat_whatever_the_chunk_size(daemon_factory):
     assert _peak_rss(daemon) - before < 6 * mib
 
 
+def _waits_for_the_lock(thread):
+    """Positive signal: ``thread`` stands on a ``with lock:`` line (blocked acquiring it)."""
+    frame = sys._current_frames().get(thread.ident)
+    return (frame is not None and frame.f_code.co_name == "write_at"
+            and linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "with lock:")
+
+
 def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
     storage = Storage(str(tmp_path), is_root=False)
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -575,7 +581,8 @@ def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
             writer.start()
             storage.write_at(other, 0, io.BytesIO(b"y" * 10), 10)
             assert os.pread(other, 10, 0) == b"y" * 10
-            time.sleep(0.3)
+            wait_for(lambda: _waits_for_the_lock(writer), timeout=30, interval=0.01,
+                     message="the writer to wait for the file's lock")
             assert os.pread(first, 10, 0) == b""
         writer.join(10)
         assert os.pread(first, 10, 0) == b"x" * 10
