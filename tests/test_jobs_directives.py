@@ -6,6 +6,7 @@ import pytest
 from hpcportal.errors import ValidationError
 from hpcportal.slurm import directives
 from hpcportal.slurm import script as batch
+from hpcportal.slurm.job import JobSpec
 
 # In process: no daemon, no Slurm, no database server (`pytest -m unit`).
 pytestmark = pytest.mark.unit
@@ -90,8 +91,8 @@ def test_values_get_the_same_checks_as_the_body(text, needle):
 
 def test_the_body_wins_where_both_speak():
     script = directives.script_options("#SBATCH -J from-script -p viz --mem-per-cpu=2G -t 10 --gres=gpu:1 -c 2\n")
-    body = batch.directives_for({"job_name": "from body", "memory": "4G", "time": None})
-    assert directives.merged(body, script) == [
+    job = JobSpec(script="", script_path="/j/s.sh", name="from body", memory="4G").with_script_options(script)
+    assert job.directives() == [
         ("job-name", "from body"), ("mem", "4G"), ("partition", "viz"), ("time", "00:10:00"),
         ("gres", "gpu:1"), ("cpus-per-task", "2")]
     assert directives.recorded_values(script) == {"job_name": "from-script", "partition": "viz",
@@ -100,7 +101,8 @@ def test_the_body_wins_where_both_speak():
 
 def test_merged_options_are_written_as_sbatch_reads_them():
     script = directives.script_options('#SBATCH --job-name="분석 \\"1\\"" --begin=now+1hour --array=0-3%2\n')
-    lines = batch.directive_lines(directives.merged([], script))
+    job = JobSpec(script="", script_path="/j/s.sh").with_script_options(script)
+    lines = batch.directive_lines(job.directives())
     assert lines == ['#SBATCH --job-name="분석 \\"1\\""', "#SBATCH --begin=now+1hour", "#SBATCH --array=0-3%2"]
     # Read back by the same rules, every written value is the checked one.
     again = directives.script_options("\n".join(lines) + "\n")

@@ -10,7 +10,10 @@ import subprocess
 import pytest
 
 from hpcportal.errors import ValidationError
+from hpcportal.jobs.request import check_resources
 from hpcportal.slurm import script as batch
+from hpcportal.slurm.directives import script_options
+from hpcportal.slurm.job import JobSpec
 from hpcportal.slurm.parse import exit_code_from_status, parse_sinfo, parse_squeue_json
 from hpcportal.slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmRunner, SlurmUnavailable, slurm_message
 
@@ -51,15 +54,15 @@ def test_bad_time_is_refused(given):
 
 def test_check_resources_reports_every_field():
     with pytest.raises(ValidationError) as caught:
-        batch.check_resources({"jobName": "a\tb", "nodes": 0, "cpus": "x", "memory": "q", "time": "z",
+        check_resources({"jobName": "a\tb", "nodes": 0, "cpus": "x", "memory": "q", "time": "z",
                                "partition": "-p", "account": "a;b", "gpus": -1}, max_script_size=10)
     assert set(caught.value.errors) == {"jobName", "nodes", "cpus", "memory", "time", "partition", "account",
                                         "gpus", "script"}
     for field, value in (("jobName", "ok\n"), ("partition", "compute\n"), ("qos", "normal\n")):
         with pytest.raises(ValidationError) as caught:
-            batch.check_resources({"jobName": "x", "script": "true", field: value}, max_script_size=10)
+            check_resources({"jobName": "x", "script": "true", field: value}, max_script_size=10)
         assert field in caught.value.errors
-    ok = batch.check_resources({"jobName": "x", "nodes": "2", "cpus": 4, "memory": "1G", "time": 30,
+    ok = check_resources({"jobName": "x", "nodes": "2", "cpus": 4, "memory": "1G", "time": 30,
                                 "script": "true"}, max_script_size=10)
     assert (ok["nodes"], ok["cpus"], ok["memory"], ok["time"]) == (2, 4, "1G", "00:30:00")
 
@@ -81,7 +84,7 @@ def test_directives_refuse_anything_that_could_add_a_line_or_option():
 @pytest.mark.parametrize("name", ["데이터 분석 (1)", "a b", "x" * 128, "it's \"q\"", "#1", "é,ü;漢"])
 def test_job_names_are_any_printable_text(name):
     assert batch.job_name(name) == name
-    assert batch.check_resources({"jobName": name, "script": "true"}, max_script_size=10)["job_name"] == name
+    assert check_resources({"jobName": name, "script": "true"}, max_script_size=10)["job_name"] == name
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 129, "a\nb", "a\rb", "a\tb", "a\x00b", "a\x1bb", "a\u2028b",
@@ -129,8 +132,8 @@ def test_user_script_is_its_own_file_run_by_its_interpreter(tmp_path):
     body_path = str(tmp_path / "script.sh")
     body = "#!/usr/bin/env python3\nprint('from python')\n"
     (tmp_path / "script.sh").write_text(body)
-    text = batch.build_batch_script([("job-name", "x")], [("comment", "hpcportal:abc")], {"INPUT_FILE_COUNT": "0"},
-                                    body=body, body_path=body_path)
+    text = batch.render_batch_script(JobSpec(script=body, script_path=body_path, name="x", comment="hpcportal:abc",
+                                             environment={"INPUT_FILE_COUNT": "0"}))
     assert text.startswith("#!/bin/bash -l\n#SBATCH --job-name=x\n#SBATCH --comment=hpcportal:abc\n")
     assert body not in text
     assert run_bash(text, tmp_path).stdout == "from python\n"
@@ -139,22 +142,28 @@ def test_user_script_is_its_own_file_run_by_its_interpreter(tmp_path):
 
 
 def test_container_command_and_unsafe_binds(tmp_path):
-    text = batch.build_batch_script([], [], {}, body="true\n", body_path="/j/script.sh", image_path="/i/p.sif",
-                                    apptainer_command="/opt/apptainer", exec_options=["--nv"],
-                                    binds=["/j", "/shared/data"])
-    assert text.endswith("exec /opt/apptainer exec --nv --bind /j --bind /shared/data /i/p.sif /bin/bash "
-                         "/j/script.sh\n")
+    job = JobSpec(script="true\n", script_path="/j/script.sh", image="/i/p.sif", apptainer="/opt/apptainer",
+                  exec_options=("--nv",), binds=("/j", "/shared/data"))
+    assert batch.render_batch_script(job).endswith(
+        "exec /opt/apptainer exec --nv --bind /j --bind /shared/data /i/p.sif /bin/bash /j/script.sh\n")
     assert batch.bind_path_ok("/data/two words (1)")
     for bind in ("/a,/b", "/a\n", "relative"):
         with pytest.raises(ValueError):
-            batch.build_batch_script([], [], {}, body="", body_path="/j/s", image_path="/i", binds=[bind])
+            batch.render_batch_script(JobSpec(script="", script_path="/j/s", image="/i", binds=(bind,)))
 
 
-def test_template_scripts_get_the_portals_options_after_the_shebang():
-    rendered = "#!/bin/bash\n#SBATCH --job-name=t\n: hpcportal batch options end here\nexport A=1\necho hi\n"
-    text = batch.add_job_options(rendered, [("comment", "hpcportal:x")], {"HPCPORTAL_JOB_DIR": "/j"})
-    assert text.splitlines()[:5] == ["#!/bin/bash -l", "#SBATCH --comment=hpcportal:x", "#SBATCH --job-name=t",
-                                     ": hpcportal batch options end here", "export HPCPORTAL_JOB_DIR=/j"]
+def test_one_job_lists_its_resources_then_the_users_options_then_the_portals():
+    job = JobSpec(script="true\n", script_path="/j/s.sh", name="t", partition="compute", memory="1G", gpus=2,
+                  output="/j/slurm-%j.out", workdir="/j", comment="hpcportal:x", export="NONE")
+    mine = script_options("#SBATCH --mem-per-cpu=2G --gres=gpu:1 --array=1-4 -p viz\n")
+    job = job.with_script_options(mine)
+    # The body's --mem speaks for --mem-per-cpu too, as sbatch's command line does over a script.
+    assert job.directives() == [
+        ("job-name", "t"), ("partition", "compute"), ("mem", "1G"), ("gres", "gpu:2"), ("array", "1-4"),
+        ("output", "/j/slurm-%j.out"), ("chdir", "/j"), ("comment", "hpcportal:x"), ("export", "NONE")]
+    text = batch.render_batch_script(job)
+    assert text.splitlines()[-1] == "exec /bin/bash /j/s.sh"
+    assert ": hpcportal batch options end here" in text.splitlines()
 
 
 def test_squeue_json_of_slurm_22_05():

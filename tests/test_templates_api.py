@@ -292,9 +292,12 @@ def test_render_checks_values_and_returns_the_batch_script(shared_dir, daemon, t
     script = result["script"]
     assert "#SBATCH --partition=group1" in script
     assert not [line for line in script.splitlines() if line.startswith("#SBATCH --uid")]
-    # Run it: the value arrives unchanged and nothing in it ran.
+    # Run it, with the template's script saved where a submit saves it (here: beside it):
+    # the value arrives unchanged and nothing in it ran.
+    assert script.endswith(f"exec /bin/bash {result['body_path']}\n")
     (tmp_path / "home").mkdir()
-    (tmp_path / "job.sh").write_text(script)
+    (tmp_path / "script.sh").write_text(result["body"])
+    (tmp_path / "job.sh").write_text(script.replace(result["body_path"], str(tmp_path / "script.sh")))
     run = subprocess.run(["bash", "job.sh"], cwd=tmp_path, capture_output=True, timeout=60,
                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home")})
     assert run.returncode == 0, run.stderr

@@ -13,6 +13,8 @@ import pytest
 
 from hpcportal.catalog import templates as t
 from hpcportal.errors import ValidationError
+from hpcportal.slurm.job import JobSpec
+from hpcportal.slurm.script import bash_quote, render_batch_script
 
 # In process: no daemon, no Slurm, no database server (`pytest -m unit`).
 pytestmark = pytest.mark.unit
@@ -87,6 +89,13 @@ def sbatch_directives(script):
     return found
 
 
+def run_rendered(result, cwd, env=None):
+    """Run a render's batch script as a submit would: its body saved where the script runs it."""
+    with open(result["body_path"], "w", encoding="utf-8") as handle:
+        handle.write(result["body"])
+    return run_script(result["script"], cwd, env)
+
+
 def run_script(script, cwd, env=None):
     home = cwd / "home"
     home.mkdir(exist_ok=True)
@@ -118,8 +127,11 @@ def test_render_with_defaults_builds_directives_and_environment():
     assert env["FILE_EXTRA"] == ""
     assert env["INPUT_FILE_0"] == env["FILE_DATA"] and env["INPUT_FILE_COUNT"] == "1"
     assert result["image"] is None
-    # The template's body follows byte for byte.
-    assert result["script"].endswith(parsed.document["script"])
+    # The template's body is saved byte for byte, as a user's script is, and run from there.
+    assert result["body"] == result.spec.script == parsed.document["script"]
+    assert result["body_path"] == "/shared/uploads/alice/jobs/preview/script.sh"
+    assert result["script"].endswith("\nexec /bin/bash /shared/uploads/alice/jobs/preview/script.sh\n")
+    assert result["script"] == render_batch_script(result.spec)
 
 
 def test_overrides_within_bounds_are_applied_and_normalised():
@@ -228,11 +240,11 @@ def test_crafted_values_reach_the_job_unchanged_and_inert(tmp_path, value):
     request = {"parameters": {"text": value, "tag": None},
                "files": [{"name": "data", "storage_path": str(data), "size": 4}],
                "overrides": {}}
-    result = render(parsed, request)
+    result = render(parsed, request, job_dir=str(tmp_path))
     script = result["script"]
     assert sbatch_directives(script) == sbatch_directives(render(parsed, good_request())["script"])
     assert not any(line.lstrip().startswith("#SBATCH --uid") for line in script.splitlines())
-    outcome = run_script(script, tmp_path)
+    outcome = run_rendered(result, tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert (tmp_path / "param_text.out").read_bytes().decode() == value
     assert (tmp_path / "file_data.out").read_text() == str(data)
@@ -246,8 +258,8 @@ def test_crafted_file_paths_are_inert_too(tmp_path):
     weird = tmp_path / "$(touch pwned_path);`touch pwned_tick`'x.txt"
     weird.write_text("d")
     result = render(parsed, {"parameters": {"text": "x"},
-                             "files": [{"name": "data", "storage_path": str(weird)}]})
-    outcome = run_script(result["script"], tmp_path)
+                             "files": [{"name": "data", "storage_path": str(weird)}]}, job_dir=str(tmp_path))
+    outcome = run_rendered(result, tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert (tmp_path / "file_data.out").read_text() == str(weird)
     assert not list(tmp_path.glob("pwned*"))
@@ -314,21 +326,23 @@ def test_container_jobs_run_the_body_file_through_apptainer_with_inert_values(tm
 
 
 def test_the_builder_refuses_unsafe_directives_and_names():
+    def build(**fields):
+        return render_batch_script(JobSpec(script="true\n", script_path="/j/s.sh", **fields))
     with pytest.raises(ValueError):
-        t.build_batch_script([("partition", "a\n#SBATCH --uid=0")], {}, "true\n")
+        build(partition="a\n#SBATCH --uid=0")
     # A space cannot end the value: it is quoted as sbatch reads it (values are checked before).
-    assert '#SBATCH --partition="a b"\n' in t.build_batch_script([("partition", "a b")], {}, "true\n")
+    assert '#SBATCH --partition="a b"\n' in build(partition="a b")
     with pytest.raises(ValueError):
-        t.build_batch_script([], {"BAD NAME": "x"}, "true\n")
+        build(environment={"BAD NAME": "x"})
     with pytest.raises(ValueError):
-        t.build_batch_script([], {"X": "nul\x00"}, "true\n")
+        build(environment={"X": "nul\x00"})
     with pytest.raises(ValueError):  # apptainer would read two binds
-        t.build_batch_script([], {}, "true\n", image_path="/i.sif", body_path="/j/s.sh", binds=["/a,/etc"])
+        build(image="/i.sif", binds=("/a,/etc",))
 
 
 def test_bash_quote_keeps_every_value_on_one_line():
     for value in INJECTIONS + ["plain", "", "tab\there", "é ü 漢字", "\x7f\x01"]:
-        quoted = t.bash_quote(value)
+        quoted = bash_quote(value)
         assert "\n" not in quoted and "\r" not in quoted
         echoed = subprocess.run(["bash", "-c", f"printf '%s' {quoted}"], capture_output=True, timeout=30)
         assert echoed.stdout.decode() == value

@@ -13,31 +13,13 @@ resource and the catalog indexer call these functions.
 - ``template_id(source, local_id)``, ``source_of(relpath)``, ``visible_to(source, user)``.
 - ``semver_key(version)``: sort key following semver 2.0 precedence.
 - ``resolve_image(pattern, images)``: the catalog image an ``apptainer.image`` names.
-- ``render(document, request, ...)`` -> ``{"script", "environment", "image", ...}``:
-  checks the request's parameter values, files and Slurm overrides against the
-  template (every problem in one ``ValidationError``) and builds the batch
-  script a submit runs.
-
-The batch script builder
-------------------------
-``build_batch_script(directives, environment, body, *, image_path=None,
-body_path=None, apptainer_command="apptainer", exec_options=(), binds=(),
-app=None, container_env=None, forward_env=False, comment=None,
-shebang="#!/bin/bash")`` is the one function that turns validated values into a
-batch script; job submission calls it too, so a rendered script is exactly what
-a submit runs (``#!/bin/bash -l`` as ``shebang`` gives the job a login shell).
-
-- ``directives``: ``[(option, value)]`` such as ``("partition", "compute")``;
-  each becomes ``#SBATCH --option=value``. Options and values are checked
-  against strict character sets (no whitespace, quotes or line breaks), so no
-  value can add a directive; an unsafe one raises ``ValueError``.
-- ``environment``: ``{NAME: value}`` exported right after the directives, each
-  value quoted for bash on a single line (``$'...'`` for control characters).
-  The first export is a command, so ``sbatch`` reads no ``#SBATCH`` line after it.
-  Values are data: the script never interpolates them into its own text.
-- Without ``image_path`` the ``body`` follows byte for byte. With it, the
-  caller writes ``body`` byte for byte to ``body_path`` and the script ends
-  with ``exec <apptainer> exec [options] <image> /bin/bash <body_path>``.
+- ``render(document, request, ...)`` -> ``Rendered``: checks the request's parameter
+  values, files and Slurm overrides against the template (every problem in one
+  ``ValidationError``) and describes the job as a ``slurm.job.JobSpec`` (its
+  ``spec``); the answer's ``script`` is that job's batch script, written by
+  ``slurm.script.render_batch_script`` as for every other job. The template's
+  script is saved at ``body_path`` and run from there; parameter values and file
+  paths reach it only as exported variables.
 """
 
 import datetime
@@ -56,10 +38,9 @@ import yaml
 
 from ..errors import ValidationError
 from . import safe_yaml
-# One quoting and one #SBATCH check for the whole daemon: job submission's.
-from ..slurm.script import DIRECTIVE_VALUE, bash_quote, directive_lines, export_lines  # noqa: F401
-from ..slurm.script import bind_path_ok, input_path, job_name as check_job_name
 from ..slurm import values
+from ..slurm.job import JobSpec
+from ..slurm.script import bash_quote, input_path, render_batch_script  # noqa: F401 (bash_quote: tests)
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 USERS_SOURCE = "users"
@@ -76,8 +57,6 @@ _SCRIPT_REFERENCE = re.compile(r"\$\{?((?:PARAM|FILE)_[A-Za-z0-9_]+)")
 _SBATCH_LINE = re.compile(r"^[ \t]*#[ \t]*SBATCH", re.MULTILINE)
 
 DEFAULT_STRING_MAX_LENGTH = 4096
-# Jobs get the user's login environment, as a job submitted from a login node would.
-JOB_SHEBANG = "#!/bin/bash -l"
 DEFAULT_CATEGORY = "general"
 
 
@@ -295,6 +274,12 @@ SLURM_SETTINGS = {
     "account": ("account", "name"),
     "qos": ("qos", "name"),
 }
+# Template key -> JobSpec field.
+_SPEC_FIELDS = {"partition": "partition", "nodes": "nodes", "cpus": "tasks_per_node",
+                "cpus_per_task": "cpus_per_task", "memory": "memory", "time": "time", "gpus": "gpus",
+                "gres": "gres", "account": "account", "qos": "qos"}
+# Where a submit saves the template's script, in the job folder.
+BODY_NAME = "script.sh"
 # Request spellings the dashboard uses, mapped to template keys.
 OVERRIDE_ALIASES = {"cpusPerTask": "cpus_per_task", "ntasks_per_node": "cpus", "mem": "memory"}
 
@@ -677,46 +662,6 @@ def resolve_image(pattern, images, partition=None):
     return max(matches, key=lambda i: (_natural_key(str(i.get("version") or "")), _natural_key(i.get("name", ""))))
 
 
-# --------------------------------------------------------------------------- bash quoting
-
-# --------------------------------------------------------------------------- the batch script
-
-def build_batch_script(directives, environment, body, *, image_path=None, body_path=None,
-                       apptainer_command="apptainer", exec_options=(), binds=(), app=None,
-                       container_env=None, forward_env=False, comment=None, shebang="#!/bin/bash"):
-    """The batch script (see the module docstring). Raises ValueError on an unsafe input."""
-    if not re.fullmatch(r"#![/A-Za-z0-9_. -]+", shebang):
-        raise ValueError(f"unsafe shebang: {shebang!r}")
-    lines = [shebang, *directive_lines(directives)]
-    if comment:
-        lines.append("# " + re.sub(r"[\x00-\x1f\x7f]", " ", comment))
-    # A command line ends sbatch's directive parsing: nothing below can add one.
-    lines.append(": hpcportal batch options end here")
-    lines += export_lines(environment)
-    if image_path is None:
-        lines.append("")
-        text = "\n".join(lines) + "\n" + body
-        return text if text.endswith("\n") else text + "\n"
-    if not body_path:
-        raise ValueError("a container job needs body_path, where the caller writes the body")
-    lines += export_lines({f"APPTAINERENV_{name}": value for name, value in (container_env or {}).items()})
-    if forward_env:
-        # --cleanenv/--containall drop the host environment; these survive it.
-        for name in environment:
-            lines.append(f'export APPTAINERENV_{name}="${{{name}}}"')
-    command = [apptainer_command, "exec", *exec_options]
-    for bind in binds:
-        # apptainer splits --bind on commas: one path must stay one bind.
-        if not bind_path_ok(bind):
-            raise ValueError(f"unsafe bind path {bind!r}")
-        command += ["--bind", bind]
-    if app:
-        command += ["--app", app]
-    command += [image_path, "/bin/bash", body_path]
-    lines.append("exec " + " ".join(bash_quote(part) for part in command))
-    return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------- rendering
 
 def _file_name_of(item):
@@ -799,7 +744,7 @@ def _check_files(document, items, errors, stat=os.stat):
 
 
 def _resolve_slurm(document, overrides, errors, default_job_name="job"):
-    """Checked ``{template key: value}`` and the ``#SBATCH`` directives."""
+    """Checked ``{template key: value}`` and the job's name."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
@@ -807,18 +752,18 @@ def _resolve_slurm(document, overrides, errors, default_job_name="job"):
         overrides = {}
     overrides = {OVERRIDE_ALIASES.get(k, k): v for k, v in overrides.items()}
     settings = {key: slurm_setting(raw) for key, raw in (document.get("slurm") or {}).items()}
-    values, directives = {}, []
+    checked = {}
     job_name = overrides.pop("job_name", overrides.pop("jobName", None))
     if job_name is None:
         job_name = default_job_name
     try:
-        directives.append(("job-name", check_job_name(job_name)))
+        job_name = values.job_name(job_name)
     except ValueError as exc:
         errors["overrides.job_name"] = str(exc)
     for key in overrides:
         if key not in SLURM_SETTINGS:
             errors[f"overrides.{key}"] = "unknown setting"
-    for key, (option, kind) in SLURM_SETTINGS.items():
+    for key, (_option, kind) in SLURM_SETTINGS.items():
         spec = settings.get(key, {})
         field_name = f"overrides.{key}"
         if key in overrides and overrides[key] is not None and overrides[key] != "":
@@ -835,13 +780,8 @@ def _resolve_slurm(document, overrides, errors, default_job_name="job"):
         except ValueError as exc:
             errors[field_name] = str(exc)
             continue
-        values[key] = value
-        if key == "gpus":
-            if value:
-                directives.append(("gres", f"gpu:{value}"))
-        else:
-            directives.append((option, value))
-    return values, directives
+        checked[key] = value
+    return checked, job_name
 
 
 def _same(kind, a, b):
@@ -933,7 +873,7 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
         environment[f"INPUT_FILE_{index}"] = path
     environment["INPUT_FILE_COUNT"] = str(len(ordered))
 
-    slurm_values, directives = _resolve_slurm(document, request.get("overrides"), errors,
+    slurm_values, job_name = _resolve_slurm(document, request.get("overrides"), errors,
                                               default_job_name=template_id.rsplit(".", 1)[-1])
     container = document.get("apptainer")
     if container and images is not None:
@@ -953,38 +893,33 @@ def render(document, request, *, template_id, image=None, images=None, job_dir,
     version = document.get("version")
     environment["HPCPORTAL_TEMPLATE_ID"] = template_id
     environment["HPCPORTAL_TEMPLATE_VERSION"] = version
-    comment = f"hpcportal template {template_id} {version}"
-    body = document["script"]
-    result = {"template": {"id": template_id, "version": version}, "slurm": slurm_values,
-              "job_name": dict(directives).get("job-name"),
-              "parameters": params_out, "environment": environment, "image": None}
+    spec = JobSpec(script=document["script"], script_path=posixpath.join(job_dir, BODY_NAME), name=job_name,
+                   environment=environment,
+                   **{_SPEC_FIELDS[key]: value for key, value in slurm_values.items()},
+                   **(_container(container, image, job_dir, apptainer_command, extra_binds) if container else {}))
     try:
-        _build_rendered(result, container, directives, environment, body, image, job_dir,
-                        apptainer_command, extra_binds, comment)
+        script = render_batch_script(spec)
     except ValueError as exc:
         raise ValidationError(f"The job cannot be written safely: {exc}.",
                               errors={"script": str(exc)}) from None
-    return result
+    return Rendered(template={"id": template_id, "version": version}, slurm=slurm_values, job_name=job_name,
+                    parameters=params_out, environment=environment, image=image if container else None,
+                    script=script, body=spec.script, body_path=spec.script_path, spec=spec)
 
 
-def _build_rendered(result, container, directives, environment, body, image, job_dir,
-                    apptainer_command, extra_binds, comment):
-    if container:
-        options = list(container.get("options", []))
-        if container.get("gpu") and "--nv" not in options:
-            options.insert(0, "--nv")
-        binds = [job_dir, *extra_binds, *container.get("binds", [])]
-        body_path = posixpath.join(job_dir, "script.sh")
-        result["script"] = build_batch_script(
-            directives, environment, body, image_path=image["path"], body_path=body_path,
-            apptainer_command=apptainer_command, exec_options=options, binds=binds,
-            app=container.get("app"),
-            container_env={k: environment_value(v) for k, v in (container.get("env") or {}).items()},
-            forward_env=bool({"--cleanenv", "--containall"} & set(options)), comment=comment,
-            shebang=JOB_SHEBANG)
-        result["image"] = image
-        result["body"] = body
-        result["body_path"] = body_path
-    else:
-        result["script"] = build_batch_script(directives, environment, body, comment=comment,
-                                              shebang=JOB_SHEBANG)
+class Rendered(dict):
+    """The render API's answer (a dict of its fields); ``spec``: the ``JobSpec`` a submit runs."""
+
+    def __init__(self, *, spec, **fields):
+        super().__init__(fields)
+        self.spec = spec
+
+
+def _container(container, image, job_dir, apptainer_command, extra_binds):
+    """The ``JobSpec`` fields of a template's ``apptainer`` section."""
+    options = list(container.get("options", []))
+    if container.get("gpu") and "--nv" not in options:
+        options.insert(0, "--nv")
+    return {"image": image["path"], "apptainer": apptainer_command, "exec_options": tuple(options),
+            "binds": (job_dir, *extra_binds, *container.get("binds", [])), "app": container.get("app"),
+            "container_env": {k: environment_value(v) for k, v in (container.get("env") or {}).items()}}

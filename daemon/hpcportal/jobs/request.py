@@ -1,9 +1,19 @@
-"""The JSON types of a submit body's fields, checked before any value is looked at.
+"""A dashboard submit's body read into checked values, and into the job it describes.
 
-A field of the wrong type (``templateId`` as an object, ``parameters`` as a
-list) is a 400 naming the field, never a 500 from code that trusted its type.
-The values themselves are checked where they are used.
+First the JSON types of its fields (``type_errors``): a field of the wrong type
+(``templateId`` as an object, ``parameters`` as a list) is a 400 naming the
+field, never a 500 from code that trusted its type. Then the Slurm fields'
+values (``check_resources``), each by the one parser of ``slurm.values``; then
+``job_spec`` makes the ``JobSpec`` both kinds of submit hand to the batch script.
 """
+
+from ..errors import ValidationError
+from ..slurm import values
+from ..slurm.job import JobSpec
+
+MAX_NODES = 100000
+MAX_TASKS = 1000000
+MAX_GPUS = 1024
 
 _STRING = (str,)
 _NUMBER_OR_TEXT = (int, float, str)
@@ -43,3 +53,88 @@ def type_errors(body):
                 continue  # the dashboard sends "" for "no image"
             errors[field] = reason
     return errors
+
+
+def _given(body, key):
+    value = body.get(key)
+    return value is not None and value != ""
+
+
+def check_resources(body, *, max_script_size, need_name=True, need_script=True):
+    """The checked Slurm fields of a request body, or a ValidationError naming every bad field.
+
+    Returns ``{"job_name", "partition", "nodes", "cpus", "memory", "time", "account",
+    "qos", "gpus", "script"}`` with normalised values (None when not given).
+    """
+    errors = {}
+    out = {}
+    name = body.get("jobName")
+    if name is None or name == "":
+        if need_name:
+            errors["jobName"] = "is required"
+        out["job_name"] = None
+    else:
+        try:
+            out["job_name"] = values.job_name(name)
+        except ValueError as exc:
+            errors["jobName"] = str(exc)
+    for key in ("partition", "account", "qos"):
+        if not _given(body, key):
+            out[key] = None
+            continue
+        try:
+            out[key] = values.slurm_name(body[key])
+        except ValueError as exc:
+            errors[key] = str(exc)
+    for key, minimum, maximum in (("nodes", 1, MAX_NODES), ("cpus", 1, MAX_TASKS), ("gpus", 0, MAX_GPUS)):
+        if not _given(body, key):
+            out[key] = None
+            continue
+        try:
+            out[key] = values.count(body[key], minimum, maximum)
+        except ValueError as exc:
+            errors[key] = str(exc)
+    checks = (("memory", values.slurm_memory), ("time", values.slurm_time))
+    for key, check in checks:
+        if not _given(body, key):
+            out[key] = None
+            continue
+        try:
+            out[key] = check(body[key])
+        except ValueError as exc:
+            errors[key] = str(exc)
+    script = body.get("script")
+    if script is None or (isinstance(script, str) and not script.strip()):
+        if need_script:
+            errors["script"] = "is required"
+        out["script"] = None
+    elif not isinstance(script, str):
+        errors["script"] = "must be a string"
+    elif "\x00" in script:
+        errors["script"] = "must not contain NUL characters"
+    elif len(script.encode("utf-8")) > max_script_size:
+        errors["script"] = f"is larger than the limit of {max_script_size} bytes"
+    else:
+        out["script"] = script
+    if errors:
+        raise ValidationError(_summary(errors), errors=errors)
+    return out
+
+
+def _summary(errors):
+    first = next(iter(errors))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"The job request is not valid: {first} {errors[first]}{more}."
+
+
+def job_spec(resources, *, script_path, environment, image=None, apptainer="apptainer", binds=()):
+    """The job a dashboard body describes (``resources`` from ``check_resources``); with
+    ``image`` (the catalog's entry), run in that container, on its GPUs when it has any."""
+    exec_options = ("--nv",) if image and (image.get("gpu") or resources.get("gpus")) else ()
+    return JobSpec(script=resources["script"], script_path=script_path, name=resources.get("job_name"),
+                   partition=resources.get("partition"), nodes=resources.get("nodes"),
+                   tasks_per_node=resources.get("cpus"), memory=resources.get("memory"),
+                   time=resources.get("time"), account=resources.get("account"), qos=resources.get("qos"),
+                   gpus=resources.get("gpus"), environment=dict(environment),
+                   image=image["path"] if image else None, apptainer=apptainer, exec_options=exec_options,
+                   binds=tuple(binds) if image else ())

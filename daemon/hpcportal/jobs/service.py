@@ -9,6 +9,7 @@ and later in ``JobMonitor``, which records it from the folder's record. A
 refused submission leaves nothing behind: no row, no folder.
 """
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -30,7 +31,7 @@ from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 from .inputs import InputFiles
-from .request import type_errors
+from .request import check_resources, job_spec, type_errors
 
 log = logging.getLogger("hpcportal.jobs")
 
@@ -137,9 +138,9 @@ class JobService:
             except ValidationError as exc:
                 errors.update(exc.errors or {})
         try:
-            resources = batch.check_resources(body, max_script_size=self._config.slurm.max_script_size,
-                                              need_name=not use_template and "job-name" not in script_options,
-                                              need_script=not use_template)
+            resources = check_resources(body, max_script_size=self._config.slurm.max_script_size,
+                                        need_name=not use_template and "job-name" not in script_options,
+                                        need_script=not use_template)
         except ValidationError as exc:
             errors = {**(exc.errors or {}), **errors}
             resources = {}
@@ -200,9 +201,8 @@ class JobService:
         if not batch.SAFE_PATH.match(job_dir):
             raise ServiceUnavailable(f"The job folder {job_dir!r} has characters sbatch cannot take; "
                                      "check the paths.uploads setting.", code="unsafe_config")
-        return [("output", f"{job_dir}/slurm-%j.out"), ("error", f"{job_dir}/slurm-%j.err"),
-                ("chdir", job_dir), ("comment", COMMENT_PREFIX + plan["submission_id"]),
-                ("export", "NONE")]
+        return {"output": f"{job_dir}/slurm-%j.out", "error": f"{job_dir}/slurm-%j.err", "workdir": job_dir,
+                "comment": COMMENT_PREFIX + plan["submission_id"], "export": "NONE"}
 
     def _portal_environment(self, plan):
         return {"HPCPORTAL_SUBMISSION_ID": plan["submission_id"], "HPCPORTAL_JOB_DIR": plan["job_dir"]}
@@ -218,26 +218,28 @@ class JobService:
         return binds
 
     def _build_script(self, plan):
-        resources = plan["resources"]
-        options = directives.merged(batch.directives_for(plan["body_resources"]), plan["script_options"])
-        environment = self._portal_environment(plan)
+        environment = {}
         for index, path in enumerate(plan["files"]):
             environment[f"INPUT_FILE_{index}"] = path
         environment["INPUT_FILE_COUNT"] = str(len(plan["files"]))
-        body = plan["body_resources"]["script"]
-        body_path = posixpath.join(plan["job_dir"], USER_SCRIPT)
-        image = plan["image"]
-        exec_options = ["--nv"] if image and (image.get("gpu") or resources.get("gpus")) else []
         try:
-            text = batch.build_batch_script(
-                options, self._job_options(plan), environment, body=body,
-                body_path=body_path, image_path=image["path"] if image else None,
-                apptainer_command=self._config.slurm.apptainer, exec_options=exec_options,
-                binds=self._binds(plan) if image else ())
+            spec = job_spec(plan["body_resources"], script_path=posixpath.join(plan["job_dir"], USER_SCRIPT),
+                            environment=environment, image=plan["image"], apptainer=self._config.slurm.apptainer,
+                            binds=self._binds(plan) if plan["image"] else ())
         except ValueError as exc:
             raise ValidationError(f"The job cannot be written safely: {exc}.") from None
-        plan["batch_script"] = text
-        plan["user_script"] = body
+        self._write_job(plan, spec.with_script_options(plan["script_options"]))
+
+    def _write_job(self, plan, spec):
+        """The batch script of ``spec`` with the portal's own options and variables added."""
+        spec = dataclasses.replace(spec, **self._job_options(plan),
+                                   environment={**self._portal_environment(plan), **spec.environment})
+        try:
+            plan["batch_script"] = batch.render_batch_script(spec)
+        except ValueError as exc:
+            raise ValidationError(f"The job cannot be written safely: {exc}.") from None
+        plan["user_script"] = spec.script
+        plan["user_script_path"] = spec.script_path
 
     def _render_template(self, user, body, plan):
         resources = plan["body_resources"]
@@ -251,11 +253,13 @@ class JobService:
                    "overrides": overrides}
         version = body.get("templateVersion") or None
         try:
+            extra_binds = [b for b in self._binds(plan) if b != plan["job_dir"]]
+        except ValueError as exc:
+            raise ValidationError(f"The job cannot be written safely: {exc}.") from None
+        try:
             result = self._templates.render(
                 user, body["templateId"], request, version=version, job_dir=plan["job_dir"],
-                apptainer_command=self._config.slurm.apptainer,
-                extra_binds=[b for b in self._binds(plan) if b != plan["job_dir"]],
-                lookup_file=None)
+                apptainer_command=self._config.slurm.apptainer, extra_binds=extra_binds, lookup_file=None)
         except NotFound as exc:
             raise ValidationError(exc.message, errors={"templateId": exc.message}) from None
         except ValidationError as exc:
@@ -263,11 +267,7 @@ class JobService:
             # dashboard knows them by the request's names ("cpus").
             renamed = {_REQUEST_FIELD.get(key, key): reason for key, reason in (exc.errors or {}).items()}
             raise ValidationError(exc.message, errors=renamed or None) from None
-        environment = self._portal_environment(plan)
-        try:
-            text = batch.add_job_options(result["script"], self._job_options(plan), environment)
-        except ValueError as exc:
-            raise ValidationError(f"The template's script cannot be submitted: {exc}.") from None
+        self._write_job(plan, result.spec)
         slurm_values = result.get("slurm") or {}
         resources = plan["resources"]
         resources.update({
@@ -281,9 +281,6 @@ class JobService:
             "qos": slurm_values.get("qos", resources.get("qos")),
             "gpus": slurm_values.get("gpus", resources.get("gpus")),
         })
-        plan["batch_script"] = text
-        plan["user_script"] = result.get("body")
-        plan["user_script_path"] = result.get("body_path")
         plan["image"] = result.get("image")
         plan["template"] = result.get("template") or {"id": body["templateId"], "version": version}
         plan["parameters"] = result.get("parameters")

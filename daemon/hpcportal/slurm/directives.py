@@ -288,16 +288,6 @@ def script_options(text, field="script"):
     return options
 
 
-def merged(body_directives, script):
-    """The job's options: the body's ``[(option, value)]`` first, then the script's
-    directives the body does not speak for (as sbatch's command line overrides a script)."""
-    covered = set()
-    for option, _value in body_directives:
-        covered.update(COVERS.get(option, (option,)))
-    rest = [(d.option, d.value) for d in script.values() if d.option not in covered]
-    return list(body_directives) + rest
-
-
 # The script's options the job row keeps, by the row's names.
 _RECORDED = {"job-name": "job_name", "partition": "partition", "nodes": "nodes", "ntasks-per-node": "cpus",
              "mem": "memory", "time": "time", "account": "account", "qos": "qos"}

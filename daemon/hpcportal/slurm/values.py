@@ -41,7 +41,7 @@ def _size(value, default_unit):
     else:
         match = _SIZE.match(value) if isinstance(value, str) else None
         if not match or (match.group(3) and not match.group(2)):
-            raise ValueError(f"expected a size such as 512M, 16G or 2T, got {value[:40]!r}")
+            raise ValueError(f"expected a size such as 512M, 16G or 2T, got {str(value)[:40]!r}")
         # Like Slurm, a unit means powers of 1024 whether written G, GB or GiB.
         unit = match.group(2).upper() or default_unit
         amount = Fraction(match.group(1)) * 1024 ** _POWERS[unit]
@@ -91,7 +91,7 @@ def time_seconds(value, allow_unlimited=True):
     match = _TIME.match(text)
     if not match:
         raise ValueError(f"expected a time limit of minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, "
-                         f"got {value[:40]!r}")
+                         f"got {str(value)[:40]!r}")
     g = match.groupdict()
     if g["days"] is not None:
         seconds = (int(g["days"]) * 86400 + int(g["dh"]) * 3600 + int(g["dm"] or 0) * 60
