@@ -128,6 +128,22 @@ def test_every_relative_link_points_at_a_file_and_heading_that_exist():
 
 
 @pytest.mark.unit
+def test_every_path_of_the_repository_the_guides_name_exists():
+    """`daemon/...`, `tests/...`, `scripts/...` and the like in code spans; `hpcportal/...`
+    is the package under daemon/. Patterns (`tests/test_jobs_*.py`) must match a file."""
+    top = r"(?:daemon|tests|scripts|bench|ansible|systemd|examples|docs|\.ci|hpcportal)/"
+    missing, named = [], 0
+    for path, text in guides():
+        for name in re.findall(rf"`({top}[^`\s]*)`", _outside_code_blocks(text)):
+            named += 1
+            local = os.path.join("daemon", name) if name.startswith("hpcportal/") else name
+            if not glob.glob(os.path.join(REPO, local)):
+                missing.append(f"{os.path.relpath(path, REPO)}: {name}")
+    assert named >= 30, named
+    assert missing == []
+
+
+@pytest.mark.unit
 def test_the_anchors_are_github_s():
     text = "# Jobs: submission and monitoring on Slurm\n## `script`: values are data, never code\n" \
            "```\n# not a heading\n```\n## Operations\n## Operations\n## Uploads (`bench/upload.py`)\n"
