@@ -15,8 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from hpcportal.catalog import watcher
-from hpcportal.catalog.indexer import (FileState, Indexer, InvalidFile, ModelKind, generation,
-                                       is_temporary)
+from hpcportal.catalog.index_store import ModelKind, generation
+from hpcportal.catalog.indexer import Indexer, is_temporary
+from hpcportal.catalog.kinds import Entry, FileState, InvalidFile
 from hpcportal.models.catalog import CatalogGeneration, IndexedFile
 from support.waiting import wait_for
 
@@ -185,9 +186,8 @@ def test_upserts_are_idempotent_across_indexers_sharing_a_database(database, roo
     assert first.scan()["notes"].added == ["a.txt"]
     assert second.scan()["notes"].unchanged == 1   # already indexed by the other one
     entry_state = FileState.of(os.stat(root / "a.txt"))
-    from hpcportal.catalog.indexer import Entry
-    kind_two.store(Entry("a.txt", str(root / "a.txt"), entry_state, {"text": "again"}))
-    kind_one.store(Entry("a.txt", str(root / "a.txt"), entry_state, {"text": "again"}))
+    kind_two.store_many([Entry("a.txt", str(root / "a.txt"), entry_state, {"text": "again"})])
+    kind_one.store_many([Entry("a.txt", str(root / "a.txt"), entry_state, {"text": "again"})])
     assert Note.select().count() == 1
     assert generation(database, "notes") >= 3
 

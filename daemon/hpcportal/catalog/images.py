@@ -27,7 +27,8 @@ from ..models.base import isoformat
 from ..models.catalog import Image
 from . import indexer as indexermod
 from . import safe_yaml
-from .indexer import InvalidFile, ModelKind
+from .index_store import ModelKind, generation
+from .kinds import InvalidFile
 from .sif import SifError, read_sif
 
 log = logging.getLogger("hpcportal.catalog")
@@ -192,7 +193,7 @@ class ImageCatalog:
         return [dict(i) for i in items if include_invalid or i["valid"]]
 
     def generation(self):
-        return indexermod.generation(self._database, self.kind.name)
+        return generation(self._database, self.kind.name)
 
     def get(self, image_id, include_invalid=False):
         """One image by id (``stem`` or ``stem~type``), or None."""
@@ -200,13 +201,6 @@ class ImageCatalog:
         if image is None or (not image["valid"] and not include_invalid):
             return None
         return dict(image)
-
-    def find_by_path(self, path):
-        normalized = os.path.normpath(path)
-        for image in self._current()[1]:
-            if image["path"] == normalized:
-                return dict(image)
-        return None
 
     def _current(self):
         """The served snapshot, rebuilt when the index generation moved (any daemon)."""

@@ -4,51 +4,10 @@ Administrators drop, replace, rename and delete files by hand (``cp``,
 ``rsync``, ``mv``), often over NFS, while daemons run on several head nodes.
 The indexer owns everything that is the same for every catalog: watching,
 settling, debouncing, periodic reconciliation and the decision whether a file
-changed (size, mtime_ns, inode, companions). A *kind* owns what a file means
-and where it is stored.
+changed (size, mtime_ns, inode, companions).
 
-The kind interface
-------------------
-A kind is any object with these members (``ModelKind`` below implements the
-storage half for a peewee model derived from ``models.catalog.IndexedFile``)::
-
-    name: str
-        Short unique name ("images", "templates"): log lines, metric labels,
-        ``Indexer.scan(["images"])`` and the ``hpcportald scan --images`` flag.
-    root: str
-        Absolute folder, watched recursively. It may not exist yet: the
-        indexer then retries and treats it as empty.
-    accepts(relpath) -> bool
-        Whether a file is part of this catalog. ``relpath`` is relative to
-        ``root`` with "/" separators (e.g. "compute/python_3.11.sif").
-        Temporary names (a component starting with ".", "*.tmp", "*.part",
-        "*~") are filtered out by the indexer before this is asked.
-    owner_of(relpath) -> str | None                          (optional)
-        For companion files (an image's "x.sif.yaml" sidecar): the relpath of
-        the indexed file that a change to this file must refresh.
-    companion_state(path) -> str                              (optional)
-        A short fingerprint (<= 255 chars) of the companions of the file at
-        ``path``, "" when there are none; part of change detection.
-    parse(path, relpath) -> dict
-        Read the file and return its document (JSON-able). Raise
-        ``InvalidFile(reason)`` when it cannot be used: the file is then kept
-        in the index as invalid with that reason. Runs in the indexer's worker
-        thread (or in the thread calling ``scan``); must not write the database.
-        Any other exception is treated like ``InvalidFile`` with its message.
-    known() -> {relpath: FileState}
-        What the index holds now.
-    state_of(relpath) -> FileState | None                     (optional)
-        One entry's stored state (faster than ``known()`` for single files).
-    store_many(entries) -> None                               (optional)
-        Like ``store`` for several entries at once (used by scans).
-    store(entry: Entry) -> None
-        Upsert one entry (``entry.document`` is None when ``entry.error`` is
-        set). Must be idempotent and keyed by the path (hash), so that several
-        daemons indexing one folder into one database never duplicate rows.
-    remove(relpaths) -> None
-        Delete those entries; idempotent.
-    after_scan(result: ScanResult) -> None                    (optional)
-        Called after every batch that changed this kind.
+A kind (``kinds.CatalogKind``) owns what a file means and where it is
+stored (``index_store.ModelKind``).
 
 Other areas are told about changes through listeners:
 ``indexer.add_listener(callback)``; ``callback(result: ScanResult)`` runs after
@@ -83,13 +42,13 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 import peewee
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..passes import PassClock
 from . import watcher as watchermod
+from .kinds import CatalogKind, Entry, FileState, InvalidFile, ScanResult
 
 log = logging.getLogger("hpcportal.catalog")
 
@@ -102,61 +61,6 @@ MAX_EVENT_DELAY = 5.0
 STORE_BATCH = 32
 FAILED_SCAN_RETRY = 30.0
 TEMPORARY_PATTERNS = ("*.tmp", "*.part", "*~", "*.swp")
-
-
-class InvalidFile(Exception):
-    """A file that cannot be used; the message is the reason shown to admins."""
-
-
-@dataclass(frozen=True)
-class FileState:
-    size: int
-    mtime_ns: int
-    inode: int
-    companion: str = ""
-
-    @classmethod
-    def of(cls, stat, companion=""):
-        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ino, companion)
-
-
-@dataclass
-class Entry:
-    relpath: str
-    path: str
-    state: FileState
-    document: dict = None
-    error: str = None
-
-    @property
-    def valid(self):
-        return self.error is None
-
-
-@dataclass
-class ScanResult:
-    kind: str
-    added: list = field(default_factory=list)
-    updated: list = field(default_factory=list)
-    removed: list = field(default_factory=list)
-    # Relpaths newly stored as invalid in this batch (a subset of added/updated).
-    invalid: list = field(default_factory=list)
-    # Files seen still changing: left for the watcher to index once settled.
-    deferred: list = field(default_factory=list)
-    unchanged: int = 0
-    duration_ms: int = 0
-    full: bool = False
-
-    @property
-    def changed(self):
-        return bool(self.added or self.updated or self.removed)
-
-    def counts(self):
-        return {"added": len(self.added), "updated": len(self.updated),
-                "removed": len(self.removed), "invalid": len(self.invalid),
-                "deferred": len(self.deferred), "unchanged": self.unchanged,
-                "duration_ms": self.duration_ms}
-
 
 _unusable_logged = set()
 
@@ -193,142 +97,6 @@ def relative_to(root, path):
     return path[len(root) + 1:].replace(os.sep, "/")
 
 
-class ModelKind:
-    """Storage half of a kind, for a peewee model derived from ``IndexedFile``.
-
-    Subclasses set ``name``, ``root``, ``model`` and implement ``accepts``,
-    ``parse`` and ``columns(entry) -> dict`` (their own columns for a stored
-    entry; ``entry.document`` is None for invalid files).
-    """
-
-    name = None
-    root = None
-    model = None
-
-    def __init__(self, database):
-        self._database = database
-
-    def owner_of(self, relpath):
-        return None
-
-    def companion_state(self, path):
-        return ""
-
-    def columns(self, entry):
-        return {}
-
-    def known(self):
-        m = self.model
-        query = m.select(m.relpath, m.size, m.mtime_ns, m.inode, m.companion).tuples()
-        return {relpath: FileState(size, mtime_ns, inode, companion or "")
-                for relpath, size, mtime_ns, inode, companion in query}
-
-    def state_of(self, relpath):
-        m = self.model
-        query = (m.select(m.size, m.mtime_ns, m.inode, m.companion)
-                 .where(m.path_hash == path_hash(relpath)).tuples())
-        row = query.first()
-        return FileState(row[0], row[1], row[2], row[3] or "") if row else None
-
-    def _row(self, entry, now):
-        return {
-            "path_hash": path_hash(entry.relpath),
-            "relpath": entry.relpath,
-            "path": entry.path,
-            "size": entry.state.size,
-            "mtime_ns": entry.state.mtime_ns,
-            "inode": entry.state.inode,
-            "companion": entry.state.companion,
-            "valid": entry.valid,
-            "error": entry.error,
-            "indexed_at": now,
-            **self.columns(entry),
-        }
-
-    def store(self, entry):
-        self.store_many([entry])
-
-    def store_many(self, entries):
-        """Upsert several entries in one statement and one transaction (optional
-        kind member: the indexer uses it during scans when present)."""
-        if not entries:
-            return
-        now = _utcnow()
-        # One statement per set of columns: columns() may differ for invalid files.
-        groups = {}
-        for entry in entries:
-            row = self._row(entry, now)
-            groups.setdefault(tuple(row), []).append(row)
-        m = self.model
-        with self._database.atomic():
-            for keys, rows in groups.items():
-                columns = [getattr(m, key) for key in keys if key != "path_hash"]
-                upsert_many(self._database, m, rows, m.path_hash, columns)
-            bump_generation(self._database, self.name)
-
-    def remove(self, relpaths):
-        relpaths = list(relpaths)
-        if not relpaths:
-            return
-        m = self.model
-        hashes = [path_hash(r) for r in relpaths]
-        with self._database.atomic():
-            for start in range(0, len(hashes), 500):
-                m.delete().where(m.path_hash.in_(hashes[start:start + 500])).execute()
-            bump_generation(self._database, self.name)
-
-    def count(self):
-        """(valid, invalid) entries in the index."""
-        m = self.model
-        rows = m.select(m.valid, peewee.fn.COUNT(m.id)).group_by(m.valid).tuples()
-        counts = {bool(valid): number for valid, number in rows}
-        return counts.get(True, 0), counts.get(False, 0)
-
-
-def path_hash(relpath):
-    import hashlib
-    return hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _utcnow():
-    from ..models.base import utcnow
-    return utcnow()
-
-
-def upsert_many(database, model, rows, key_field, columns):
-    """INSERT ... ON CONFLICT (key) DO UPDATE SET col = EXCLUDED.col for many rows."""
-    query = model.insert_many(rows)
-    if isinstance(database, peewee.MySQLDatabase):
-        query = query.on_conflict(preserve=columns)
-    else:
-        query = query.on_conflict(conflict_target=[key_field], preserve=columns)
-    query.execute()
-
-
-def upsert(database, model, row, key_field, update):
-    """INSERT ... ON CONFLICT (key) DO UPDATE, portable to MariaDB/MySQL."""
-    query = model.insert(row)
-    if isinstance(database, peewee.MySQLDatabase):
-        query = query.on_conflict(update=update)
-    else:
-        query = query.on_conflict(conflict_target=[key_field], update=update)
-    query.execute()
-
-
-def bump_generation(database, kind):
-    from ..models.catalog import CatalogGeneration as G
-    updated = G.update(generation=G.generation + 1).where(G.kind == kind).execute()
-    if not updated:
-        upsert(database, G, {"kind": kind, "generation": 1}, G.kind,
-               {G.generation: G.generation + 1})
-
-
-def generation(database, kind):
-    from ..models.catalog import CatalogGeneration as G
-    row = G.select(G.generation).where(G.kind == kind).tuples().first()
-    return row[0] if row else 0
-
-
 class _Pending:
     """A path seen by the watcher and not yet dealt with."""
 
@@ -349,15 +117,13 @@ class Indexer:
 
     name = "catalog"
 
-    def __init__(self, settings, registry, database=None, clock=time.monotonic,
-                 mountinfo="/proc/self/mountinfo"):
+    def __init__(self, settings, registry, database=None, clock=time.monotonic):
         self._database = database
         self._settle = settings.settle_seconds
         self._poll_interval = settings.poll_interval
         self._rescan_interval = settings.rescan_interval
         self._passes = PassClock(settings.rescan_interval)  # a turn of the loop, a scan at the longest
         self._watch_mode = settings.watcher
-        self._mountinfo = mountinfo
         self._clock = clock
         self._kinds = collections.OrderedDict()
         self._listeners = []
@@ -388,7 +154,7 @@ class Indexer:
         self._m_changes = Counter("hpcportal_catalog_changes", "Index changes",
                                   ["kind", "action"], registry=registry)
 
-    def register(self, kind):
+    def register(self, kind: CatalogKind):
         if kind.name in self._kinds:
             raise ValueError(f"catalog kind {kind.name!r} is already registered")
         self._kinds[kind.name] = kind
@@ -412,8 +178,7 @@ class Indexer:
             return
         self._stop.clear()
         self._passes.start()
-        self._watcher = watchermod.Watcher(self, self._watch_mode, self._poll_interval,
-                                           mountinfo=self._mountinfo)
+        self._watcher = watchermod.Watcher(self, self._watch_mode, self._poll_interval)
         for kind in self._kinds.values():
             self._watcher.watch(kind.name, kind.root)
         self._watcher.start()
@@ -443,9 +208,6 @@ class Indexer:
             detail += f"; last error: {self._last_error}"
         return True, detail
 
-    def watch_modes(self):
-        return self._watcher.modes() if self._watcher else {}
-
     # -- events (called from watchdog threads: record only) ------------------
 
     def notify(self, kind_name, path, immediate=False, is_directory=False):
@@ -459,8 +221,7 @@ class Indexer:
         if relpath and (is_temporary(relpath) or not is_usable_name(relpath)):
             return
         if not is_directory and relpath:
-            owner = getattr(kind, "owner_of", None)
-            owned = owner(relpath) if owner else None
+            owned = kind.owner_of(relpath)
             if owned:
                 relpath = owned   # the image's own state still has to settle
             elif not kind.accepts(relpath):
@@ -490,7 +251,7 @@ class Indexer:
             self._passes.finished()
             now = self._clock()
             if now >= next_scan:
-                ok = self._safely(self.scan, full_from_worker=True)
+                ok = self._safely(self.scan)
                 # A failed scan (database down) is retried soon, not in 10 minutes.
                 delay = self._rescan_interval if ok else min(self._rescan_interval, FAILED_SCAN_RETRY)
                 next_scan = self._clock() + delay
@@ -591,11 +352,11 @@ class Indexer:
             # A folder appeared or was renamed into place: everything in it.
             for relpath in self._walk(kind, path):
                 self.notify(kind.name, os.path.join(kind.root, relpath), immediate=pending.immediate)
-            self._remove_vanished_below(kind, pending.relpath, result)
+            self._remove_below(kind, pending.relpath, result)
             return True
         if not kind.accepts(pending.relpath):
             return True
-        state = FileState.of(stat, _companion(kind, path))
+        state = FileState.of(stat, kind.companion_state(path))
         if pending.immediate:
             self._index_one(kind, pending.relpath, path, state, result)
             return True
@@ -615,12 +376,7 @@ class Indexer:
 
     def _read_one(self, kind, relpath, path, state, result, known=None):
         """(entry, previous state) to store, or None when there is nothing to store."""
-        if known is not None:
-            previous = known.get(relpath)
-        elif hasattr(kind, "state_of"):
-            previous = kind.state_of(relpath)
-        else:
-            previous = kind.known().get(relpath)
+        previous = known.get(relpath) if known is not None else kind.state_of(relpath)
         if previous == state:
             result.unchanged += 1
             return None
@@ -635,15 +391,7 @@ class Indexer:
         """Store read entries; several in one transaction (one commit, one fsync)."""
         if not prepared:
             return
-        if len(prepared) > 1 and hasattr(kind, "store_many"):
-            kind.store_many([entry for entry, _ in prepared])
-        elif self._database is not None and len(prepared) > 1:
-            with self._database.atomic():
-                for entry, _ in prepared:
-                    kind.store(entry)
-        else:
-            for entry, _ in prepared:
-                kind.store(entry)
+        kind.store_many([entry for entry, _ in prepared])
         for entry, previous in prepared:
             action = "added" if previous is None else "updated"
             getattr(result, action).append(entry.relpath)
@@ -664,7 +412,7 @@ class Indexer:
             log.exception("catalog %s: reading %s failed", kind.name, path)
             document, error = None, f"cannot be read: {exc}"
         try:
-            after = FileState.of(os.stat(path), _companion(kind, path))
+            after = FileState.of(os.stat(path), kind.companion_state(path))
         except FileNotFoundError:
             return None
         if after != state:
@@ -674,15 +422,16 @@ class Indexer:
     def _remove_below(self, kind, relpath, result):
         """Forget ``relpath``, or everything under it when it was a folder."""
         if relpath and kind.accepts(relpath):
-            if hasattr(kind, "state_of"):
-                candidates = [relpath] if kind.state_of(relpath) is not None else []
-            else:
-                candidates = [relpath] if relpath in kind.known() else []
+            candidates = [relpath] if kind.state_of(relpath) is not None else []
         else:
             prefix = relpath + "/" if relpath else ""
             candidates = [r for r in kind.known() if r == relpath or r.startswith(prefix)]
-        # Another daemon may have re-created it meanwhile: only what is really gone.
-        gone = [r for r in candidates if not os.path.exists(os.path.join(kind.root, *r.split("/")))]
+        self._remove_gone(kind, candidates, result)
+
+    def _remove_gone(self, kind, relpaths, result):
+        """Forget those of ``relpaths`` that are really gone: another daemon may
+        have re-created one meanwhile."""
+        gone = [r for r in relpaths if not os.path.exists(os.path.join(kind.root, *r.split("/")))]
         if gone:
             kind.remove(gone)
             result.removed.extend(gone)
@@ -690,12 +439,9 @@ class Indexer:
             for r in gone:
                 log.info("catalog %s: removed %s", kind.name, r)
 
-    def _remove_vanished_below(self, kind, relpath, result):
-        self._remove_below(kind, relpath, result)
-
     # -- full reconciliation -------------------------------------------------
 
-    def scan(self, names=None, full_from_worker=False):
+    def scan(self, names=None):
         """Make the index of each kind (all by default) equal to its folder.
 
         Returns ``{kind name: ScanResult}``. Files still being written (modified
@@ -716,7 +462,7 @@ class Indexer:
                 result.duration_ms = int((time.monotonic() - started) * 1000)
                 self._m_scan.labels(name).observe(result.duration_ms / 1000)
                 results[name] = result
-                self._finish(kind, result, always=True)
+                self._finish(kind, result)
                 if result.changed:
                     log.info("catalog %s: scan added %d, updated %d, removed %d, invalid %d in %d ms",
                              name, len(result.added), len(result.updated), len(result.removed),
@@ -747,7 +493,7 @@ class Indexer:
             except OSError:
                 continue
             seen.add(relpath)
-            state = FileState.of(stat, _companion(kind, path))
+            state = FileState.of(stat, kind.companion_state(path))
             if known.get(relpath) == state:
                 result.unchanged += 1
                 continue
@@ -767,14 +513,7 @@ class Indexer:
             log.warning("catalog %s: cannot list %s (%s); nothing is removed until it can be",
                         kind.name, walk_errors[0].filename, walk_errors[0].strerror)
             return
-        vanished = [r for r in known if r not in seen
-                    and not os.path.exists(os.path.join(kind.root, *r.split("/")))]
-        if vanished:
-            kind.remove(vanished)
-            result.removed.extend(vanished)
-            self._m_changes.labels(kind.name, "removed").inc(len(vanished))
-            for r in vanished:
-                log.info("catalog %s: removed %s", kind.name, r)
+        self._remove_gone(kind, [r for r in known if r not in seen], result)
 
     def _walk(self, kind, top, errors=None):
         """Relpaths of the files under ``top`` that ``kind`` accepts; folders that
@@ -789,21 +528,16 @@ class Indexer:
                         and is_usable_name(relpath)):
                     yield relpath
 
-    def _finish(self, kind, result, always=False):
-        counter = getattr(kind, "count", None)
-        if counter:
-            try:
-                valid, invalid = counter()
-                self._m_files.labels(kind.name, "valid").set(valid)
-                self._m_files.labels(kind.name, "invalid").set(invalid)
-            except Exception:
-                log.exception("catalog %s: counting failed", kind.name)
-        if not (result.changed or always):
-            return
+    def _finish(self, kind, result):
+        try:
+            valid, invalid = kind.count()
+            self._m_files.labels(kind.name, "valid").set(valid)
+            self._m_files.labels(kind.name, "invalid").set(invalid)
+        except Exception:
+            log.exception("catalog %s: counting failed", kind.name)
         if not result.changed:
             return
-        hook = getattr(kind, "after_scan", None)
-        for callback in ([hook] if hook else []) + list(self._listeners):
+        for callback in [kind.after_scan, *self._listeners]:
             try:
                 callback(result)
             except Exception:
@@ -814,11 +548,6 @@ class Indexer:
     def idle(self):
         with self._wakeup:
             return not self._pending
-
-
-def _companion(kind, path):
-    getter = getattr(kind, "companion_state", None)
-    return getter(path) if getter else ""
 
 
 def indexer_for(portal):

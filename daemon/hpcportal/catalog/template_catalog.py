@@ -29,7 +29,8 @@ from ..models.catalog import Image
 from ..models.templates import Template
 from ..slurm.script import input_path
 from . import templates as tpl
-from .indexer import InvalidFile, ModelKind, generation
+from .index_store import ModelKind, generation
+from .kinds import InvalidFile
 
 log = logging.getLogger("hpcportal.catalog.templates")
 

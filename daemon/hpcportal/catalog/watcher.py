@@ -92,18 +92,17 @@ def _text(path):
 class Watcher:
     """One observer per mode; one recursive watch per catalog root."""
 
-    def __init__(self, indexer, setting, poll_interval, mountinfo="/proc/self/mountinfo"):
+    def __init__(self, indexer, setting, poll_interval):
         self._indexer = indexer
         self._setting = setting
         self._poll_interval = poll_interval
-        self._mountinfo = mountinfo
         self._observers = {}
         self._roots = {}        # kind name -> (root, mode)
         self._watching = {}     # kind name -> watchdog ObservedWatch
         self._started = False
 
     def watch(self, kind_name, root):
-        mode = choose_mode(self._setting, root, self._mountinfo)
+        mode = choose_mode(self._setting, root)
         self._roots[kind_name] = (root, mode)
         log.info("catalog %s: watching %s with %s", kind_name, root, mode)
 
