@@ -122,12 +122,14 @@ def test_silent_downloads_leave_the_worker_threads_to_others(daemon_factory, sha
     silent = [open_silent_download(daemon, path, "alice", 1 if n < 2 else 2) for n in range(SLOW_CLIENTS)]
     try:
         # Positive signal: every download has started (its first bytes wait in our socket).
-        deadline = time.monotonic() + 30
         started = set()
-        while len(started) < len(silent) and time.monotonic() < deadline:
+
+        def all_started():
             readable, _, _ = select.select([s for s in silent if s not in started], [], [], 0.5)
             started.update(readable)
-        assert len(started) == SLOW_CLIENTS, f"only {len(started)} of {SLOW_CLIENTS} downloads were served"
+            return len(started) == SLOW_CLIENTS
+        wait_for(all_started, timeout=30, interval=0, message=f"all {SLOW_CLIENTS} downloads served",
+                 show=lambda: f"{len(started)} served")
 
         assert_others_answer(daemon, usual)
         assert [j["jobId"] for j in daemon.get("/api/slurm/jobs", user="bob").json()["jobs"]] == [bobs_job]

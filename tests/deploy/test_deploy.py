@@ -16,12 +16,12 @@ import pathlib
 import re
 import shutil
 import subprocess
-import time
 import uuid
 
 import pytest
 import yaml
 from support.sifbuild import build_sif
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.deploy
 
@@ -87,15 +87,9 @@ def curl(url, *args):
     return int(status or 0), body
 
 
-def wait_for(predicate, what, timeout=WAIT_SECONDS):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+def wait_on_heads(predicate, what):
+    """``wait_for`` with the lab's bound: heads are containers on a busy machine."""
+    return wait_for(predicate, timeout=WAIT_SECONDS, interval=0.5, message=what)
 
 
 def healthy(head):
@@ -394,7 +388,7 @@ def test_image_dropped_on_shared_shows_up_through_both_heads(converged):
         return status == 200 and name in body
 
     for head in HEADS:
-        wait_for(lambda head=head: listed(head), f"{name} listed by {head}")
+        wait_on_heads(lambda head=head: listed(head), f"{name} listed by {head}")
 
 
 def test_an_upload_moves_between_heads_chunk_by_chunk(converged, tmp_path):
@@ -440,19 +434,19 @@ def test_daemon_comes_back_after_systemctl_restart(converged):
     on_head("head1", "systemctl restart hpcportald")
     assert on_head("head1", "systemctl is-active hpcportald").stdout.strip() == "active"
     assert main_pid("head1") != before
-    wait_for(lambda: healthy("head1"), "head1 healthy after restart")
+    wait_on_heads(lambda: healthy("head1"), "head1 healthy after restart")
 
 
 def test_systemd_restarts_a_crashed_daemon(converged):
     before = main_pid("head1")
     on_head("head1", f"kill -KILL {before}")
-    wait_for(lambda: main_pid("head1") not in ("0", before), "a new hpcportald on head1")
-    wait_for(lambda: healthy("head1"), "head1 healthy after the crash")
+    wait_on_heads(lambda: main_pid("head1") not in ("0", before), "a new hpcportald on head1")
+    wait_on_heads(lambda: healthy("head1"), "head1 healthy after the crash")
 
 
 def test_daemon_comes_back_after_head_reboot(lab, converged):
     run(["bash", str(HERE / "lab.sh"), "restart", "head2"], env=lab["env"])
-    wait_for(lambda: healthy("head2"), "head2 healthy after reboot")
+    wait_on_heads(lambda: healthy("head2"), "head2 healthy after reboot")
     assert on_head("head2", "systemctl is-active hpcportald").stdout.strip() == "active"
 
 
@@ -481,7 +475,7 @@ def test_upgrade_to_a_newer_wheel_keeps_the_database(lab, converged):
         assert curl(f"http://{address}:{PORT}{marker}", "-X", "POST")[0] == 401
     count_marker = f"select count(*) from {DB_NAME}.audit_record where target = '{marker}'"
     # One shared database: each head's call is recorded in it (written behind the answer).
-    wait_for(lambda: db_sql(count_marker) == "2", "both heads' audit records in the shared database")
+    wait_on_heads(lambda: db_sql(count_marker) == "2", "both heads' audit records in the shared database")
     newer = f"{daemon_version()}.post1"
     build_wheelhouse(lab["venv"], WHEELHOUSE, version=newer)
     before = {head: starts_of_daemon(head) for head in HEADS}
@@ -526,7 +520,7 @@ def test_nginx_snippet_proxies_the_api(lab, converged):
     site = "server { listen 8080; include snippets/hpcportal.conf; }"
     on_head("head1", f"echo '{site}' > /etc/nginx/sites-enabled/portal && nginx -t -q && "
                      "systemctl reload-or-restart nginx")
-    status, body = wait_for(lambda: (lambda r: r if r[0] else None)(
+    status, body = wait_on_heads(lambda: (lambda r: r if r[0] else None)(
         curl(f"http://{HEADS['head1']}:8080/api/v2/me")), "nginx on head1")
     assert status == 401 and json.loads(body)["msg"] == "Missing Authorization Header", body
 

@@ -7,13 +7,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 import requests
 import yaml
 
 from hpcportal.auth import mint_token
+
+from .waiting import wait_for
 
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,17 +109,17 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
             except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon did not answer within {timeout}s:\n{self.logs()}")
+                return False
+        try:
+            wait_for(answers, timeout=timeout, interval=0.05, message="/healthz")
+        except AssertionError:
+            raise RuntimeError(f"daemon did not answer within {timeout}s:\n{self.logs()}") from None
 
     def logs(self):
         try:

@@ -24,11 +24,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from urllib.parse import urlparse, urlunparse
 
 import pytest
+
+from .waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEV_DB = os.path.join(REPO, "scripts", "dev-db")
@@ -123,6 +124,14 @@ def query(url, sql, params=()):
         conn.close()
 
 
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class DatabaseServer:
     """A private server for one test: its own folder and port, stopped at the end."""
 
@@ -154,13 +163,7 @@ class DatabaseServer:
         with open(pid_file) as handle:
             pid = int(handle.readline().strip())
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        wait_for(lambda: not _running(pid), timeout=30, interval=0.05, message=f"{self.kind} ({pid}) to end")
 
     def restart(self):
         self.stop()
