@@ -349,7 +349,10 @@ def test_image_folder_gone_then_back_watcher_survives_and_readyz_says_why(daemon
 
     with open(shared_dir.images, "w") as handle:  # something else where the folder was
         handle.write("not a folder")
-    time.sleep(1)
+    # Positive signal: a scan has looked at the file where the folder was, and kept the index.
+    assert daemon.post("/api/v2/apptainer/scan", user="alice", admin=True).status_code == 200
+    wait_for(lambda: "is not a folder now; the index is kept" in daemon.logs(), timeout=30,
+             message="the scan to find a file where the folder was")
     assert daemon.get("/healthz").status_code == 200
     assert image_names(daemon) == ["before.sif"]
     os.remove(shared_dir.images)

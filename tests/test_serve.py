@@ -11,6 +11,7 @@ import jwt
 import pytest
 import requests
 from support.daemon import REPO
+from support.waiting import wait_for
 
 
 @pytest.fixture
@@ -35,6 +36,14 @@ def test_ready_and_stopping_are_sent_to_notify_socket(daemon_factory, notify_soc
     assert daemon.proc.wait(30) == 0
 
 
+def _refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
 def test_sigterm_finishes_the_request_in_flight(daemon):
     body = b'{"padding": "' + b"x" * 64 + b'"}'
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
@@ -42,10 +51,9 @@ def test_sigterm_finishes_the_request_in_flight(daemon):
                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
         time.sleep(0.3)
         daemon.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
         # New connections are refused while the old one is still served.
-        with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", daemon.port), timeout=2).close()
+        wait_for(lambda: _refused(daemon.port), timeout=30, interval=0.05,
+                 message="the listening socket to close")
         sock.sendall(body[10:])
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
