@@ -40,7 +40,11 @@ STATUS_BY_ERROR = {
     errors.QuotaExceeded: 413,
     errors.ServiceUnavailable: 503,
     errors.InsufficientStorage: 507,
+    errors.TusVersionUnsupported: 412,
+    errors.TusChecksumMismatch: 460,
 }
+# Statuses of protocols we speak that HTTP itself does not name.
+REASONS = {460: "460 Checksum Mismatch"}
 
 # Calls that change nothing; every other method is audited.
 READ_ONLY_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -91,7 +95,7 @@ def status_of(exc):
 
 
 def _http_status(code):
-    return falcon.code_to_http_status(code)
+    return REASONS.get(code) or falcon.code_to_http_status(code)
 
 
 class RequestContextMiddleware:

@@ -13,7 +13,8 @@ import tempfile
 import falcon
 
 from .. import uploads as uploads_domain
-from ..errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
+from ..errors import (PayloadTooLarge, TusChecksumMismatch, TusVersionUnsupported,
+                      UnsupportedMediaType, ValidationError)
 from ..uploads import tus
 from ..uploads.storage import BLOCK
 from .base import paging, read_json
@@ -212,17 +213,13 @@ class _TusBase:
         self._rate_limits = rate_limits
 
     def _begin(self, req, resp, check_version=True):
-        """Headers every tus answer carries; False after answering a 412."""
+        """Headers every tus answer carries, also an error's."""
         resp.set_header("Tus-Resumable", tus.VERSION)
         resp.set_header("Cache-Control", "no-store")
         if check_version and req.get_header("Tus-Resumable") != tus.VERSION:
-            resp.status = falcon.HTTP_412
-            resp.set_header("Tus-Version", tus.VERSION)
-            resp.media = {"success": False, "error": "unsupported_tus_version",
-                          "message": f"This server speaks tus {tus.VERSION}; send "
-                                     f"'Tus-Resumable: {tus.VERSION}'."}
-            return False
-        return True
+            raise TusVersionUnsupported(
+                f"This server speaks tus {tus.VERSION}; send 'Tus-Resumable: {tus.VERSION}'.",
+                headers={"Tus-Version": tus.VERSION})
 
     def _expires(self, resp, expires_at):
         if expires_at is not None:
@@ -244,16 +241,10 @@ class _TusBase:
         return None
 
     def _append(self, req, resp, upload_id, offset):
-        """Stream the body at ``offset``; False when a 460 was answered."""
+        """Stream the body at ``offset``; (new offset, file or None)."""
         checksum = self._body_checksum(req)
-        stream = body_of(req)
-        try:
-            new_offset, finished = self._uploads.tus_append(
-                req.context.user, upload_id, offset, stream, req.content_length, checksum)
-        except tus.ChecksumMismatch as exc:
-            resp.status = "460 Checksum Mismatch"
-            resp.media = {"success": False, "error": "checksum_mismatch", "message": str(exc)}
-            return None
+        new_offset, finished = self._uploads.tus_append(
+            req.context.user, upload_id, offset, body_of(req), req.content_length, checksum)
         resp.set_header("Upload-Offset", str(new_offset))
         if finished is not None:
             resp.set_header("Upload-File-Id", finished["file_id"])
@@ -271,8 +262,7 @@ class TusCollectionResource(_TusBase):
         resp.status = falcon.HTTP_204
 
     def on_post(self, req, resp):
-        if not self._begin(req, resp):
-            return
+        self._begin(req, resp)
         self._rate_limits.check(req.context.user, "upload_init")
         if req.get_header("Upload-Defer-Length"):
             raise ValidationError("Upload-Defer-Length is not supported; send Upload-Length.",
@@ -318,10 +308,13 @@ class TusCollectionResource(_TusBase):
             resp.set_header("Upload-File-Id", finished["file_id"])
             body["file"] = finished
         elif has_body:
-            result = self._append(req, resp, row.id, 0)
-            if result is None:
-                resp.status = falcon.HTTP_201  # created; the data part was refused
+            try:
+                result = self._append(req, resp, row.id, 0)
+            except TusChecksumMismatch as exc:
+                # Created all the same: only the data part was refused.
+                resp.status = falcon.HTTP_201
                 resp.set_header("Upload-Offset", "0")
+                resp.media = exc.to_dict()
                 return
             if result[1] is not None:
                 body["file"] = result[1]
@@ -331,32 +324,26 @@ class TusCollectionResource(_TusBase):
 
 class TusUploadResource(_TusBase):
     def on_head(self, req, resp, upload_id):
-        if not self._begin(req, resp):
-            return
-        offset, length, metadata, expires_at, _ = self._uploads.tus_state(req.context.user, upload_id)
-        resp.set_header("Upload-Offset", str(offset))
-        resp.set_header("Upload-Length", str(length))
-        if metadata:
-            resp.set_header("Upload-Metadata", tus.encode_metadata(metadata))
-        self._expires(resp, expires_at)
+        self._begin(req, resp)
+        state = self._uploads.tus_state(req.context.user, upload_id)
+        resp.set_header("Upload-Offset", str(state.offset))
+        resp.set_header("Upload-Length", str(state.length))
+        if state.metadata:
+            resp.set_header("Upload-Metadata", tus.encode_metadata(state.metadata))
+        self._expires(resp, state.expires_at)
         resp.status = falcon.HTTP_200
 
     def on_patch(self, req, resp, upload_id):
-        if not self._begin(req, resp):
-            return
+        self._begin(req, resp)
         offset = _int_header(req, "Upload-Offset")
         req.context.audit_target = f"upload:{upload_id}"
-        result = self._append(req, resp, upload_id, offset)
-        if result is None:
-            return
-        if result[1] is None:
-            _, _, _, expires_at, _ = self._uploads.tus_state(req.context.user, upload_id)
-            self._expires(resp, expires_at)
+        _, finished = self._append(req, resp, upload_id, offset)
+        if finished is None:
+            self._expires(resp, self._uploads.tus_state(req.context.user, upload_id).expires_at)
         resp.status = falcon.HTTP_204
 
     def on_delete(self, req, resp, upload_id):
-        if not self._begin(req, resp):
-            return
+        self._begin(req, resp)
         req.context.audit_target = f"upload:{upload_id}"
         self._uploads.tus_terminate(req.context.user, upload_id)
         resp.status = falcon.HTTP_204

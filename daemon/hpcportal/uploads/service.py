@@ -1,5 +1,7 @@
-"""The uploads domain: starting, receiving, completing and cancelling uploads,
-and the finished files. No HTTP here; see ``hpcportal.resources.uploads``.
+"""The uploads domain: starting, receiving, completing and cancelling uploads.
+No HTTP here; see ``hpcportal.resources.uploads``. The tus half is in
+``tus_uploads``, the finished files in ``files_api``, running hashes in
+``hashing`` and completion leases in ``leases``.
 
 Every call takes the caller (``hpcportal.auth.User``) and only ever finds
 that user's rows: another user's ids are simply unknown (NotFound).
@@ -8,110 +10,68 @@ on the shared filesystem and its row is committed, so any head node can
 carry on an upload another one started, also after a crash.
 """
 
-import datetime
-import functools
 import hashlib
 import logging
 import os
 import re
-import threading
 import time
 import uuid
 
 import peewee
 
-from ..errors import (Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType, Unprocessable,
-                      ValidationError)
-from ..models.base import isoformat
+from ..errors import Conflict, NotFound, PayloadTooLarge, Unprocessable, ValidationError
+from ..models.base import isoformat, path_hash, utc_at
 from ..models.uploads import Upload, UploadChunk, UploadedFile
-from .classify import SAMPLE_BYTES, looks_like_text
-from .hashing import BackgroundHashing, RunningHash
-from .links import JobLinks
+from .classify import SAMPLE_BYTES
+from .files_api import Files, serialize_file
+from .hashing import RunningHashes
+from .leases import CompletionLeases
 from .names import clean_filename, clean_job_id
 from .storage import Truncated
-from .tus import ChecksumMismatch
+from .tus_uploads import TusUploads
 
 log = logging.getLogger(__name__)
 
 SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
-# A completion holds the upload for this long, renewed while it hashes; a
-# head that died mid-completion is taken over once the lease has run out.
-COMPLETION_LEASE = 120
-LEASE_RENEW_BYTES = 256 * 1024 * 1024
-# A complete tus upload this long untouched has no request left finishing it.
-STRANDED_AFTER = 60
 # How long a completion waits for this process to finish hashing ahead; past
-# that it reads back what is not hashed yet. Well inside COMPLETION_LEASE, which
-# is only renewed once the completion itself hashes.
+# that it reads back what is not hashed yet. Well inside leases.COMPLETION_LEASE,
+# which is only renewed once the completion itself hashes.
 HASH_WAIT = 30
-PREVIEW_BYTES = 64 * 1024
-
-
-def _token_line(index, token):
-    return f"{index}:{token};".encode()
-
-
-def _dt(timestamp):
-    return datetime.datetime.fromtimestamp(int(timestamp), datetime.timezone.utc).replace(tzinfo=None)
 
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def path_hash(path):
-    return hashlib.sha256(os.path.normpath(path).encode("utf-8")).hexdigest()
-
-
-def serialize_file(row):
-    return {
-        "file_id": row.id,
-        "filename": row.filename,
-        "size": row.size,
-        "sha256": row.sha256,
-        "file_type": row.file_type,
-        "mime_type": row.mime_type,
-        "storage_path": row.storage_path,
-        "job_id": row.job_id,
-        "slurm_job_id": row.slurm_job_id,
-        "created_at": isoformat(row.created_at),
-    }
-
-
-class Uploads(JobLinks):
-    """Registered as ``portal.areas["uploads"]``. See the package docstring
-    for the functions other areas use."""
+class Uploads(TusUploads):
+    """The one object the resources and other areas are given: uploads of
+    either protocol, and (through ``Files``) the finished files. See the
+    package docstring for the functions other areas use."""
 
     def __init__(self, settings, database, storage, classifier, metrics, reservations,
-                 clock=time.time, new_id=lambda: uuid.uuid4().hex, listener=None):
-        """``listener`` ("<host>/<address>:<port>", or None when the port is
-        not fixed) names this daemon's listening socket: only one process can
-        hold it at a time, so leases held under it by another process are
-        left over from a predecessor that died."""
+                 clock=time.time, listener=None):
+        """``listener`` names this daemon's socket; see ``CompletionLeases``."""
         self._settings = settings
-        self._listener = listener
-        self._holder = f"{listener or 'unnamed'}#{uuid.uuid4().hex[:12]}"
         self._database = database
         self._storage = storage
         self._reservations = reservations
         self._classifier = classifier
         self._metrics = metrics
         self._clock = clock
-        self._new_id = new_id
-        self._hashing = {}  # upload id -> RunningHash, for uploads this process saw start
-        self._hashing_ahead = BackgroundHashing()
+        self._hashes = RunningHashes(storage, self._open_partial, self.chunk_span)
+        self._leases = CompletionLeases(clock, listener)
         self._stranded_failures = {}  # upload id -> why finishing it failed last time
-        self._hashing_lock = threading.Lock()
+        self.files = Files(settings, storage, metrics, clock)
 
     @property
     def settings(self):
         return self._settings
 
     def _now(self):
-        return _dt(self._clock())
+        return utc_at(self._clock())
 
     def _expiry(self):
-        return _dt(self._clock() + self._settings.expire_after)
+        return utc_at(self._clock() + self._settings.expire_after)
 
     # -- starting ------------------------------------------------------------
 
@@ -157,7 +117,7 @@ class Uploads(JobLinks):
 
         agreed = self.agreed_chunk_size(chunk_size) if protocol == "chunk" else 0
         total = (size + agreed - 1) // agreed if agreed else 0
-        upload_id = self._new_id()
+        upload_id = uuid.uuid4().hex
         self._storage.create_partial(user.name, (user.uid, user.gid), upload_id)
         now = self._now()
 
@@ -263,7 +223,7 @@ class Uploads(JobLinks):
         if chunk_sha256 is not None and not SHA256_PATTERN.fullmatch(chunk_sha256):
             raise ValidationError("chunk_sha256 must be 64 hexadecimal digits.",
                                   errors={"chunk_sha256": "must be 64 hexadecimal digits"})
-        self._forget_hashed(row.id, index)
+        self._hashes.forget_chunk(row.id, index)
         this_chunk = (UploadChunk.upload == row.id) & (UploadChunk.chunk_index == index)
         if UploadChunk.select().where(this_chunk).exists():  # a re-send; else no commit (WAL fsync) here
             UploadChunk.delete().where(this_chunk).execute()
@@ -304,94 +264,10 @@ class Uploads(JobLinks):
                 # The same chunk arrived twice at once (e.g. at two heads): one row, same bytes.
         finally:
             os.close(fd)
-        following = self._plan_hashing(row, started=index == 0)
-        if following:
-            self._hashing_ahead.submit(row.id, functools.partial(self._hash_forward, row, following))
+        self._hashes.chunk_recorded(row, started=index == 0)
         received = self._received(row.id)
         return {"upload_id": row.id, "chunk_index": index,
                 "received_bytes": self._received_bytes(row, received), "received_chunks": received}
-
-    # -- hashing as chunks arrive ----------------------------------------------
-
-    def _hashing_state(self, upload_id, create=False):
-        with self._hashing_lock:
-            state = self._hashing.get(upload_id)
-            if state is None and create:
-                state = self._hashing[upload_id] = RunningHash()
-            return state
-
-    def _drop_hashing(self, upload_id):
-        with self._hashing_lock:
-            self._hashing.pop(upload_id, None)
-
-    def _forget_hashed(self, upload_id, index):
-        """A re-send of a chunk already hashed here: start the hash over. Looked at unlocked
-        first: hashing holds the lock for whole chunks (one hashed meanwhile gets a new token)."""
-        state = self._hashing_state(upload_id)
-        if state is not None and index < state.next_index:
-            with state.lock:
-                if index < state.next_index:
-                    state.reset()
-
-    def _plan_hashing(self, row, started):
-        """The recorded chunks that may continue this process's hash, in order,
-        as (index, token); read here so that the hashing threads need no
-        database connection. Only the process that received chunk 0 keeps a
-        hash: other heads would have to read everything from the start."""
-        state = self._hashing_state(row.id, create=started)
-        if state is None:
-            return None
-        return list(UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
-                    .where((UploadChunk.upload == row.id)
-                           & (UploadChunk.chunk_index >= state.next_index))
-                    .order_by(UploadChunk.chunk_index).tuples())
-
-    def _hash_forward(self, row, following):
-        """Hash the chunks of ``following`` that continue the hash, in order
-        (they were just written, so they are read from the page cache). A
-        chunk re-sent meanwhile has a new token: the completion notices."""
-        state = self._hashing_state(row.id)
-        if state is None:
-            return
-        with state.lock:
-            fd = None
-            try:
-                for index, token in following:
-                    if index < state.next_index:
-                        continue
-                    if index != state.next_index:
-                        break
-                    if fd is None:
-                        fd = self._open_partial(row, write=False)
-                    offset, length = self.chunk_span(row, index)
-                    self._storage.hash_range(fd, state.digest, offset, offset + length, release=True)
-                    state.tokens.update(_token_line(index, token))
-                    state.next_index += 1
-                    state.offset = offset + length
-            finally:
-                if fd is not None:
-                    os.close(fd)
-
-    def _hash_start(self, row):
-        """(digest, offset): a hash of the first ``offset`` bytes still valid
-        for ``row``, or a fresh hash at 0."""
-        state = self._hashing_state(row.id)
-        if state is None:
-            return hashlib.sha256(), 0
-        with state.lock:
-            if row.protocol == "tus":
-                return state.digest.copy(), state.offset
-            tokens = hashlib.sha256()
-            count = 0
-            for index, token in (UploadChunk.select(UploadChunk.chunk_index, UploadChunk.token)
-                                 .where((UploadChunk.upload == row.id)
-                                        & (UploadChunk.chunk_index < state.next_index))
-                                 .order_by(UploadChunk.chunk_index).tuples()):
-                tokens.update(_token_line(index, token))
-                count += 1
-            if count == state.next_index and tokens.digest() == state.tokens.digest():
-                return state.digest.copy(), state.offset
-        return hashlib.sha256(), 0
 
     def verify_chunk(self, user, upload_id, index, chunk_sha256):
         """Check an already written chunk against a checksum that arrived after
@@ -420,66 +296,28 @@ class Uploads(JobLinks):
         Completing an upload that is already complete answers its file again."""
         if not isinstance(upload_id, str) or not upload_id:
             raise ValidationError("upload_id is required.", errors={"upload_id": "required"})
-        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
-                                        & (UploadedFile.user == user.name))
+        done = self.files.completed(user.name, upload_id)
         if done is not None:
             return serialize_file(done)
         row = self._upload(user, upload_id)
         if row.protocol != "chunk":
             raise Conflict("A tus upload completes by itself when its last byte arrives.",
                            code="wrong_protocol")
-        self._claim(row)
-        try:
+        with self._leases.completion(row) as claim:
             received = set(self._received(row.id))
             missing = [i for i in range(row.total_chunks) if i not in received]
             if missing:
                 raise Conflict(
                     f"The upload is missing {len(missing)} of {row.total_chunks} chunks.",
                     code="missing_chunks", extra={"missing_chunks": missing})
-            return self._finish(row)
-        except BaseException:
-            self._release(row)
-            raise
-
-    def _claim(self, row):
-        now = self._now()
-        claimed = (Upload.update(state="completing", lease_until=_dt(self._clock() + COMPLETION_LEASE),
-                                 lease_holder=self._holder)
-                   .where((Upload.id == row.id)
-                          & ((Upload.state == "active")
-                             | ((Upload.state == "completing") & (Upload.lease_until < now))))
-                   .execute())
-        if not claimed:
-            if Upload.get_or_none(Upload.id == row.id) is None:
-                raise NotFound(f"There is no upload {row.id!r}.", code="upload_not_found")
-            raise Conflict("This upload is being completed by another request.",
-                           code="upload_completing", headers={"Retry-After": "5"})
-
-    def _release(self, row):
-        Upload.update(state="active", lease_until=None, lease_holder=None).where(
-            (Upload.id == row.id) & (Upload.state == "completing")
-            & (Upload.lease_holder == self._holder)).execute()
+            return self._finish(row, claim)
 
     def release_abandoned_leases(self):
-        """Free the completions a killed predecessor on this listener left
-        half-done, so they can be completed at once rather than after the
-        lease runs out; returns how many. Call once listening (which proves
-        the predecessor gone)."""
-        if not self._listener:
-            return 0
-        count = 0
-        for row in Upload.select(Upload.id, Upload.lease_holder).where(Upload.state == "completing"):
-            holder = row.lease_holder or ""
-            if holder.rpartition("#")[0] != self._listener or holder == self._holder:
-                continue
-            count += (Upload.update(state="active", lease_until=None, lease_holder=None)
-                      .where((Upload.id == row.id) & (Upload.state == "completing")
-                             & (Upload.lease_holder == holder)).execute())
-            log.info("upload %s: released the completion lease of a previous run (%s)",
-                     row.id, holder)
-        return count
+        """See ``CompletionLeases.release_abandoned``."""
+        return self._leases.release_abandoned()
 
-    def _finish(self, row):
+    def _finish(self, row, claim):
+        """Hash, check, classify and publish the data of a claimed upload; the file."""
         owner = (row.uid, row.gid)
         fd = self._open_partial(row, write=False)
         try:
@@ -487,17 +325,9 @@ class Uploads(JobLinks):
             if on_disk != row.size:
                 raise Conflict(f"The partial file holds {on_disk} bytes, expected {row.size}.",
                                code="size_mismatch")
-            progress = {"next": LEASE_RENEW_BYTES}
-
-            def renew(done):
-                if done >= progress["next"]:
-                    progress["next"] = done + LEASE_RENEW_BYTES
-                    Upload.update(lease_until=_dt(self._clock() + COMPLETION_LEASE)).where(
-                        Upload.id == row.id).execute()
-
-            self._hashing_ahead.wait(row.id, HASH_WAIT)
-            digest, start = self._hash_start(row)
-            end = self._storage.hash_range(fd, digest, start, on_progress=renew)
+            self._hashes.wait(row.id, HASH_WAIT)
+            digest, start = self._hashes.start_of(row)
+            end = self._storage.hash_range(fd, digest, start, on_progress=claim.progress)
             self._metrics.reread_bytes.inc(end - start)
             sha256 = digest.hexdigest()
             sample = self._storage.head(fd, SAMPLE_BYTES)
@@ -517,17 +347,18 @@ class Uploads(JobLinks):
         name = self._storage.publish(row.user, owner, row.id, row.job_id, row.filename,
                                      previous=row.final_name, before_link=remember)
         storage_path = self._storage.final_path(row.user, row.job_id, name)
+        key = path_hash(os.path.normpath(storage_path))
         with self._database.atomic():
-            UploadedFile.delete().where(UploadedFile.storage_path_hash == path_hash(storage_path)).execute()
+            UploadedFile.delete().where(UploadedFile.storage_path_hash == key).execute()
             created = UploadedFile.create(
-                id=self._new_id(), upload_id=row.id, user=row.user, filename=name,
+                id=uuid.uuid4().hex, upload_id=row.id, user=row.user, filename=name,
                 job_id=row.job_id, size=row.size, sha256=sha256, file_type=file_type,
                 mime_type=mime_type[:255], storage_path=storage_path,
-                storage_path_hash=path_hash(storage_path), created_at=self._now())
+                storage_path_hash=key, created_at=self._now())
             UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
             Upload.delete().where(Upload.id == row.id).execute()
         self._storage.remove_partial(row.user, row.id)
-        self._drop_hashing(row.id)
+        self._hashes.drop(row.id)
         self._metrics.completed.labels(row.protocol).inc()
         log.info("upload %s complete: %s (%d bytes, %s)", row.id, storage_path, row.size, file_type)
         return serialize_file(created)
@@ -563,233 +394,47 @@ class Uploads(JobLinks):
             # An interrupted completion may have linked the data into place already.
             self._storage.unpublish(row.user, row.id, row.job_id, row.final_name)
         self._storage.remove_partial(row.user, row.id)
-        self._drop_hashing(row.id)
+        self._hashes.drop(row.id)
         return True
 
-    # -- tus -----------------------------------------------------------------
-
-    def tus_state(self, user, upload_id):
-        """(offset, length, metadata, expires_at or None) of a tus upload,
-        also once it has become a file."""
-        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
-                                        & (UploadedFile.user == user.name))
-        if done is not None:
-            return done.size, done.size, None, None, serialize_file(done)
-        row = self._upload(user, upload_id)
-        if row.protocol != "tus":
-            raise NotFound(f"There is no tus upload {upload_id!r}.", code="upload_not_found")
-        return row.tus_offset, row.size, row.metadata, row.expires_at, None
-
-    def tus_append(self, user, upload_id, offset, stream, content_length=None, checksum=None):
-        """Append at ``offset``; returns (new offset, file or None).
-
-        ``checksum`` is (hashlib object, expected digest). The partial file is
-        locked while one PATCH writes, and the offset moves by compare-and-set,
-        so two PATCHes at the same offset (two heads) cannot both succeed.
-        """
-        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
-                                        & (UploadedFile.user == user.name))
-        if done is not None:
-            if offset == done.size and not content_length:
-                return done.size, serialize_file(done)
-            raise Conflict(f"Upload-Offset must be {done.size}; the upload is complete.",
-                           code="offset_mismatch", headers={"Upload-Offset": str(done.size)})
-        row = self._upload(user, upload_id)
-        if row.protocol != "tus":
-            raise NotFound(f"There is no tus upload {upload_id!r}.", code="upload_not_found")
-        self._check_offset(row, offset)
-        room = row.size - offset
-        if content_length is not None and content_length > room:
-            raise PayloadTooLarge(
-                f"The body has {content_length} bytes but only {room} remain of Upload-Length.",
-                code="exceeds_upload_length")
-        fd = self._open_partial(row)
-        try:
-            self._storage.lock_for_append(fd)
-            row = self._upload(user, upload_id)
-            self._check_offset(row, offset)
-            if row.state != "active":
-                raise Conflict("This upload is being completed.", code="upload_completing")
-            self._touch(row.id)
-            digests = [checksum[0]] if checksum else ()
-            try:
-                written = self._storage.write_at(fd, offset, stream, content_length if
-                                                 content_length is not None else room,
-                                                 digests, exact=content_length is not None)
-            except Truncated as exc:
-                raise ValidationError(
-                    f"The body ended after {exc.args[0]} of {content_length} bytes; nothing was recorded.",
-                    code="truncated_body") from None
-            self._metrics.bytes_received.labels("tus").inc(written)
-            if content_length is None and stream.read(1):
-                raise PayloadTooLarge(f"The body is larger than the {room} bytes that remain.",
-                                      code="exceeds_upload_length")
-            if checksum and checksum[0].digest() != checksum[1]:
-                self._metrics.failed.labels("chunk_checksum").inc()
-                raise ChecksumMismatch(
-                    f"The body does not match its Upload-Checksum ({checksum[0].name}); "
-                    f"nothing was recorded, Upload-Offset stays {offset}.")
-            # MySQL counts changed (not matched) rows: an empty PATCH changes nothing.
-            moved = written == 0 or (
-                Upload.update(tus_offset=offset + written, updated_at=self._now())
-                .where((Upload.id == row.id) & (Upload.tus_offset == offset)).execute())
-            if not moved:
-                raise Conflict("Another request moved this upload's offset meanwhile.",
-                               code="offset_mismatch")
-        finally:
-            os.close(fd)  # also releases the lock
-        new_offset = offset + written
-        # partial, not a lambda: ``row`` is read again below, the job keeps this one.
-        self._hashing_ahead.submit(row.id, functools.partial(self._hash_tus, row, new_offset,
-                                                             started=offset == 0))
-        if new_offset < row.size:
-            return new_offset, None
-        row = self._upload(user, upload_id)
-        self._claim(row)
-        try:
-            return new_offset, self._finish(row)
-        except BaseException:
-            self._release(row)
-            raise
-
-    def finish_stranded_tus(self):
-        """Turn into files the tus uploads whose last byte was acknowledged but
-        whose completion never ended (the head died, the database went away):
-        their client saw Upload-Offset reach Upload-Length and will not ask
-        again. Returns how many became files."""
-        quiet_since = _dt(self._clock() - STRANDED_AFTER)
-        now = self._now()
-        stranded = Upload.select().where(
-            (Upload.protocol == "tus") & (Upload.tus_offset == Upload.size)
-            & (Upload.updated_at < quiet_since)
-            & ((Upload.state == "active") | (Upload.lease_until < now)))
-        count = 0
-        failures = {}  # only this pass's: uploads gone since are forgotten
-        for row in list(stranded):
-            try:
-                self._claim(row)
-            except (Conflict, NotFound):
-                continue  # another head is on it
-            try:
-                self._finish(row)
-                count += 1
-            except Exception as exc:
-                self._release(row)
-                failures[row.id] = reason = str(exc) or type(exc).__name__
-                if self._stranded_failures.get(row.id) != reason:  # once, not every pass
-                    log.warning("upload %s of %s: finishing its completion failed: %s",
-                                row.id, row.user, reason)
-        self._stranded_failures = failures
-        return count
-
-    def _hash_tus(self, row, committed, started):
-        """tus data below the committed offset never changes: hash up to it."""
-        state = self._hashing_state(row.id, create=started)
-        if state is None:
-            return
-        with state.lock:
-            if state.offset < committed:
-                fd = self._open_partial(row, write=False)
-                try:
-                    state.offset = self._storage.hash_range(fd, state.digest, state.offset, committed,
-                                                           release=True)
-                finally:
-                    os.close(fd)
-
     def prune_hashing(self):
-        """Forget hashes of uploads that ended on another head."""
-        with self._hashing_lock:
-            known = list(self._hashing)
-        alive = {upload_id for (upload_id,) in Upload.select(Upload.id)
-                 .where(Upload.id.in_(known)).tuples()} if known else set()
-        for upload_id in known:
-            if upload_id not in alive:
-                self._drop_hashing(upload_id)
+        self._hashes.prune()
 
-    def _check_offset(self, row, offset):
-        if offset != row.tus_offset:
-            raise Conflict(f"Upload-Offset is {offset} but the upload is at {row.tus_offset}.",
-                           code="offset_mismatch", headers={"Upload-Offset": str(row.tus_offset)})
-
-    def tus_terminate(self, user, upload_id):
-        done = UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
-                                        & (UploadedFile.user == user.name))
-        if done is not None:
-            raise Conflict("This upload is complete; delete the file instead.", code="upload_complete")
-        self.cancel(user, upload_id)
-
-    # -- files ---------------------------------------------------------------
-
-    def _file(self, user, file_id):
-        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user.name))
-        if row is None:
-            raise NotFound(f"There is no file {file_id!r}.", code="file_not_found")
-        return row
+    # -- the finished files (``Files``), for the resources and other areas ----
 
     def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0):
-        query = UploadedFile.select().where(UploadedFile.user == user.name)
-        if job_id:
-            query = query.where(UploadedFile.job_id == job_id)
-        if file_type:
-            query = query.where(UploadedFile.file_type == file_type)
-        total = query.count()
-        rows = query.order_by(UploadedFile.created_at.desc(), UploadedFile.id).limit(limit).offset(offset)
-        return [serialize_file(r) for r in rows], total
+        return self.files.list_files(user, job_id=job_id, file_type=file_type, limit=limit,
+                                     offset=offset)
 
     def get_file(self, user, file_id):
-        return serialize_file(self._file(user, file_id))
+        return self.files.get_file(user, file_id)
 
     def open_file(self, user, file_id):
-        """(file dict, read-only descriptor); the caller closes the descriptor."""
-        row = self._file(user, file_id)
-        return serialize_file(row), self._storage.open_file(row.storage_path, owner_uid=user.uid)
+        return self.files.open_file(user, file_id)
 
     def preview(self, user, file_id):
-        info, fd = self.open_file(user, file_id)
-        try:
-            sample = os.pread(fd, PREVIEW_BYTES, 0)
-        finally:
-            os.close(fd)
-        if not looks_like_text(sample):
-            raise UnsupportedMediaType(
-                f"{info['filename']} is a {info['file_type']} file ({info['mime_type']}); "
-                "only text files have a preview.", code="not_text")
-        return {"file_id": info["file_id"], "filename": info["filename"],
-                "mime_type": info["mime_type"], "size": info["size"],
-                "truncated": info["size"] > PREVIEW_BYTES,
-                "content": sample.decode("utf-8", errors="ignore")}
+        return self.files.preview(user, file_id)
 
     def delete_file(self, user, file_id):
-        row = self._file(user, file_id)
-        self._remove_file(row)
-
-    def _remove_file(self, row, condition=None):
-        query = UploadedFile.delete().where(UploadedFile.id == row.id)
-        if condition is not None:
-            query = query.where(condition)
-        if query.execute():
-            self._storage.remove_file(row.storage_path)
-            return True
-        return False
-
-    # -- for other areas (jobs) ----------------------------------------------
+        self.files.delete_file(user, file_id)
 
     def file_for_user(self, user_name, file_id):
-        row = UploadedFile.get_or_none((UploadedFile.id == file_id) & (UploadedFile.user == user_name))
-        return serialize_file(row) if row else None
+        return self.files.file_for_user(user_name, file_id)
 
     def file_by_storage_path(self, user_name, storage_path):
-        if not isinstance(storage_path, str) or not storage_path:
-            return None
-        row = UploadedFile.get_or_none((UploadedFile.storage_path_hash == path_hash(storage_path))
-                                       & (UploadedFile.user == user_name))
-        return serialize_file(row) if row else None
+        return self.files.file_by_storage_path(user_name, storage_path)
 
     def files_for_job(self, user_name, job_id):
-        rows = (UploadedFile.select().where((UploadedFile.user == user_name)
-                                            & (UploadedFile.job_id == job_id))
-                .order_by(UploadedFile.created_at, UploadedFile.id))
-        return [serialize_file(r) for r in rows]
+        return self.files.files_for_job(user_name, job_id)
+
+    def link_job(self, user_name, job_id, slurm_job_id):
+        return self.files.link_job(user_name, job_id, slurm_job_id)
+
+    def link_files(self, user_name, storage_paths, slurm_job_id):
+        return self.files.link_files(user_name, storage_paths, slurm_job_id)
+
+    def apply_retention(self):
+        return self.files.apply_retention()
 
     # -- clean-up (the janitor service) --------------------------------------
 
@@ -818,18 +463,4 @@ class Uploads(JobLinks):
             self._storage.remove_partial(user, name)
             count += 1
             log.info("removed orphaned partial file %s of %s", name, user)
-        return count
-
-    def apply_retention(self):
-        days = self._settings.retention_days
-        if days is None:
-            return 0
-        cutoff = _dt(self._clock() - days * 86400)
-        count = 0
-        for row in list(UploadedFile.select().where(UploadedFile.created_at < cutoff)):
-            if self._remove_file(row, condition=UploadedFile.created_at < cutoff):
-                count += 1
-                self._metrics.retained_removed.inc()
-                log.info("file %s of %s removed after %s days: %s", row.id, row.user, days,
-                         row.storage_path)
         return count

@@ -16,10 +16,6 @@ CHECKSUM_ALGORITHMS = ("sha1", "md5", "sha256")
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 
 
-class ChecksumMismatch(Exception):
-    """The PATCH body does not match its Upload-Checksum (tus status 460)."""
-
-
 def parse_metadata(header):
     """``key base64value,key2`` -> {"key": "value", "key2": ""}."""
     result = {}
