@@ -4,10 +4,6 @@ tests/test_auth.py proves the same against a real daemon over HTTP; this is the
 fast copy to run while changing code.
 """
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 import warnings
 
@@ -16,31 +12,31 @@ import pytest
 
 from support.daemon import TEST_SECRET, make_token
 from support.inprocess import inprocess
+from support.tokens import claims, handmade
 
 pytestmark = pytest.mark.unit
 
 NO_BEARER = "Missing 'Bearer' type in 'Authorization' header. Expected 'Authorization: Bearer <JWT>'"
-NOW = int(time.time())
-
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def handmade(header, payload, key=b""):
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest() if key else b""
-    return f"{signing_input}.{b64(signature)}"
-
-
-def claims(user="alice", **extra):
-    return {"sub": user, "iat": NOW, "nbf": NOW, "exp": NOW + 600, "type": "access", **extra}
 
 
 def hs512_token():
     with warnings.catch_warnings():  # the test secret is short for HS512, on purpose
         warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
         return jwt.encode(claims(), TEST_SECRET, algorithm="HS512")
+
+
+def expired_token():
+    now = int(time.time())
+    return make_token("alice", exp=now - 3600, iat=now - 7200, nbf=now - 7200)
+
+
+def not_yet_valid_token():
+    later = int(time.time()) + 3600
+    return make_token("alice", nbf=later, exp=later + 600)
+
+
+def token_without_exp():
+    return jwt.encode({k: v for k, v in claims().items() if k != "exp"}, TEST_SECRET, algorithm="HS256")
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +60,28 @@ def flask_jwt_body(error, msg):
     ("Basic YWxpY2U6cHc=", "missing_token", NO_BEARER),
     ("Token abc", "missing_token", NO_BEARER),
     ("bearer abc", "missing_token", NO_BEARER),
-    (f"Bearer {make_token('alice', exp=NOW - 3600, iat=NOW - 7200, nbf=NOW - 7200)}",
-     "token_expired", "Token has expired"),
+    (lambda: f"Bearer {expired_token()}", "token_expired", "Token has expired"),
 ], ids=["no header", "basic", "token scheme", "lower-case bearer", "expired"])
 def test_401_answers_with_flask_jwt_extended_body_and_www_authenticate(portal, authorization, error, msg):
-    answer = me(portal, authorization)
+    answer = me(portal, authorization() if callable(authorization) else authorization)
     assert answer.status_code == 401
     assert answer.json == flask_jwt_body(error, msg)
     assert answer.headers["WWW-Authenticate"] == "Bearer"
 
 
+# Tokens are made when the test runs (callables): made at collection, they could expire first.
 @pytest.mark.parametrize("token, msg", [
-    ("not-a-jwt", "Not enough segments"),
-    (jwt.encode(claims(), "another-secret-another-secret-xx", algorithm="HS256"),
+    (lambda: "not-a-jwt", "Not enough segments"),
+    (lambda: jwt.encode(claims(), "another-secret-another-secret-xx", algorithm="HS256"),
      "Signature verification failed"),
-    (handmade({"alg": "none", "typ": "JWT"}, claims()), "The specified alg value is not allowed"),
-    (hs512_token(), "The specified alg value is not allowed"),
-    (make_token("alice", type="refresh"), "Only non-refresh tokens are allowed"),
-    (make_token("alice", nbf=NOW + 3600, exp=NOW + 4200), "The token is not yet valid (nbf)"),
-    (jwt.encode({k: v for k, v in claims().items() if k != "exp"}, TEST_SECRET, algorithm="HS256"),
-     'Token is missing the "exp" claim'),
+    (lambda: handmade({"alg": "none", "typ": "JWT"}, claims()), "The specified alg value is not allowed"),
+    (hs512_token, "The specified alg value is not allowed"),
+    (lambda: make_token("alice", type="refresh"), "Only non-refresh tokens are allowed"),
+    (not_yet_valid_token, "The token is not yet valid (nbf)"),
+    (token_without_exp, 'Token is missing the "exp" claim'),
 ], ids=["malformed", "bad signature", "alg none", "disallowed alg", "refresh", "not yet valid", "no exp"])
 def test_invalid_tokens_are_422_with_flask_jwt_extended_msg(portal, token, msg):
-    answer = me(portal, f"Bearer {token}")
+    answer = me(portal, f"Bearer {token()}")
     assert answer.status_code == 422
     assert answer.json == flask_jwt_body("invalid_token", msg)
 

@@ -68,7 +68,21 @@ class SharedTree:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Daemon:
+class UserRequests:
+    """``get``/``post``/``delete`` over a ``request(method, path, user=None, **kwargs)``
+    that adds the user's token: a daemon over HTTP, or the app in process."""
+
+    def get(self, path, user=None, **kwargs):
+        return self.request("GET", path, user=user, **kwargs)
+
+    def post(self, path, user=None, **kwargs):
+        return self.request("POST", path, user=user, **kwargs)
+
+    def delete(self, path, user=None, **kwargs):
+        return self.request("DELETE", path, user=user, **kwargs)
+
+
+class Daemon(UserRequests):
     """One daemon process. ``config`` is the nested dict written to its YAML file."""
 
     def __init__(self, shared, config=None, env=None, name=None):
@@ -154,12 +168,3 @@ class Daemon:
             headers = {**auth_headers(user, admin=admin), **headers}
         kwargs.setdefault("timeout", 30)
         return requests.request(method, self.url + path, headers=headers, **kwargs)
-
-    def get(self, path, user=None, **kwargs):
-        return self.request("GET", path, user=user, **kwargs)
-
-    def post(self, path, user=None, **kwargs):
-        return self.request("POST", path, user=user, **kwargs)
-
-    def delete(self, path, user=None, **kwargs):
-        return self.request("DELETE", path, user=user, **kwargs)

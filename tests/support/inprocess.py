@@ -22,13 +22,13 @@ from hpcportal import db as dbmod
 from hpcportal.app import create_app
 from hpcportal.config import Config
 
-from .daemon import TEST_SECRET, SharedTree, auth_headers, deep_merge
+from .daemon import TEST_SECRET, SharedTree, UserRequests, auth_headers, deep_merge
 from .users import ensure_test_users
 
 SCAN_PATHS = {"images": "/api/v2/apptainer/scan", "templates": "/api/v2/templates/scan"}
 
 
-class InProcess:
+class InProcess(UserRequests):
     """One app and its client; ``request`` adds a user's token like ``Daemon.request``."""
 
     def __init__(self, app, config, shared):
@@ -42,15 +42,6 @@ class InProcess:
         if user:
             headers = {**auth_headers(user, admin=admin), **headers}
         return self.client.simulate_request(method, path, headers=headers, **kwargs)
-
-    def get(self, path, user=None, **kwargs):
-        return self.request("GET", path, user=user, **kwargs)
-
-    def post(self, path, user=None, **kwargs):
-        return self.request("POST", path, user=user, **kwargs)
-
-    def delete(self, path, user=None, **kwargs):
-        return self.request("DELETE", path, user=user, **kwargs)
 
     def scan(self, kind):
         """Index the ``images`` or ``templates`` folder now, as an administrator would."""
