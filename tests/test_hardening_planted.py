@@ -357,7 +357,7 @@ def test_job_folders_refuse_a_swapped_folder_with_unsafe_path(tmp_path):
     with pytest.raises(UnsafePath):
         folders.open_file(owner, "c" * 32, "passwd")
     with pytest.raises(UnsafePath):
-        folders.list_files(owner, "c" * 32)
+        folders.open_dir(owner, "c" * 32)
 
 
 # -- /readyz and background passes ---------------------------------------------

@@ -134,14 +134,6 @@ def parse_mapping_of_lists(value):
     return MappingProxyType({str(k): parse_str_list(v) for k, v in value.items()})
 
 
-def parse_mapping(value):
-    if isinstance(value, str):
-        value = json.loads(value)
-    if not isinstance(value, dict):
-        raise ValueError("expected a mapping")
-    return MappingProxyType(dict(value))
-
-
 def one_of(*choices):
     def parse_choice(value):
         text = parse_str(value).strip().lower()

@@ -114,11 +114,6 @@ def check_key_files(config, euid=None):
         _check_key_file(f"auth.{setting}", getattr(config.auth, setting), 0o022, euid)
 
 
-def check_secret_file(path, euid=None):
-    """The HMAC secret file alone (kept for callers that only have a path)."""
-    _check_key_file("auth.secret_file", path, 0o077, os.geteuid() if euid is None else euid)
-
-
 def _check_key_file(setting, path, forbidden, euid):
     if not path:
         return

@@ -11,7 +11,6 @@ folder is removed through descriptors too (``safefiles.remove_tree``).
 
 import logging
 import os
-import stat
 
 from ..errors import NotFound, UnsafePath
 from ..safefiles import open_folder, open_regular, remove_tree
@@ -137,18 +136,3 @@ class JobFolders:
             raise UnsafePath(refusal)
         return fd
 
-    def list_files(self, owner, submission_id):
-        """Plain files in the job folder owned by ``owner``: [{name, size, modified}]."""
-        dfd = self.open_dir(owner, submission_id)
-        out = []
-        try:
-            for name in sorted(os.listdir(dfd)):
-                try:
-                    info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISREG(info.st_mode) and (not self._chown or info.st_uid == owner.uid):
-                    out.append({"name": name, "size": info.st_size, "modified": info.st_mtime})
-        finally:
-            os.close(dfd)
-        return out
