@@ -10,6 +10,9 @@ from support.guides import DOCS, README, REPO, guide_paths, guides, read
 from hpcportal.cli import build_parser
 from hpcportal.docs import BEGIN, END, settings_markdown
 
+# In process: no daemon, no Slurm, no database server (`pytest -m unit`).
+pytestmark = pytest.mark.unit
+
 CONFIGURATION = os.path.join(DOCS, "configuration.md")
 RESULTS = os.path.join(REPO, "bench", "RESULTS.md")
 
