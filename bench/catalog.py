@@ -30,10 +30,9 @@ from support.daemon import Daemon, SharedTree, auth_headers  # noqa: E402
 from support.sifbuild import build_sif, make_squashfs, rootfs_tree  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
 
-from hpcportal.app import create_app  # noqa: E402
 from hpcportal.config import Config  # noqa: E402
 from hpcportal.db import upgrade  # noqa: E402
-from hpcportal.catalog.indexer import indexer_for  # noqa: E402
+from hpcportal.portal import build_portal  # noqa: E402
 
 SETTLE = 0.5
 POLL = 1.0
@@ -73,16 +72,16 @@ def scan_times(tree):
         "auth": {"secret": "bench-secret-0123456789-abcdefghijklmnop"},
         "catalog": {"settle_seconds": 0},
     })
-    app = create_app(config)
-    upgrade(app.portal.database)
-    indexer = indexer_for(app.portal)
+    portal = build_portal(config)
+    upgrade(portal.database)
+    indexer = portal.indexer
     started = time.monotonic()
     full = indexer.scan(["images"])["images"]
     full_seconds = time.monotonic() - started
     started = time.monotonic()
     again = indexer.scan(["images"])["images"]
     rescan_seconds = time.monotonic() - started
-    app.portal.database.close()
+    portal.database.close()
     return full, full_seconds, again, rescan_seconds
 
 

@@ -1,6 +1,7 @@
 """Errors, operations endpoints and the API document, against real daemons
 (and, where a route must misbehave on purpose, an in-process app)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -14,11 +15,12 @@ import pytest
 import requests
 
 from hpcportal import db as dbmod
-from hpcportal.app import create_app
+from hpcportal.app import build_app, create_app
 from hpcportal.audit import AuditTrail
 from hpcportal.config import Config
 from hpcportal.models.audit import AuditRecord
 from hpcportal.openapi import document
+from hpcportal.portal import build_portal
 from hpcportal.resources.base import read_json
 from support.daemon import TEST_SECRET, auth_headers
 from support.waiting import wait_for
@@ -92,8 +94,8 @@ class _StuckService:
 
 
 def test_readyz_is_503_and_says_why_when_a_service_is_down(tmp_path, users):
-    app = _app(tmp_path)
-    app.portal.services.append(_StuckService())
+    portal = build_portal(_config(tmp_path))
+    app = build_app(dataclasses.replace(portal, services=portal.services + (_StuckService(),)))
     client = falcon.testing.TestClient(app)
     answer = client.simulate_get("/readyz", headers=auth_headers("alice", admin=True))
     assert answer.status_code == 503
@@ -125,11 +127,15 @@ def _routes(app):
 
 
 def _app(tmp_path, **extra):
+    return create_app(_config(tmp_path, **extra))
+
+
+def _config(tmp_path, **extra):
     data = {"database": {"url": f"sqlite:///{tmp_path}/p.db"}, "auth": {"secret": TEST_SECRET},
             "paths": {"images": str(tmp_path / "images"), "templates": str(tmp_path / "templates"),
                       "uploads": str(tmp_path / "uploads")}}
     data.update(extra)
-    return create_app(Config.from_dict(data))
+    return Config.from_dict(data)
 
 
 def test_openapi_document_and_routes_agree(tmp_path):

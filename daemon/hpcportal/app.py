@@ -1,26 +1,22 @@
-"""Application assembly: ``create_app(config)`` builds everything.
+"""The WSGI app: ``create_app(config)`` puts HTTP in front of the portal's parts.
 
-Nothing here runs at import time. ``create_app`` opens the database, builds the
-authenticator, the metrics registry and each area (catalog, uploads, jobs),
-wires middleware and maps our exceptions to HTTP in one place.
+Nothing here runs at import time. ``create_app`` has ``portal.build_portal``
+make every part, then adds the middleware, hands each resource the parts it
+needs and maps our exceptions to HTTP in one place.
 """
 
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import falcon
 import peewee
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 
-from . import db as dbmod
 from . import errors
-from .auth import Authenticator, TokenVerifier, UserDirectory
-from .audit import AuditTrail
-from .ratelimit import RateLimits
+from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
+from .resources import health, images, jobs, me, templates, uploads
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -49,40 +45,6 @@ REASONS = {460: "460 Checksum Mismatch"}
 # Calls that change nothing; every other method is audited.
 READ_ONLY_METHODS = {"GET", "HEAD", "OPTIONS"}
 PUBLIC_API_PATHS = {"/api/openapi.json"}
-
-
-@dataclass
-class Portal:
-    """Everything a request or a background service may need, built once per app."""
-
-    config: object
-    database: peewee.Database
-    registry: CollectorRegistry
-    authenticator: Authenticator
-    clock: object = time.time
-    # Per-user limits on expensive calls: ``portal.rate_limits.check(user, "submit")``.
-    rate_limits: RateLimits = None
-    services: list = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    audit: AuditTrail = None
-    # Areas register themselves here (images, templates, uploads, jobs, ...).
-    areas: dict = field(default_factory=dict)
-
-    def area(self, name):
-        """Another area's domain object, or None when that area is not built."""
-        return self.areas.get(name)
-
-    def start_services(self):
-        for service in self.services:
-            service.start()
-
-    def stop_services(self):
-        self.stopping.set()
-        for service in reversed(self.services):
-            try:
-                service.stop()
-            except Exception:  # a failing stop must not keep the others running
-                log.exception("stopping %s failed", type(service).__name__)
 
 
 def status_of(exc):
@@ -229,23 +191,14 @@ class PortalApp(falcon.App):
     """falcon.App with a ``portal`` attribute (falcon.App itself uses __slots__)."""
 
 
-def build_portal(config, clock=time.time):
-    database = dbmod.open_database(config)
-    verifier = TokenVerifier(config, clock=clock)
-    directory = UserDirectory(config.users.min_uid, config.users.deny, max_uid=config.users.max_uid)
-    audit = AuditTrail(database)
-    # First in the list, so stopped last: it stores the records of the last requests.
-    return Portal(config=config, database=database, registry=CollectorRegistry(auto_describe=True),
-                  authenticator=Authenticator(verifier, directory), clock=clock,
-                  rate_limits=RateLimits(config.security.rate_limits), audit=audit,
-                  services=[audit])
-
-
 def create_app(config, clock=time.time):
     """The WSGI app for ``config``; ``app.portal`` holds its parts."""
-    from .resources import health, images, jobs, me, templates, uploads
+    return build_app(build_portal(config, clock=clock))
 
-    portal = build_portal(config, clock=clock)
+
+def build_app(portal: Portal):
+    """The WSGI app in front of ``portal``'s parts."""
+    config = portal.config
     app = PortalApp(middleware=[RequestContextMiddleware(portal), SecurityMiddleware(config),
                                 AuthMiddleware(portal.authenticator)])
     app.req_options.strip_url_path_trailing_slash = True
@@ -253,8 +206,15 @@ def create_app(config, clock=time.time):
     _add_error_handlers(app)
     app.portal = portal
 
-    # Areas in dependency order: later ones use earlier ones through portal.area(),
-    # e.g. templates resolve images, jobs render templates and link uploads.
-    for area in (health, me, images, templates, uploads, jobs):
-        area.add_routes(app, portal)
+    health.add_routes(app, database=portal.database, authenticator=portal.authenticator,
+                      services=portal.services, registry=portal.registry)
+    me.add_routes(app)
+    images.add_routes(app, catalog=portal.images, indexer=portal.indexer,
+                      rate_limits=portal.rate_limits)
+    templates.add_routes(app, catalog=portal.templates, indexer=portal.indexer,
+                         rate_limits=portal.rate_limits, config=config)
+    uploads.add_routes(app, uploads=portal.uploads, rate_limits=portal.rate_limits)
+    jobs.add_routes(app, service=portal.jobs, output=portal.job_output, files=portal.job_files,
+                    rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
+                    max_script_size=config.slurm.max_script_size)
     return app

@@ -83,6 +83,37 @@ def cmd_token(args, config):
     return 0
 
 
+def cmd_scan(args, config):
+    """One reconciliation of the catalogs with their folders, then a report."""
+    from .db import upgrade
+    from .portal import build_portal
+
+    portal = build_portal(config)
+    upgrade(portal.database)
+    indexer = portal.indexer
+    wanted = [name for name in ("images", "templates") if getattr(args, name)]
+    results = indexer.scan(wanted or None)
+    for name, result in results.items():
+        kind = indexer.kind(name)
+        for action, relpaths in (("added", result.added), ("updated", result.updated),
+                                 ("removed", result.removed), ("deferred", result.deferred)):
+            for relpath in relpaths:
+                marker = " (invalid)" if relpath in result.invalid else ""
+                print(f"{name}: {action} {relpath}{marker}")
+        counts = result.counts()
+        print(f"{name}: {kind.root}: {counts['added']} added, {counts['updated']} updated, "
+              f"{counts['removed']} removed, {counts['invalid']} invalid, "
+              f"{counts['deferred']} still being written, {counts['unchanged']} unchanged "
+              f"in {counts['duration_ms']} ms")
+        # Kinds that keep every problem of a file (templates) list what is invalid now.
+        invalid_files = getattr(kind, "invalid_files", None)
+        for relpath, problems in (invalid_files() if invalid_files else []):
+            print(f"{name}: invalid {relpath}:")
+            for line in (problems or "").splitlines():
+                print(f"    {line}")
+    return 0
+
+
 def cmd_settings(args, config):
     """The settings registry, for the README's configuration reference."""
     if args.markdown:
@@ -122,9 +153,13 @@ def build_parser():
     settings = sub.add_parser("settings", help="list every setting with its default")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
     settings.set_defaults(func=cmd_settings)
-    # Subcommands of areas: ``scan`` comes from the catalog.
-    from .catalog.cli import register as register_catalog_commands
-    register_catalog_commands(sub)
+    scan = sub.add_parser(
+        "scan", help="reconcile the catalogs with their folders once and print what changed",
+        description="Runs one full reconciliation of the image and/or template catalogs "
+                    "(both when neither flag is given) against the shared folders.")
+    scan.add_argument("--images", action="store_true", help="scan the image folders")
+    scan.add_argument("--templates", action="store_true", help="scan the template folders")
+    scan.set_defaults(func=cmd_scan)
     _accept_config_after_command(sub)
     return parser
 

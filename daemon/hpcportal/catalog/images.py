@@ -25,7 +25,6 @@ import yaml
 
 from ..models.base import isoformat
 from ..models.catalog import Image
-from . import indexer as indexermod
 from . import safe_yaml
 from .index_store import ModelKind, generation
 from .kinds import InvalidFile
@@ -369,13 +368,3 @@ def _from_ns(mtime_ns):
     return datetime.datetime.fromtimestamp(mtime_ns / 1e9, datetime.timezone.utc).replace(
         tzinfo=None, microsecond=0)
 
-
-def setup(portal):
-    """Build the image catalog of ``portal`` and register it with the indexer."""
-    catalog = portal.areas.get("images")
-    if catalog is None:
-        catalog = ImageCatalog(portal.database, portal.config.paths.images,
-                               portal.config.catalog.image_partitions)
-        indexermod.indexer_for(portal).register(catalog.kind)
-        portal.areas["images"] = catalog
-    return catalog

@@ -32,8 +32,8 @@ Guarantees
   away is watched again when it comes back.
 - Names that are not valid UTF-8 are skipped (logged once).
 
-Use ``indexer_for(portal)`` to get the one indexer of an app (it registers
-itself as a background service the first time).
+A daemon has one indexer; the portal's builder registers each kind with it
+and runs it as a background service.
 """
 
 import collections
@@ -548,13 +548,3 @@ class Indexer:
     def idle(self):
         with self._wakeup:
             return not self._pending
-
-
-def indexer_for(portal):
-    """The app's one indexer, created and registered as a service on first use."""
-    indexer = portal.areas.get("catalog")
-    if indexer is None:
-        indexer = Indexer(portal.config.catalog, portal.registry, database=portal.database)
-        portal.areas["catalog"] = indexer
-        portal.services.append(indexer)
-    return indexer

@@ -9,7 +9,7 @@ against the image catalog) and rebuilds it only when the template or the image
 index changed, in this daemon or in another (``catalog_generations``). So
 ``ready`` is re-evaluated as soon as images come and go.
 
-For job submission: ``portal.area("templates")`` is the ``TemplateCatalog``;
+For job submission: the job service is given the ``TemplateCatalog``;
 ``render(user, template_id, request, version=..., job_dir=<the job folder>,
 apptainer_command=config.slurm.apptainer, extra_binds=...)`` checks the values
 and returns the batch script, the environment, the image and (for container
@@ -18,14 +18,12 @@ templates) the ``body`` to save byte for byte at ``body_path``.
 
 import fnmatch
 import logging
-import os
 import posixpath
 import threading
 from dataclasses import dataclass, field
 
 from ..errors import NotFound, PermissionDenied, ValidationError
 from ..models.base import isoformat
-from ..models.catalog import Image
 from ..models.templates import Template
 from ..slurm.script import input_path
 from . import templates as tpl
@@ -127,27 +125,6 @@ def summary(problems):
     return "\n".join(lines)
 
 
-def _images_area(portal):
-    """(images(), generation()) of the image catalog, or of its table when that area is absent."""
-    area = portal.area("images")
-    if area is not None and hasattr(area, "images") and hasattr(area, "generation"):
-        return area.images, area.generation
-    return (lambda: images_from_index(portal.database)), (lambda: generation(portal.database, "images"))
-
-
-def images_from_index(database):
-    """Valid images of the image catalog, as dicts with at least id, name, path, type."""
-    images = []
-    # No connection_context(): closing would break a caller's open transaction.
-    rows = list(Image.select().where(Image.valid == True))  # noqa: E712 (peewee expression)
-    for row in rows:
-        document = row.document or {}
-        stem = row.name[:-4] if row.name.endswith(".sif") else row.name
-        images.append({**document, "id": document.get("id") or stem, "name": row.name,
-                       "path": row.path, "type": row.type, "valid": True})
-    return images
-
-
 def image_summary(image):
     if image is None:
         return None
@@ -181,13 +158,13 @@ class _Snapshot:
 class TemplateCatalog:
     """Read side of the template index, plus rendering."""
 
-    def __init__(self, database, kind, images=None, images_generation=None, uploads=None):
+    def __init__(self, database, kind, *, images, uploads):
+        """``images``: the ``ImageCatalog`` templates resolve their image in;
+        ``uploads``: the ``Uploads`` their file slots name files of."""
         self._database = database
-        # The uploads area is built after this one: looked up when needed.
-        self._uploads = uploads or (lambda: None)
+        self._uploads = uploads
         self._kind = kind
-        self._images = images or (lambda: images_from_index(database))
-        self._images_generation = images_generation or (lambda: generation(database, "images"))
+        self._images = images
         self._lock = threading.Lock()
         self._snapshot = _Snapshot()
 
@@ -198,7 +175,7 @@ class TemplateCatalog:
     # -- snapshot ------------------------------------------------------------
 
     def snapshot(self):
-        key = (generation(self._database, KIND), self._images_generation())
+        key = (generation(self._database, KIND), self._images.generation())
         with self._lock:
             if self._snapshot.key == key:
                 return self._snapshot
@@ -230,7 +207,7 @@ class TemplateCatalog:
             per_id[version.template["version"]] = version
         snapshot.templates = {tid: [per_id[v] for v in tpl.sort_versions(per_id)]
                               for tid, per_id in grouped.items()}
-        snapshot.images = self._images()
+        snapshot.images = self._images.images()
         snapshot.listed = {tid: self._serialize(versions[-1], [v.template["version"] for v in versions],
                                                 snapshot.images)
                            for tid, versions in snapshot.templates.items()}
@@ -374,7 +351,7 @@ class TemplateCatalog:
     def _resolve_file(self, user, item, index, lookup_file, errors):
         if not isinstance(item, dict):
             return item
-        uploads = self._uploads()
+        uploads = self._uploads
         file_id = item.get("file_id")
         path = item.get("storage_path")
         fields = ("storage_path", "filename", "size", "file_type")
@@ -458,16 +435,3 @@ def _matches(item, category, source, tag, q, image):
 def job_dir_preview(uploads_root, user_name):
     """The job folder shown in a rendered script; a submit uses its own submission id."""
     return posixpath.join(uploads_root, user_name, "jobs", PREVIEW_SUBMISSION)
-
-
-def build(portal):
-    """The template catalog of an app, registered with the app's indexer."""
-    from .indexer import indexer_for
-    indexer = indexer_for(portal)
-    kind = TemplateKind(portal.database, os.path.normpath(portal.config.paths.templates))
-    indexer.register(kind)
-    images, images_generation = _images_area(portal)
-    catalog = TemplateCatalog(portal.database, kind, images=images, images_generation=images_generation,
-                              uploads=lambda: portal.area("uploads"))
-    portal.areas["templates"] = catalog
-    return catalog

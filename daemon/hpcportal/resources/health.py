@@ -17,12 +17,14 @@ class ReadinessResource:
     this head, so only an administrator's token gets them; probes and everyone
     else see which check fails, not why."""
 
-    def __init__(self, portal):
-        self._portal = portal
+    def __init__(self, database, authenticator, services):
+        self._database = database
+        self._authenticator = authenticator
+        self._services = services
 
     def on_get(self, req, resp):
-        checks = {"database": self._database()}
-        for service in self._portal.services:
+        checks = {"database": self._database_check()}
+        for service in self._services:
             ok, detail = service.health()
             checks[getattr(service, "name", type(service).__name__)] = {"ok": ok, "detail": detail}
         ready = all(check["ok"] for check in checks.values())
@@ -35,13 +37,13 @@ class ReadinessResource:
         if header is None:
             return False
         try:
-            return self._portal.authenticator.authenticate(header).admin
+            return self._authenticator.authenticate(header).admin
         except PortalError:
             return False  # a probe with a stale token still gets its answer
 
-    def _database(self):
+    def _database_check(self):
         try:
-            self._portal.database.execute_sql("SELECT 1").fetchone()
+            self._database.execute_sql("SELECT 1").fetchone()
             return {"ok": True, "detail": "reachable"}
         except peewee.PeeweeException as exc:
             return {"ok": False, "detail": f"not reachable: {exc}"}
@@ -66,8 +68,8 @@ class OpenAPIResource:
         resp.media = self._document
 
 
-def add_routes(app, portal):
+def add_routes(app, *, database, authenticator, services, registry):
     app.add_route("/healthz", LivenessResource())
-    app.add_route("/readyz", ReadinessResource(portal))
-    app.add_route("/metrics", MetricsResource(portal.registry))
+    app.add_route("/readyz", ReadinessResource(database, authenticator, services))
+    app.add_route("/metrics", MetricsResource(registry))
     app.add_route("/api/openapi.json", OpenAPIResource())

@@ -3,8 +3,6 @@
 import collections
 import threading
 
-from ..catalog import images as imagesmod
-from ..catalog.indexer import indexer_for
 from ..errors import NotFound, PermissionDenied
 from .base import MAX_LIMIT, answer_encoded, bool_param, encode_cacheable, int_param
 from .scan import ScanResource
@@ -85,9 +83,7 @@ class ImagesResource:
         _answer(req, resp, *encode_cacheable(image))
 
 
-def add_routes(app, portal):
-    catalog = imagesmod.setup(portal)
-    indexer = indexer_for(portal)
+def add_routes(app, *, catalog, indexer, rate_limits):
     app.add_route("/api/v2/apptainer/images", ImagesResource(catalog))
     app.add_route("/api/v2/apptainer/images/{image_id}", ImagesResource(catalog), suffix="item")
-    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog.kind, portal.rate_limits))
+    app.add_route("/api/v2/apptainer/scan", ScanResource(indexer, catalog.kind, rate_limits))

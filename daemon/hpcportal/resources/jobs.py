@@ -4,7 +4,6 @@ import os
 import re
 import urllib.parse
 
-from .. import jobs as jobs_domain
 from ..errors import ValidationError
 from .base import MAX_INTEGER, bool_param, int_param, paging, read_json
 from .downloads import send_file
@@ -115,19 +114,17 @@ def _iso(timestamp):
         tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
-def add_routes(app, portal):
-    service = jobs_domain.build(portal)
+def add_routes(app, *, service, output, files, rate_limits, max_json_body, max_script_size):
     jobs = JobsResource(service)
     # A script may be up to slurm.max_script_size; JSON escaping may double it.
-    max_body = max(portal.config.server.max_json_body, 2 * portal.config.slurm.max_script_size + 65536)
-    app.add_route("/api/slurm/jobs/submit",
-                  SubmitResource(service, max_body, getattr(portal, "rate_limits", None)))
+    max_body = max(max_json_body, 2 * max_script_size + 65536)
+    app.add_route("/api/slurm/jobs/submit", SubmitResource(service, max_body, rate_limits))
     app.add_route("/api/slurm/jobs", jobs)
     app.add_route("/api/slurm/jobs/{job_id}", jobs, suffix="item")
-    app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(service.output))
-    files = FilesResource(service.results)
-    app.add_route("/api/slurm/jobs/{job_id}/files", files)
+    app.add_route("/api/slurm/jobs/{job_id}/output", OutputResource(output))
+    folder = FilesResource(files)
+    app.add_route("/api/slurm/jobs/{job_id}/files", folder)
     # A path with its slashes ("out/sub/a.txt"); a single name is the old form of it.
-    app.add_route("/api/slurm/jobs/{job_id}/files/{path:path}", files, suffix="item")
+    app.add_route("/api/slurm/jobs/{job_id}/files/{path:path}", folder, suffix="item")
     app.add_route("/api/slurm/partitions", PartitionsResource(service))
     app.add_route("/api/slurm/associations", AssociationsResource(service))

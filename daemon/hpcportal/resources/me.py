@@ -6,5 +6,5 @@ class MeResource:
         resp.media = req.context.user.serialize()
 
 
-def add_routes(app, portal):
+def add_routes(app):
     app.add_route("/api/v2/me", MeResource())

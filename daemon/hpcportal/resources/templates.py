@@ -2,7 +2,6 @@
 
 from ..catalog import template_catalog as catalogmod
 from ..catalog import templates as tpl
-from ..catalog.indexer import indexer_for
 from ..errors import ValidationError
 from .base import MAX_LIMIT, answer_cacheable, bool_param, int_param, read_json
 from .scan import ScanResource
@@ -72,14 +71,12 @@ class RenderResource:
         resp.media = {"success": True, **result}
 
 
-def add_routes(app, portal):
-    catalog = catalogmod.build(portal)
-    indexer = indexer_for(portal)
+def add_routes(app, *, catalog, indexer, rate_limits, config):
     templates = TemplatesResource(catalog)
     # The schema route is added before {template_id} so "schema" is never taken for an id.
     app.add_route("/api/v2/templates/schema", SchemaResource())
     app.add_route("/api/v2/templates", templates)
-    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog.kind, portal.rate_limits))
+    app.add_route("/api/v2/templates/scan", ScanResource(indexer, catalog.kind, rate_limits))
     app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
     app.add_route("/api/v2/templates/{template_id}/render",
-                  RenderResource(catalog, portal.config))
+                  RenderResource(catalog, config))

@@ -12,7 +12,6 @@ import tempfile
 
 import falcon
 
-from .. import uploads as uploads_domain
 from ..errors import (PayloadTooLarge, TusChecksumMismatch, TusVersionUnsupported,
                       UnsupportedMediaType, ValidationError)
 from ..uploads import tus
@@ -409,13 +408,12 @@ class FilePreviewResource:
         resp.media = self._uploads.preview(req.context.user, file_id)
 
 
-def add_routes(app, portal):
-    uploads = uploads_domain.build(portal)
-    app.add_route("/api/v2/files/upload/init", InitResource(uploads, portal.rate_limits))
+def add_routes(app, *, uploads, rate_limits):
+    app.add_route("/api/v2/files/upload/init", InitResource(uploads, rate_limits))
     app.add_route("/api/v2/files/upload/chunk", ChunkResource(uploads))
     app.add_route("/api/v2/files/upload/complete", CompleteResource(uploads))
     app.add_route("/api/v2/files/upload/{upload_id}", UploadResource(uploads))
-    app.add_route("/api/v2/files/tus", TusCollectionResource(uploads, portal.rate_limits))
+    app.add_route("/api/v2/files/tus", TusCollectionResource(uploads, rate_limits))
     app.add_route("/api/v2/files/tus/{upload_id}", TusUploadResource(uploads))
     app.add_route("/api/v2/files", FilesResource(uploads))
     app.add_route("/api/v2/files/{file_id}", FileResource(uploads))

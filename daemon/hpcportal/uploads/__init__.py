@@ -1,9 +1,9 @@
 """Resumable uploads (the dashboard's chunk protocol and tus 1.0.0) and the
 finished files. Domain code only: no HTTP here.
 
-``build(portal)`` makes the ``Uploads`` object registered as
-``portal.areas["uploads"]`` and adds the clean-up service to
-``portal.services``.
+``service.Uploads`` is the object other parts are given (the portal's
+builder, ``hpcportal.portal``, makes it); ``janitor.UploadJanitor`` is the
+clean-up service.
 
 For other areas (the jobs area uses these; each returns plain dicts shaped
 like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
@@ -24,29 +24,3 @@ like the ``complete`` answer: ``file_id``, ``filename``, ``size``,
 
 A user only ever finds their own rows: another user's ids give None.
 """
-
-import socket
-
-from .classify import Classifier
-from .janitor import UploadJanitor
-from .metrics import UploadMetrics
-from .reservations import Reservations
-from .service import Uploads
-from .storage import Storage
-
-__all__ = ["Uploads", "build"]
-
-
-def build(portal):
-    config = portal.config
-    server = config.server
-    listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
-    storage = Storage(config.paths.uploads)
-    reservations = Reservations(config.uploads, portal.database, storage.free_bytes,
-                                lock_timeout=config.database.busy_timeout)
-    uploads = Uploads(config.uploads, portal.database, storage, Classifier(),
-                      UploadMetrics(portal.registry), reservations, clock=portal.clock,
-                      listener=listener)
-    portal.areas["uploads"] = uploads
-    portal.services.append(UploadJanitor(uploads, portal.database, config.uploads.cleanup_interval))
-    return uploads

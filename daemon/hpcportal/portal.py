@@ -1,0 +1,148 @@
+"""The portal's parts, built once by ``build_portal(config)`` in dependency order.
+
+This is the one place that knows every part. Each part is given what it needs
+in its constructor and registers itself nowhere; ``build_portal`` reads from
+top to bottom in the order the parts depend on each other: database, users,
+audit, limits, metrics, catalog indexer, image catalog, uploads, template
+catalog, jobs, and last the background services. ``app.create_app`` puts HTTP
+in front of a ``Portal``; ``hpcportald scan`` uses one without HTTP.
+"""
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import peewee
+from prometheus_client import CollectorRegistry
+
+from . import db as dbmod
+from .audit import AuditTrail
+from .auth import Authenticator, TokenVerifier, UserDirectory
+from .catalog.images import ImageCatalog
+from .catalog.indexer import Indexer
+from .catalog.template_catalog import TemplateCatalog, TemplateKind
+from .config import Config
+from .jobs.folder import JobFolders
+from .jobs.metrics import JobMetrics
+from .jobs.monitor import JobMonitor
+from .jobs.output import JobOutput
+from .jobs.results import JobResults
+from .jobs.service import JobService
+from .ratelimit import RateLimits
+from .slurm import Slurm, SlurmRunner
+from .uploads.classify import Classifier
+from .uploads.janitor import UploadJanitor
+from .uploads.metrics import UploadMetrics
+from .uploads.reservations import Reservations
+from .uploads.service import Uploads
+from .uploads.storage import Storage
+
+log = logging.getLogger("hpcportal")
+
+
+@dataclass
+class Portal:
+    """Everything a request or a background service may need, built once per app."""
+
+    config: Config
+    database: peewee.Database
+    registry: CollectorRegistry
+    authenticator: Authenticator
+    audit: AuditTrail
+    # Per-user limits on expensive calls: ``rate_limits.check(user, "submit")``.
+    rate_limits: RateLimits
+    indexer: Indexer
+    images: ImageCatalog
+    uploads: Uploads
+    templates: TemplateCatalog
+    jobs: JobService
+    job_output: JobOutput
+    job_files: JobResults
+    # Started in this order and stopped in the reverse one.
+    services: tuple
+    # Set when the daemon stops: live output streams end at once.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], float] = time.time
+
+    def start_services(self):
+        for service in self.services:
+            service.start()
+
+    def stop_services(self):
+        self.stopping.set()
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:  # a failing stop must not keep the others running
+                log.exception("stopping %s failed", type(service).__name__)
+
+
+def build_portal(config, clock=time.time):
+    """Every part of the portal for ``config``; nothing is started."""
+    database = dbmod.open_database(config)
+    authenticator = Authenticator(
+        TokenVerifier(config, clock=clock),
+        UserDirectory(config.users.min_uid, config.users.deny, max_uid=config.users.max_uid))
+    audit = AuditTrail(database)
+    rate_limits = RateLimits(config.security.rate_limits)
+    registry = CollectorRegistry(auto_describe=True)
+    stopping = threading.Event()
+
+    indexer = Indexer(config.catalog, registry, database=database)
+    images = ImageCatalog(database, config.paths.images, config.catalog.image_partitions)
+    indexer.register(images.kind)
+    uploads = _uploads(config, database, registry, clock)
+    template_kind = TemplateKind(database, os.path.normpath(config.paths.templates))
+    indexer.register(template_kind)
+    templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads)
+    jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
+                              uploads=uploads)
+    job_output = JobOutput(
+        jobs, max_slice=config.slurm.max_output_slice,
+        # Streams hold worker threads: one is always left for other requests.
+        max_streams=max(0, min(config.slurm.max_streams, config.server.threads - 1)),
+        max_streams_per_user=config.slurm.max_streams_per_user,
+        max_duration=config.slurm.stream_max_duration, heartbeat=config.slurm.stream_heartbeat,
+        stopping=stopping, metrics=job_metrics)
+    job_files = JobResults(jobs)
+
+    janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
+    # A pass runs squeue and sacct, each allowed the command timeout.
+    monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
+                         margin=2 * config.slurm.command_timeout + 10)
+    # The audit trail first, so stopped last: it stores the records of the last requests.
+    services = (audit, indexer, janitor, monitor)
+
+    return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
+                  audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
+                  uploads=uploads, templates=templates, jobs=jobs, job_output=job_output,
+                  job_files=job_files, services=services, stopping=stopping, clock=clock)
+
+
+def _uploads(config, database, registry, clock):
+    server = config.server
+    # Names this daemon's socket: leases held under it by another process are a dead predecessor's.
+    listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
+    storage = Storage(config.paths.uploads)
+    reservations = Reservations(config.uploads, database, storage.free_bytes,
+                                lock_timeout=config.database.busy_timeout)
+    return Uploads(config.uploads, database, storage, Classifier(), UploadMetrics(registry),
+                   reservations, clock=clock, listener=listener)
+
+
+def _jobs(config, database, registry, *, images, templates, uploads):
+    settings = config.slurm
+    metrics = JobMetrics(registry)
+    runner = SlurmRunner(settings.bin_dir, settings.conf, settings.command_timeout,
+                         observe=metrics.observe)
+    slurm = Slurm(runner, squeue_interval=settings.squeue_interval,
+                  partition_cache=settings.partition_cache)
+    metrics.squeue_age.set_function(
+        lambda: -1 if slurm.snapshot_age() is None else slurm.snapshot_age())
+    service = JobService(config, database, slurm, JobFolders(config.paths.uploads),
+                         images=images, templates=templates, uploads=uploads, metrics=metrics)
+    return service, metrics
