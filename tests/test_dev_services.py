@@ -61,6 +61,7 @@ def test_local_mariadb_listens_on_loopback_only():
 
 @pytest.mark.parametrize("bind,loopback", [("127.0.0.1", True), ("0.0.0.0", False),
                                            ("::1", True), ("::", False)])
+@pytest.mark.unit  # in process
 def test_the_check_tells_loopback_from_every_interface(bind, loopback):
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as server:

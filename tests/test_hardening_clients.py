@@ -296,6 +296,7 @@ def test_made_up_requests_add_no_metrics_series_and_logs_stay_bounded(daemon):
     assert max(len(line) for line in logs.splitlines()) < 2000
 
 
+@pytest.mark.unit  # in process
 def test_waitress_log_records_are_cut_and_escaped():
     # waitress formats request paths into its own messages ("Client disconnected while serving ...").
     bounded = BoundedLogValues(limit=50)

@@ -210,6 +210,7 @@ def test_a_lock_a_user_holds_on_their_partial_data_holds_no_worker(daemon_factor
     assert done.status_code == 204 and done.headers["Upload-Offset"] == "8"
 
 
+@pytest.mark.unit  # in process
 def test_storage_refuses_a_fifo_without_waiting_on_it(tmp_path):
     """The open every reader of partial data goes through (chunks, completion,
     hashing ahead, the clean-up pass), on its own: FIFOs opened read-only would
@@ -318,6 +319,7 @@ def _job_folders(tmp_path):
     return JobFolders(str(root), is_root=False), jobs
 
 
+@pytest.mark.unit  # in process
 def test_removing_a_job_folder_swapped_for_a_symlink_removes_the_link_only(tmp_path):
     folders, jobs = _job_folders(tmp_path)
     target = tmp_path / "precious"
@@ -329,6 +331,7 @@ def test_removing_a_job_folder_swapped_for_a_symlink_removes_the_link_only(tmp_p
     assert (target / "data.txt").read_text() == "keep me\n"
 
 
+@pytest.mark.unit  # in process
 def test_removing_a_job_folder_never_follows_or_waits_on_what_it_holds(tmp_path):
     folders, jobs = _job_folders(tmp_path)
     target = tmp_path / "precious"
@@ -350,6 +353,7 @@ def test_removing_a_job_folder_never_follows_or_waits_on_what_it_holds(tmp_path)
     assert (target / "inner" / "data.txt").read_text() == "keep me\n"
 
 
+@pytest.mark.unit  # in process
 def test_job_folders_refuse_a_swapped_folder_with_unsafe_path(tmp_path):
     folders, jobs = _job_folders(tmp_path)
     owner = User(name="alice", uid=os.getuid(), gid=os.getgid(), home=str(tmp_path))
@@ -363,6 +367,7 @@ def test_job_folders_refuse_a_swapped_folder_with_unsafe_path(tmp_path):
 # -- /readyz and background passes ---------------------------------------------
 
 
+@pytest.mark.unit  # in process
 def test_a_pass_clock_says_stale_after_three_intervals_and_its_margin():
     now = [100.0]
     passes = PassClock(interval=5, margin=10, clock=lambda: now[0])

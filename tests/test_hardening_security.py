@@ -123,6 +123,7 @@ def test_api_answers_are_not_stored_by_caches_unless_a_resource_says_so(daemon):
 # -- rate limits -------------------------------------------------------------
 
 
+@pytest.mark.unit  # in process
 def test_rate_limit_allows_a_burst_then_refills_at_the_limit_per_minute():
     clock = FakeClock()
     limits = RateLimits(parse_rate_limits({"submit": 60}), clock=clock)
@@ -142,6 +143,7 @@ def test_rate_limit_allows_a_burst_then_refills_at_the_limit_per_minute():
         limits.check("alice", "submit")
 
 
+@pytest.mark.unit  # in process
 def test_rate_limit_retry_after_says_when_the_next_call_passes():
     clock = FakeClock()
     limits = RateLimits(parse_rate_limits({"scan": 2}), clock=clock)
@@ -154,6 +156,7 @@ def test_rate_limit_retry_after_says_when_the_next_call_passes():
     limits.check("root-admin", "scan")
 
 
+@pytest.mark.unit  # in process
 def test_zero_disables_a_limit_and_defaults_are_generous():
     limits = parse_rate_limits({"submit": 0})
     assert limits["submit"] == 0 and limits["upload_init"] >= 60 and limits["scan"] > 0

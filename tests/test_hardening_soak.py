@@ -70,6 +70,7 @@ def test_mixed_load_leaves_no_errors_and_no_leaks(daemon_factory, slurm_environm
     assert "Traceback" not in daemon.logs()
 
 
+@pytest.mark.unit  # in process
 def test_malloc_arenas_are_limited_unless_the_environment_says_otherwise():
     from hpcportal.server import limit_malloc_arenas
     assert limit_malloc_arenas(environ={}) is True  # glibc (Debian)
@@ -80,6 +81,7 @@ def _target(sock):
     return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
 
 
+@pytest.mark.unit  # in process
 def test_the_fd_check_tells_pooled_database_connections_from_other_descriptors():
     """The flake this guards against: the pool opened one more connection during
     the measured run (a higher peak of concurrent queries). That one is allowed;

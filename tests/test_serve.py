@@ -88,6 +88,7 @@ def test_config_is_taken_after_the_command_too(daemon_factory):
 @pytest.mark.parametrize("argv", [["--config", "{path}", "token", "--user", "alice"],
                                   ["token", "--user", "alice", "--config", "{path}"],
                                   ["token", "--config", "{path}", "--user", "alice"]])
+@pytest.mark.unit  # in process
 def test_token_reads_the_config_wherever_the_option_stands(shared_dir, argv):
     secret = "placement-secret-0123456789-abcdefghij"
     path = os.path.join(shared_dir.state, "config.yaml")

@@ -566,6 +566,7 @@ def _waits_for_the_lock(thread):
             and linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() == "with lock:")
 
 
+@pytest.mark.unit  # in process
 def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
     storage = Storage(str(tmp_path), is_root=False)
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -592,6 +593,7 @@ def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
 
 
 
+@pytest.mark.unit  # in process
 def test_hashed_upload_data_leaves_the_page_cache():
     # /var/tmp, not tmp_path: tmpfs keeps its pages whatever the advice.
     folder = tempfile.mkdtemp(prefix="hpcportal-cache-", dir="/var/tmp")
