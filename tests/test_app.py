@@ -93,6 +93,7 @@ class _StuckService:
         return False, "images folder is missing"
 
 
+@pytest.mark.unit  # in process
 def test_readyz_is_503_and_says_why_when_a_service_is_down(tmp_path, users):
     portal = build_portal(_config(tmp_path))
     app = build_app(dataclasses.replace(portal, services=portal.services + (_StuckService(),)))
@@ -138,6 +139,7 @@ def _config(tmp_path, **extra):
     return Config.from_dict(data)
 
 
+@pytest.mark.unit  # in process
 def test_openapi_document_and_routes_agree(tmp_path):
     app = _app(tmp_path)
     routes = _routes(app)
@@ -173,6 +175,7 @@ def client(tmp_path, users):
     return falcon.testing.TestClient(app, headers=auth_headers("alice"))
 
 
+@pytest.mark.unit  # in process
 def test_malformed_json_is_400_naming_the_problem(client):
     answer = client.simulate_post("/api/test/echo", body='{"a": 1,', content_type="application/json")
     assert answer.status_code == 400
@@ -180,17 +183,20 @@ def test_malformed_json_is_400_naming_the_problem(client):
     assert "line 1, column 9" in answer.json["message"]
 
 
+@pytest.mark.unit  # in process
 def test_json_must_be_an_object(client):
     answer = client.simulate_post("/api/test/echo", body="[1, 2]", content_type="application/json")
     assert answer.status_code == 400
     assert answer.json["message"] == "The request body must be a JSON object."
 
 
+@pytest.mark.unit  # in process
 def test_empty_body_is_400(client):
     answer = client.simulate_post("/api/test/echo", body="", content_type="application/json")
     assert answer.status_code == 400
 
 
+@pytest.mark.unit  # in process
 def test_body_over_limit_is_413(client):
     answer = client.simulate_post("/api/test/echo", body=json.dumps({"x": "y" * 100}),
                                   content_type="application/json")
@@ -198,11 +204,13 @@ def test_body_over_limit_is_413(client):
     assert answer.json["error"] == "too_large"
 
 
+@pytest.mark.unit  # in process
 def test_wrong_content_type_is_415(client):
     answer = client.simulate_post("/api/test/echo", body="a=b", content_type="application/x-www-form-urlencoded")
     assert answer.status_code == 415
 
 
+@pytest.mark.unit  # in process
 def test_unexpected_exception_is_500_with_request_id_and_no_traceback(client):
     answer = client.simulate_get("/api/test/broken")
     assert answer.status_code == 500
@@ -230,6 +238,7 @@ def _open_files_of(path):
 
 
 @pytest.mark.databases("sqlite")  # counts the SQLite file's descriptors
+@pytest.mark.unit  # in process
 def test_the_audit_writer_lets_its_connection_go_when_idle(tmp_path):
     path = str(tmp_path / "portal.db")
     database = dbmod.open_database(Config.from_dict({"database": {"url": f"sqlite:///{path}"}}))

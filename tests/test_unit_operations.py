@@ -1,8 +1,7 @@
-"""Operations endpoints, browser headers and the API document, in process."""
+"""Operations endpoints, browser headers and the API document, in process.
 
-import re
+That the API document describes exactly the routes: tests/test_app.py (unit too)."""
 
-import falcon.inspect
 import pytest
 
 from support.inprocess import inprocess
@@ -104,24 +103,6 @@ def test_other_origins_get_no_cors_headers(portal, origin):
     preflight = portal.request("OPTIONS", "/api/v2/me",
                                headers={"Origin": origin, "Access-Control-Request-Method": "GET"})
     assert "Access-Control-Allow-Origin" not in preflight.headers
-
-
-def _routes(app):
-    found = {}
-    for route in falcon.inspect.inspect_routes(app):
-        methods = {m.method.lower() for m in route.methods if not m.internal}
-        # OpenAPI names a parameter without falcon's converter: {path:path} is {path}.
-        found[re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route.path)] = methods
-    return found
-
-
-def test_the_served_api_document_describes_exactly_the_routes(portal):
-    answer = portal.get("/api/openapi.json")
-    assert answer.status_code == 200
-    document = answer.json
-    assert document["openapi"].startswith("3.1")
-    documented = {path: {m for m in item if m in HTTP_METHODS} for path, item in document["paths"].items()}
-    assert _routes(portal.app) == documented
 
 
 @pytest.mark.parametrize("path", ["/api/slurm/jobs/submit", "/api/v2/files/upload/init",
