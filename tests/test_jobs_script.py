@@ -12,6 +12,7 @@ import pytest
 from hpcportal.errors import ValidationError
 from hpcportal.jobs.request import check_resources
 from hpcportal.slurm import script as batch
+from hpcportal.slurm import values
 from hpcportal.slurm.directives import script_options
 from hpcportal.slurm.job import JobSpec
 from hpcportal.slurm.parse import exit_code_from_status, parse_sinfo, parse_squeue_json
@@ -27,14 +28,14 @@ pytestmark = pytest.mark.unit
     ("100K", "1M"), ("3000", "3000M"),
 ])
 def test_memory_is_normalised_for_sbatch(given, expected):
-    assert batch.slurm_memory(given) == expected
+    assert values.slurm_memory(given) == expected
 
 
 @pytest.mark.parametrize("given", ["", "lots", "16XB", "-1G", "1G\n#SBATCH --uid=0", "16 G B", 0, True, None,
                                    "1e3M", "i"])
 def test_bad_memory_is_refused(given):
     with pytest.raises(ValueError):
-        batch.slurm_memory(given)
+        values.slurm_memory(given)
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -43,13 +44,13 @@ def test_bad_memory_is_refused(given):
     ("UNLIMITED", "UNLIMITED"), ("infinite", "UNLIMITED"), ("0:30", "00:00:30"),
 ])
 def test_every_sbatch_time_format(given, expected):
-    assert batch.slurm_time(given) == expected
+    assert values.slurm_time(given) == expected
 
 
 @pytest.mark.parametrize("given", ["", "1 hour", "0", 0, -5, "1-2-3", "01:00:00\n#SBATCH", "1:2:3:4", True, "a:b"])
 def test_bad_time_is_refused(given):
     with pytest.raises(ValueError):
-        batch.slurm_time(given)
+        values.slurm_time(given)
 
 
 def test_check_resources_reports_every_field():
@@ -83,7 +84,7 @@ def test_directives_refuse_anything_that_could_add_a_line_or_option():
 
 @pytest.mark.parametrize("name", ["데이터 분석 (1)", "a b", "x" * 128, "it's \"q\"", "#1", "é,ü;漢"])
 def test_job_names_are_any_printable_text(name):
-    assert batch.job_name(name) == name
+    assert values.job_name(name) == name
     assert check_resources({"jobName": name, "script": "true"}, max_script_size=10)["job_name"] == name
 
 
@@ -91,7 +92,7 @@ def test_job_names_are_any_printable_text(name):
                                   "a\x85b", 5, ["a"], {"a": 1}])
 def test_job_names_refused(name):
     with pytest.raises(ValueError):
-        batch.job_name(name)
+        values.job_name(name)
 
 
 @pytest.mark.parametrize("path", ["/shared/uploads/alice/files/tmp-1/데이터 (1).csv", "/a/b, c: d.txt",

@@ -5,7 +5,6 @@ import pytest
 
 from hpcportal.catalog import templates as t
 from hpcportal.slurm import directives, values
-from hpcportal.slurm import script as batch
 
 # In process: no daemon, no Slurm, no database server (`pytest -m unit`).
 pytestmark = pytest.mark.unit
@@ -13,8 +12,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize("given", ["16GB", "16G", "1.5GiB", "512M", "2T", "100K", "0.1M"])
 def test_a_size_with_a_unit_means_the_same_everywhere(given):
-    assert t.slurm_memory(given) == batch.slurm_memory(given) == values.slurm_memory(given)
-    assert directives.script_options(f"#SBATCH --mem={given}\n")["mem"].value == batch.slurm_memory(given)
+    assert t.slurm_memory(given) == values.slurm_memory(given)
+    assert directives.script_options(f"#SBATCH --mem={given}\n")["mem"].value == values.slurm_memory(given)
 
 
 def test_sizes_are_exact_and_memory_rounds_up_to_a_megabyte():
@@ -35,11 +34,11 @@ def test_hundreds_of_digits_are_refused_with_a_reason(parse):
 @pytest.mark.parametrize("given, seconds", [(90, 5400), ("1-2:30", 95400), ("10:30", 630), ("1:100:00", 9600)])
 def test_a_time_limit_means_the_same_everywhere(given, seconds):
     assert t.parse_slurm_time(given) == values.time_seconds(given) == seconds
-    assert batch.slurm_time(given) == values.format_time(seconds)
+    assert values.slurm_time(given) == values.format_time(seconds)
 
 
 def test_only_a_users_job_may_be_unlimited():
-    assert batch.slurm_time("UNLIMITED") == "UNLIMITED"
+    assert values.slurm_time("UNLIMITED") == "UNLIMITED"
     with pytest.raises(ValueError):
         t.parse_slurm_time("UNLIMITED")
     with pytest.raises(ValueError):

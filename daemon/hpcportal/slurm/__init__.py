@@ -1,6 +1,8 @@
 """Slurm, as the portal uses it: commands run as the user (``runner``), their
-outputs read (``parse``), shared cached state (``client``) and batch scripts
-built from checked values (``script``). No HTTP here."""
+outputs read (``parse``), shared cached state (``client``), the one parser of
+each Slurm value (``values``), a user's ``#SBATCH`` lines read (``directives``),
+one job described (``job.JobSpec``) and written as a batch script (``script``).
+No HTTP here."""
 
 from .client import Slurm
 from .runner import SlurmAnswerLost, SlurmRefused, SlurmRunner, SlurmUnavailable

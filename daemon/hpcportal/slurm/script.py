@@ -14,8 +14,6 @@ import re
 import shlex
 
 from . import values
-# The one parser of each value, under the names callers of this module know.
-from .values import job_name, slurm_memory, slurm_time  # noqa: F401
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 # Values allowed on an #SBATCH line or in a --bind: no space, quote, #, newline, ...
@@ -25,6 +23,7 @@ CONTROL = values.CONTROL
 MAX_PATH = 4096
 # Jobs get the user's login environment, as a job submitted from a login node would.
 JOB_SHEBANG = "#!/bin/bash -l"
+
 
 def input_path(value):
     """An absolute path a job can be handed (quoted wherever it is written): any
