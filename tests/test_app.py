@@ -176,38 +176,18 @@ def client(tmp_path, users):
 
 
 @pytest.mark.unit  # in process
-def test_malformed_json_is_400_naming_the_problem(client):
-    answer = client.simulate_post("/api/test/echo", body='{"a": 1,', content_type="application/json")
-    assert answer.status_code == 400
-    assert answer.json["error"] == "malformed_json"
-    assert "line 1, column 9" in answer.json["message"]
-
-
-@pytest.mark.unit  # in process
-def test_json_must_be_an_object(client):
-    answer = client.simulate_post("/api/test/echo", body="[1, 2]", content_type="application/json")
-    assert answer.status_code == 400
-    assert answer.json["message"] == "The request body must be a JSON object."
-
-
-@pytest.mark.unit  # in process
-def test_empty_body_is_400(client):
-    answer = client.simulate_post("/api/test/echo", body="", content_type="application/json")
-    assert answer.status_code == 400
-
-
-@pytest.mark.unit  # in process
-def test_body_over_limit_is_413(client):
-    answer = client.simulate_post("/api/test/echo", body=json.dumps({"x": "y" * 100}),
-                                  content_type="application/json")
-    assert answer.status_code == 413
-    assert answer.json["error"] == "too_large"
-
-
-@pytest.mark.unit  # in process
-def test_wrong_content_type_is_415(client):
-    answer = client.simulate_post("/api/test/echo", body="a=b", content_type="application/x-www-form-urlencoded")
-    assert answer.status_code == 415
+@pytest.mark.parametrize("body, content_type, status, error, words", [
+    ('{"a": 1,', "application/json", 400, "malformed_json", "line 1, column 9"),
+    ("[1, 2]", "application/json", 400, "malformed_json", "The request body must be a JSON object."),
+    ("", "application/json", 400, "missing_body", ""),
+    (json.dumps({"x": "y" * 100}), "application/json", 413, "too_large", ""),
+    ("a=b", "application/x-www-form-urlencoded", 415, "unsupported_media_type", "application/json"),
+], ids=["malformed", "array", "empty", "over max_json_body", "form"])
+def test_a_body_read_as_json_is_refused_with_a_clear_error(client, body, content_type, status, error, words):
+    answer = client.simulate_post("/api/test/echo", body=body, content_type=content_type)
+    assert answer.status_code == status
+    assert answer.json["error"] == error
+    assert words in answer.json["message"]
 
 
 @pytest.mark.unit  # in process
