@@ -1,7 +1,8 @@
 """Per-user rate limits on expensive calls (submit, upload init, scan).
 
-Resources call ``portal.rate_limits.check(user, "submit")`` before doing the
-work; over the limit it raises ``errors.RateLimited`` (429 with Retry-After).
+Resources are given the one ``RateLimits`` of the portal and call
+``rate_limits.check(user, "submit")`` before doing the work; over the limit it
+raises ``errors.RateLimited`` (429 with Retry-After).
 
 Each (user, action) has a token bucket holding ``limit`` tokens that refills
 at ``limit`` per minute, so a scripted burst of up to ``limit`` calls passes at
