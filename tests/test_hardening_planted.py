@@ -217,8 +217,9 @@ def test_storage_refuses_a_fifo_without_waiting_on_it(tmp_path):
     wait for a writer for ever."""
     from hpcportal.uploads.storage import Storage
 
-    storage = Storage(str(tmp_path), is_root=False)
-    storage.create_partial("alice", None, "u1")
+    storage = Storage(str(tmp_path))
+    owner = (os.getuid(), os.getgid())
+    storage.create_partial("alice", owner, "u1")
     fifo = tmp_path / "alice" / "files" / ".partial" / "u1"
     fifo.unlink()
     os.mkfifo(fifo)
@@ -226,7 +227,7 @@ def test_storage_refuses_a_fifo_without_waiting_on_it(tmp_path):
 
     def read_partial():
         try:
-            storage.open_partial("alice", None, "u1", write=False)
+            storage.open_partial("alice", owner, "u1", write=False)
         except UnsafePath as exc:
             outcome.append(exc)
 
@@ -316,7 +317,7 @@ def _job_folders(tmp_path):
     root = tmp_path / "uploads"
     jobs = root / "alice" / "jobs"
     jobs.mkdir(parents=True)
-    return JobFolders(str(root), is_root=False), jobs
+    return JobFolders(str(root)), jobs
 
 
 @pytest.mark.unit  # in process

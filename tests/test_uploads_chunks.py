@@ -568,7 +568,7 @@ def _waits_for_the_lock(thread):
 
 @pytest.mark.unit  # in process
 def test_writes_to_one_file_take_turns_and_other_files_do_not_wait(tmp_path):
-    storage = Storage(str(tmp_path), is_root=False)
+    storage = Storage(str(tmp_path))
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
     first = os.open(tmp_path / "upload", flags, 0o600)
     second = os.open(tmp_path / "upload", flags, 0o600)  # another descriptor, same file
@@ -598,7 +598,7 @@ def test_hashed_upload_data_leaves_the_page_cache():
     # /var/tmp, not tmp_path: tmpfs keeps its pages whatever the advice.
     folder = tempfile.mkdtemp(prefix="hpcportal-cache-", dir="/var/tmp")
     try:
-        storage = Storage(folder, is_root=False)
+        storage = Storage(folder)
         path = os.path.join(folder, "upload")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

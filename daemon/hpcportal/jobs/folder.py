@@ -23,9 +23,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class JobFolders:
-    def __init__(self, root, is_root=None):
+    def __init__(self, root):
         self.root = os.path.normpath(root)
-        self._chown = os.geteuid() == 0 if is_root is None else is_root
+        # Only root can hand folders to their users (and must check who owns them).
+        self._chown = os.geteuid() == 0
 
     def path(self, user_name, submission_id):
         return os.path.join(self.root, user_name, "jobs", submission_id)

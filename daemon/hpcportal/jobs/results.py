@@ -43,15 +43,14 @@ def split_path(path):
 class JobResults:
     """``service``: the JobService (its ``folders`` and the job rows)."""
 
-    def __init__(self, service, *, max_files=MAX_FILES, max_depth=MAX_DEPTH, max_scanned=MAX_SCANNED,
-                 is_root=None):
+    def __init__(self, service, *, max_files=MAX_FILES, max_depth=MAX_DEPTH, max_scanned=MAX_SCANNED):
         self._service = service
         self._folders = service.folders
         self._max_files = max_files
         self._max_depth = max_depth
         self._max_scanned = max_scanned
         # Ownership means something only when the daemon could read anyone's files.
-        self._check_owner = os.geteuid() == 0 if is_root is None else is_root
+        self._check_owner = os.geteuid() == 0
 
     def _job(self, user, job_id):
         row = self._service.row_for(user, job_id)

@@ -42,11 +42,11 @@ class Truncated(Exception):
 
 
 class Storage:
-    def __init__(self, root, is_root=None):
+    def __init__(self, root):
         self.root = root
         # Only root can hand files to their users; a daemon run as a plain
         # user (development) keeps them as its own.
-        self._chown = os.geteuid() == 0 if is_root is None else is_root
+        self._chown = os.geteuid() == 0
         # One lock per file being written, by (device, inode): see write_lock.
         self._write_locks = weakref.WeakValueDictionary()
         self._write_locks_guard = threading.Lock()
