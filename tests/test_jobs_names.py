@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from support.slurm import jobs_config, output, slurm_conf, wait_finished, wait_for  # noqa: F401
+from support.slurm import (dead_controller_conf, jobs_config, output, slurm_conf, wait_finished,  # noqa: F401
+                           wait_for)
 from support.uploads import upload
 
 SUBMIT = "/api/slurm/jobs/submit"
@@ -264,10 +265,7 @@ def test_fields_of_the_wrong_json_type_are_400_naming_the_field(daemon_factory, 
 
 @pytest.mark.databases("sqlite")
 def test_a_bad_body_is_400_even_when_slurm_is_down(daemon_factory, shared_dir, slurm_conf):
-    dead = os.path.join(shared_dir.root, "dead-slurm.conf")
-    with open(slurm_conf) as source, open(dead, "w") as target:
-        target.write(source.read().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
-    os.chmod(dead, 0o644)
+    dead = dead_controller_conf(shared_dir, slurm_conf)
     # No Slurm command at all answers either: an empty bin folder.
     empty_bin = os.path.join(shared_dir.root, "no-slurm-bin")
     os.makedirs(empty_bin)

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from support.sifbuild import build_sif
-from support.slurm import (jobs_config, output, slurm_conf, squeue_comments, wait_finished,  # noqa: F401
-                           wait_for)
+from support.slurm import (dead_controller_conf, jobs_config, output, slurm_conf,  # noqa: F401
+                           squeue_comments, wait_finished, wait_for)
 from support.uploads import upload
 
 DASHBOARD_EXAMPLE = {
@@ -252,10 +252,7 @@ def wrapper_bin(shared, sbatch_body):
 
 @pytest.mark.databases("sqlite")
 def test_stopped_controller_answers_503_and_records_nothing(daemon_factory, shared_dir, slurm_conf):
-    dead = os.path.join(shared_dir.root, "dead-slurm.conf")
-    with open(slurm_conf) as source, open(dead, "w") as target:
-        target.write(source.read().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
-    os.chmod(dead, 0o644)
+    dead = dead_controller_conf(shared_dir, slurm_conf)
     # Partitions come from the running controller; sbatch talks to one that is not there.
     folder = wrapper_bin(shared_dir, f"SLURM_CONF={dead} exec {shutil.which('sbatch')} \"$@\"\n")
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, bin_dir=folder))

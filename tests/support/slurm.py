@@ -88,6 +88,15 @@ def jobs_config(shared, slurm_conf, **slurm):
                       "squeue_interval": "1s", "data_roots": [shared.root, "~"], **slurm}}
 
 
+def dead_controller_conf(shared, slurm_conf):
+    """A copy of ``slurm_conf`` whose controller port nobody listens on: Slurm is down."""
+    dead = os.path.join(shared.root, "dead-slurm.conf")
+    with open(slurm_conf) as source, open(dead, "w") as target:
+        target.write(source.read().replace("SlurmctldPort=6817", "SlurmctldPort=6999"))
+    os.chmod(dead, 0o644)
+    return dead
+
+
 
 
 
