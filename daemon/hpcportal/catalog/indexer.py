@@ -161,10 +161,6 @@ class Indexer:
         self._m_files.labels(kind.name, "valid")
         self._m_files.labels(kind.name, "invalid")
 
-    @property
-    def kinds(self):
-        return dict(self._kinds)
-
     def kind(self, name):
         return self._kinds[name]
 
@@ -457,7 +453,7 @@ class Indexer:
             for name in names:
                 kind = self._kinds[name]
                 started = time.monotonic()
-                result = ScanResult(name, full=True)
+                result = ScanResult(name)
                 self._reconcile(kind, result)
                 result.duration_ms = int((time.monotonic() - started) * 1000)
                 self._m_scan.labels(name).observe(result.duration_ms / 1000)

@@ -54,7 +54,6 @@ class ScanResult:
     deferred: list = field(default_factory=list)
     unchanged: int = 0
     duration_ms: int = 0
-    full: bool = False
 
     @property
     def changed(self):
