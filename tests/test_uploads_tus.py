@@ -128,6 +128,28 @@ def test_tus_protocol_by_hand(small, shared_dir):
 
 
 @pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
+def test_refused_checksums_and_versions_answer_like_tus_says(small):
+    data = b"0123456789"
+    headers = {**TUS, **OCTETS, **auth_headers("alice"), "Upload-Length": "10",
+               "Upload-Metadata": meta(filename="c.bin"),
+               "Upload-Checksum": checksum("sha1", b"other")}
+    # creation-with-upload: the upload is created, only its data part is refused
+    created = requests.post(small.url + "/api/v2/files/tus", headers=headers, data=data, timeout=30)
+    assert created.status_code == 201 and created.headers["Upload-Offset"] == "0"
+    assert created.json()["error"] == "checksum_mismatch"
+    url = created.headers["Location"]
+    assert head(url, "alice").headers["Upload-Offset"] == "0"
+    mismatch = patch(url, "alice", 0, data, **{"Upload-Checksum": checksum("md5", b"other")})
+    assert (mismatch.status_code, mismatch.reason) == (460, "Checksum Mismatch")
+    assert mismatch.headers["Tus-Resumable"] == "1.0.0" and mismatch.json()["error"] == "checksum_mismatch"
+    old = requests.head(url, headers={**auth_headers("alice"), "Tus-Resumable": "0.2.2"}, timeout=30)
+    assert old.status_code == 412 and old.headers["Tus-Version"] == "1.0.0"
+    assert old.headers["Tus-Resumable"] == "1.0.0"
+    done = patch(url, "alice", 0, data, **{"Upload-Checksum": checksum("sha256", data)})
+    assert done.status_code == 204 and done.headers["Upload-Offset"] == "10"
+
+
+@pytest.mark.databases("sqlite")  # no SQL of interest: one backend is enough
 def test_tus_creation_checks_and_termination(small):
     assert requests.post(small.url + "/api/v2/files/tus", timeout=10, headers={
         **auth_headers("alice"), "Upload-Length": "5", "Upload-Metadata": meta(filename="a")}
