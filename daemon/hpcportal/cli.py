@@ -115,7 +115,7 @@ def cmd_scan(args, config):
 
 
 def cmd_settings(args, config):
-    """The settings registry, for the README's configuration reference."""
+    """The settings registry, for the configuration reference (docs/configuration.md)."""
     if args.markdown:
         from .docs import settings_markdown
         print(settings_markdown())
@@ -151,7 +151,7 @@ def build_parser():
     token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 1h (default 1h)")
     token.set_defaults(func=cmd_token)
     settings = sub.add_parser("settings", help="list every setting with its default")
-    settings.add_argument("--markdown", action="store_true", help="as the README's table")
+    settings.add_argument("--markdown", action="store_true", help="as the table in docs/configuration.md")
     settings.set_defaults(func=cmd_settings)
     scan = sub.add_parser(
         "scan", help="reconcile the catalogs with their folders once and print what changed",
