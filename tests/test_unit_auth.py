@@ -1,4 +1,5 @@
-"""The token matrix of README "Authentication", in process: each refusal's exact body.
+"""The token matrix of docs/configuration.md, "Authentication", in process: each
+refusal's exact body.
 
 tests/test_auth.py proves the same against a real daemon over HTTP; this is the
 fast copy to run while changing code.
