@@ -70,7 +70,10 @@ def test_a_chunk_is_received_in_memory_and_a_larger_body_is_spooled(daemon_facto
 
 def test_bodies_beyond_the_budget_are_spooled_and_memory_stays_bounded(daemon_factory):
     # Two worker threads: room for two 5 MiB bodies in memory at once.
-    daemon = daemon_factory(config={"server": {"threads": 2}, "uploads": {"free_space_reserve": 0}})
+    # The job monitor's polls parse the whole shared Slurm's queue: their memory would
+    # swing the RSS measured here by tens of MiB, so they wait for the hour.
+    daemon = daemon_factory(config={"server": {"threads": 2}, "uploads": {"free_space_reserve": 0},
+                                    "slurm": {"poll_interval": "1h", "squeue_interval": "1h"}})
     count = 10
     data = random_bytes(count * 5 * MiB)
     info = init(daemon, "alice", "held.bin", len(data)).json()
