@@ -88,27 +88,29 @@ def _is_mysql(url):
     return urlparse(url).scheme.startswith(("mysql", "mariadb"))
 
 
-def _execute(server, statement):
-    conn = _admin_connection(server)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        conn.close()
-
-
 def create_database(server, name=None):
     """A new empty database on the server of URL ``server``; returns its URL."""
     name = name or f"hpcportal_{uuid.uuid4().hex[:12]}"
-    _execute(server, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-             if _is_mysql(server) else f'CREATE DATABASE "{name}"')
+    query(server, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+          if _is_mysql(server) else f'CREATE DATABASE "{name}"')
     return with_database(server, name)
 
 
 def drop_database(url):
     name = urlparse(url).path.lstrip("/")
-    _execute(with_database(url, "hpcportal"), f"DROP DATABASE IF EXISTS `{name}`"
-             if _is_mysql(url) else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    query(with_database(url, "hpcportal"), f"DROP DATABASE IF EXISTS `{name}`"
+          if _is_mysql(url) else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def query(url, sql, params=()):
+    """Rows of one statement, on a connection of its own (for assertions)."""
+    conn = _admin_connection(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        conn.close()
 
 
 def _running(pid):
