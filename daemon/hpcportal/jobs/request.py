@@ -4,7 +4,8 @@ First the JSON types of its fields (``type_errors``): a field of the wrong type
 (``templateId`` as an object, ``parameters`` as a list) is a 400 naming the
 field, never a 500 from code that trusted its type. Then the Slurm fields'
 values (``check_resources``), each by the one parser of ``slurm.values``; then
-``job_spec`` makes the ``JobSpec`` both kinds of submit hand to the batch script.
+``job_spec`` describes the body's job as a ``slurm.job.JobSpec`` (a template's
+job comes from the template's render instead).
 """
 
 from ..errors import ValidationError
