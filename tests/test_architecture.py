@@ -75,6 +75,58 @@ def test_only_the_top_imports_the_app():
     assert [m for m in importers if _top(m) not in MAY_IMPORT_APP] == []
 
 
+def _graph():
+    """module -> the modules of the package it imports. A module's own packages
+    are left out: Python imports them before the module anyway."""
+    modules = dict(_modules())
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in _imports(module, path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _circles(graph):
+    """Groups of modules that import each other in a loop (Tarjan's strongly connected components)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(module):
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in graph[module]:
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_module_imports_itself_through_others():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _circles(_graph()) == []
+
+
 def test_domain_code_does_not_import_falcon():
     modules = [(m, p) for m, p in _modules() if _top(m) in DOMAIN_PACKAGES]
     assert len(modules) > 20
