@@ -118,11 +118,11 @@ def check_resources(body, *, max_script_size, need_name=True, need_script=True):
     else:
         out["script"] = script
     if errors:
-        raise ValidationError(_summary(errors), errors=errors)
+        raise ValidationError(summary(errors), errors=errors)
     return out
 
 
-def _summary(errors):
+def summary(errors):
     first = next(iter(errors))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"The job request is not valid: {first} {errors[first]}{more}."

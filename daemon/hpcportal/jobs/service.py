@@ -31,7 +31,7 @@ from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 from .inputs import InputFiles
-from .request import check_resources, job_spec, type_errors
+from .request import check_resources, job_spec, summary, type_errors
 
 log = logging.getLogger("hpcportal.jobs")
 
@@ -158,7 +158,8 @@ class JobService:
         if use_template and self._templates is None:
             errors["templateId"] = "job templates are not available on this portal"
         if errors:
-            raise ValidationError(_summary(errors), errors=dict(sorted(errors.items())))
+            errors = dict(sorted(errors.items()))
+            raise ValidationError(summary(errors), errors=errors)
         submission_id = uuid.uuid4().hex
         job_dir = self.folders.path(user.name, submission_id)
         # The body's own values make its options; the script's #SBATCH lines fill in where it is silent.
@@ -183,7 +184,7 @@ class JobService:
         partition = resources.get("partition")
         if partition is not None and partition not in names:
             reason = f"there is no partition {partition!r} (available: {', '.join(names)})"
-            raise ValidationError(_summary({"partition": reason}), errors={"partition": reason})
+            raise ValidationError(summary({"partition": reason}), errors={"partition": reason})
         if partition is None and not use_template:
             partition = next((p["name"] for p in partitions if p["default"]), None)
             if partition is not None:
@@ -194,7 +195,7 @@ class JobService:
         if partition and allowed is not None and partition not in allowed:
             reason = (f"image {image['id']!r} may not run on partition {partition!r} "
                       f"(allowed: {', '.join(allowed) or 'none'})")
-            raise ValidationError(_summary({"apptainerImage": reason}), errors={"apptainerImage": reason})
+            raise ValidationError(summary({"apptainerImage": reason}), errors={"apptainerImage": reason})
 
     def _job_options(self, plan):
         job_dir = plan["job_dir"]
@@ -518,9 +519,3 @@ def _parse_time(text):
         return datetime.datetime.fromisoformat(str(text).rstrip("Z"))
     except ValueError:
         return None
-
-
-def _summary(errors):
-    first = next(iter(sorted(errors)))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"The job request is not valid: {first} {errors[first]}{more}."

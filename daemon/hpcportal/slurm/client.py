@@ -12,7 +12,7 @@ import re
 import threading
 import time
 
-from .parse import parse_key_values, parse_sacct_completion, parse_sinfo, parse_squeue_json
+from .parse import parse_sacct_completion, parse_sinfo, parse_squeue_json
 from .runner import SlurmRefused, SlurmUnavailable
 
 log = logging.getLogger("hpcportal.slurm")
@@ -98,13 +98,6 @@ class Slurm:
         self.runner.run("scancel", [str(job_id)], user=user)
         self.invalidate()
 
-    def show_job(self, job_id):
-        """``scontrol -o show job`` as key/values, or None when Slurm forgot the job."""
-        answer = self.runner.run("scontrol", ["-o", "show", "job", str(job_id)], check=False)
-        if answer.returncode != 0:
-            return None
-        return parse_key_values(answer.stdout)
-
     def finished(self, job_ids):
         """Final states of jobs squeue no longer shows: accounting, else the jobcomp file."""
         if not job_ids:
@@ -152,6 +145,3 @@ class Slurm:
                         "qos": [q for q in qos.split(",") if q], "default_qos": default_qos or None})
         return out, None if out else "You have no Slurm associations; jobs run without an account."
 
-
-def is_unavailable(exc):
-    return isinstance(exc, SlurmUnavailable)

@@ -34,12 +34,6 @@ def _count(value):
     return str(int(value))
 
 
-def _count_or_zero(value):
-    if not _COUNT.match(value):
-        raise ValueError("must be a whole number")
-    return str(int(value))
-
-
 def _pattern(regex, example):
     compiled = re.compile(regex + r"\Z")
 

@@ -88,16 +88,6 @@ def _number(value):
     return value
 
 
-def parse_key_values(line):
-    """``scontrol -o show ...`` output: ``Key=Value`` pairs (values may hold spaces only
-    where Slurm prints them last on their key, as in ``Comment=``)."""
-    pairs = {}
-    for match in re.finditer(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=(.*?)(?=\s+[A-Za-z][A-Za-z0-9_:/]*=|\s*$)",
-                             line.strip()):
-        pairs[match.group(1)] = match.group(2)
-    return pairs
-
-
 def parse_sinfo(text):
     """``sinfo -h -a -o '%P|%a|%D|%c|%m|%l|%G|%t'``, one line per node group -> partitions."""
     partitions = {}
