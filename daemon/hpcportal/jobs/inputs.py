@@ -17,13 +17,11 @@ MAX_FILES = 1000
 
 
 class InputFiles:
-    """``uploads``: the uploads area or None; ``data_roots``: the ``slurm.data_roots``
-    setting; ``check_readable(user, path)``: whether the user may read the path."""
+    """``uploads``: the uploads area; ``data_roots``: the ``slurm.data_roots`` setting."""
 
-    def __init__(self, uploads, data_roots, check_readable=None):
+    def __init__(self, uploads, data_roots):
         self._uploads = uploads
         self._data_roots = tuple(data_roots)
-        self._check_readable = check_readable or readable_by
 
     def check(self, user, body, errors):
         """``(paths, template_files)``: the absolute paths of the user's files, in the
@@ -76,7 +74,7 @@ class InputFiles:
         """The normalised path of one file the user may hand to a job; ValueError says why not."""
         file_id = item.get("file_id", item.get("fileId", item.get("id")))
         path = item.get("storage_path", item.get("path"))
-        if file_id not in (None, "") and self._uploads is not None and isinstance(file_id, str):
+        if file_id not in (None, "") and isinstance(file_id, str):
             found = self._uploads.file_for_user(user.name, file_id)
             if found is None:
                 raise ValueError(f"you have no uploaded file {file_id!r}")
@@ -85,17 +83,16 @@ class InputFiles:
                 raise ValueError(f"file {file_id!r} is not at {path!r}")
             return batch.input_path(found["storage_path"])
         if file_id not in (None, "") and path in (None, ""):
-            raise ValueError("uploaded files are not available on this portal" if self._uploads is None
-                             else "file_id must be a string")
+            raise ValueError("file_id must be a string")
         normalized = batch.input_path(path)
-        if self._uploads is not None and self._uploads.file_by_storage_path(user.name, normalized):
+        if self._uploads.file_by_storage_path(user.name, normalized):
             return normalized
         roots = [user.home if r == "~" else r for r in self._data_roots]
         real = os.path.realpath(normalized)
         if not any(_under(normalized, root) and _under(real, root) for root in roots if root):
             raise ValueError(f"{normalized} is neither one of your uploads nor under "
                              f"{', '.join(self._data_roots)}")
-        if not self._check_readable(user, normalized):
+        if not readable_by(user, normalized):
             raise ValueError(f"{normalized} does not exist or you may not read it")
         return normalized
 

@@ -97,10 +97,10 @@ def serialize_job(row, live=None):
 
 
 class JobService:
-    """``slurm``: hpcportal.slurm.client.Slurm; ``folders``: JobFolders; areas are optional."""
+    """``slurm``: hpcportal.slurm.client.Slurm; ``folders``: JobFolders; ``images``,
+    ``templates`` and ``uploads``: the catalogs and uploads a submission draws from."""
 
-    def __init__(self, config, database, slurm, folders, *, images=None, templates=None, uploads=None,
-                 metrics=None, check_readable=None):
+    def __init__(self, config, database, slurm, folders, *, images, templates, uploads, metrics):
         self._config = config
         self._database = database
         self.slurm = slurm
@@ -109,7 +109,7 @@ class JobService:
         self._templates = templates
         self._uploads = uploads
         self._metrics = metrics
-        self._inputs = InputFiles(uploads, config.slurm.data_roots, check_readable)
+        self._inputs = InputFiles(uploads, config.slurm.data_roots)
 
     # -- submit ------------------------------------------------------------------
 
@@ -155,8 +155,6 @@ class JobService:
             image = self._check_image(body.get("apptainerImage"), errors)
         elif body.get("apptainerImage") not in (None, {}, ""):
             errors["apptainerImage"] = "a template chooses its own image; leave apptainerImage out"
-        if use_template and self._templates is None:
-            errors["templateId"] = "job templates are not available on this portal"
         if errors:
             errors = dict(sorted(errors.items()))
             raise ValidationError(summary(errors), errors=errors)
@@ -297,9 +295,6 @@ class JobService:
         if not isinstance(image_id, str) or not image_id:
             errors["apptainerImage"] = "needs the id of an image from the catalog"
             return None
-        if self._images is None:
-            errors["apptainerImage"] = f"image {image_id!r}: the image catalog is not available"
-            return None
         image = self._images.get(image_id)
         if image is None:
             invalid = self._images.get(image_id, include_invalid=True)
@@ -387,14 +382,13 @@ class JobService:
         except peewee.PeeweeException:
             log.exception("job %s (submission %s) not recorded yet", job_id, record.get("submission_id"))
             return False
-        if self._uploads is not None:  # uploaded with the dashboard's temporary id, or given as inputs
-            try:
-                with self._database.atomic():
-                    if record.get("client_job_id"):
-                        self._uploads.link_job(record["user"], record["client_job_id"], str(job_id))
-                    self._uploads.link_files(record["user"], record.get("files") or [], str(job_id))
-            except peewee.PeeweeException:
-                log.exception("could not link the uploads of job %s", job_id)
+        try:  # uploaded with the dashboard's temporary id, or given as inputs
+            with self._database.atomic():
+                if record.get("client_job_id"):
+                    self._uploads.link_job(record["user"], record["client_job_id"], str(job_id))
+                self._uploads.link_files(record["user"], record.get("files") or [], str(job_id))
+        except peewee.PeeweeException:
+            log.exception("could not link the uploads of job %s", job_id)
         return True
 
     def read_record(self, owner, submission_id):
@@ -409,8 +403,7 @@ class JobService:
         return record if isinstance(record, dict) else None
 
     def _count(self, outcome):
-        if self._metrics is not None:
-            self._metrics.submissions.labels(outcome).inc()
+        self._metrics.submissions.labels(outcome).inc()
 
     # -- reading -----------------------------------------------------------------
 
@@ -499,7 +492,7 @@ class JobService:
 
     def partitions(self):
         items = []
-        images = self._images.images() if self._images is not None else []
+        images = self._images.images()
         for partition in self.slurm.partitions():
             items.append({**partition,
                           "images": [i["id"] for i in images if partition["name"] in (i.get("partitions") or [])]})
