@@ -14,6 +14,10 @@ from support.daemon import auth_headers
 from support.daemon import deep_merge
 from support.uploads import SMALL
 
+# The promise is atomicity on every database the daemon supports, so it is checked
+# on each of them whatever --db-backends chooses for the rest of the suite.
+pytestmark = pytest.mark.databases("sqlite", "mariadb", "postgres", always=True)
+
 PARALLEL = 16
 GiB = 1024 ** 3
 

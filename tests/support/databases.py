@@ -177,7 +177,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "databases(*backends): run this test on exactly these database backends")
+        "markers", "databases(*backends, always=False): run this test on exactly these database "
+                   "backends (of those --db-backends chooses; with always=True, on all of them)")
     chosen = [b.strip() for b in config.getoption("--db-backends").split(",") if b.strip()]
     unknown = [b for b in chosen if b not in BACKENDS]
     if unknown:
@@ -190,7 +191,10 @@ def pytest_generate_tests(metafunc):
     option = metafunc.config.getoption("--db-backends")
     backends = [b.strip() for b in option.split(",") if b.strip()]
     marker = metafunc.definition.get_closest_marker("databases")
-    if marker:
+    if marker and marker.kwargs.get("always"):
+        # A promise made for every backend (atomic limits, say) is checked on every one.
+        backends = list(marker.args)
+    elif marker:
         # The backends the test supports: those chosen, or else its first one
         # (a SQLite-only test still runs when only servers are chosen).
         backends = [b for b in backends if b in marker.args] or [marker.args[0]]
