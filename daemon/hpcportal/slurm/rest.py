@@ -1,0 +1,216 @@
+"""Slurm through slurmrestd: short-lived JWTs signed here, one pooled keep-alive
+HTTP client, and the REST API's version kept in one small adapter class.
+
+A call on a user's behalf carries that user's token, so slurmctld checks what the
+user may do exactly as it does for their own sbatch. The key can sign a token for
+any user (root included): it is read once and never logged, nor are the tokens.
+
+Failures use the same exceptions as the commands (``runner``): an unreachable or
+broken slurmrestd is ``SlurmUnavailable``, Slurm's own "no" is ``SlurmRefused``
+with Slurm's reason."""
+
+import json
+import threading
+import time
+
+import jwt
+import urllib3
+
+from .runner import SlurmRefused, SlurmUnavailable
+
+# Slurm's "Invalid job id specified": a job it does not know (any more).
+_UNKNOWN_JOB = 2017
+
+
+def _is_outage(number):
+    """Slurm error numbers that say "not now" rather than "no". slurmrestd reports
+    both an unreachable slurmctld and a token slurmctld rejects (a key that is not
+    slurmctld's) as -1 "Unspecified error"; 1000-1099 are the protocol and
+    communication errors, 1800-1899 slurmctld's."""
+    return number == -1 or (isinstance(number, int) and (1000 <= number < 1100 or 1800 <= number < 1900))
+
+
+class TokenSigner:
+    """Signs HS256 Slurm tokens (claims ``sun``, ``iat``, ``exp``) and reuses each
+    user's token until it is close to expiring: signing is cheap, but one token per
+    user keeps the tokens in flight few."""
+
+    def __init__(self, key, lifetime=300, renew_before=60, clock=time.time):
+        if renew_before >= lifetime:
+            raise ValueError("renew_before must be shorter than the token lifetime")
+        self._key = key
+        self._lifetime = int(lifetime)
+        self._renew_before = renew_before
+        self._clock = clock
+        self._tokens = {}  # user name -> (token, expiry)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path, **kwargs):
+        with open(path, "rb") as f:
+            key = f.read()
+        if not key:
+            raise ValueError(f"the JWT key file {path} is empty")
+        return cls(key, **kwargs)
+
+    def token(self, user):
+        now = self._clock()
+        with self._lock:
+            cached = self._tokens.get(user)
+            if cached and cached[1] - now > self._renew_before:
+                return cached[0]
+            issued = int(now)
+            expiry = issued + self._lifetime
+            token = jwt.encode({"sun": user, "iat": issued, "exp": expiry}, self._key, algorithm="HS256")
+            self._tokens[user] = (token, expiry)
+            return token
+
+    def __repr__(self):
+        return f"TokenSigner(lifetime={self._lifetime}, users={len(self._tokens)})"
+
+
+class ApiV0038:
+    """Paths and answers of the REST API v0.0.38 (Slurm 22.05). A newer version is
+    a sibling class with the same methods, added to ``API_VERSIONS``."""
+
+    version = "v0.0.38"
+
+    def path(self, what):
+        return f"/slurm/{self.version}/{what}"
+
+    def submit_body(self, job, script):
+        return {"job": job, "script": script}
+
+    def job_id(self, answer):
+        return int(answer["job_id"])
+
+    def jobs(self, answer):
+        return answer.get("jobs", [])
+
+    def partitions(self, answer):
+        return answer.get("partitions", [])
+
+
+# Newest first: the first one the server answers is used.
+API_VERSIONS = (ApiV0038,)
+
+
+class SlurmRest:
+    """The calls the portal makes to slurmrestd. ``url`` is e.g.
+    ``http://127.0.0.1:6820``; ``signer`` a ``TokenSigner``."""
+
+    def __init__(self, url, signer, *, root_user="root", timeout=30.0, connect_timeout=3.0,
+                 pool_size=8, versions=API_VERSIONS):
+        self._url = url.rstrip("/")
+        self._signer = signer
+        self._root = root_user
+        self._versions = versions
+        self._api = None
+        self._api_lock = threading.Lock()
+        self._http = urllib3.PoolManager(
+            num_pools=2,
+            maxsize=pool_size,
+            # No retries here: a submit retried blindly could make a second job.
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=timeout),
+            headers={"Accept": "application/json"},
+        )
+
+    def close(self):
+        self._http.clear()
+
+    @property
+    def version(self):
+        return self._adapter().version
+
+    def ping(self):
+        """slurmctld's answer through slurmrestd; raises when it is not up."""
+        answer = self._call("GET", self._adapter().path("ping"), self._root)
+        pings = answer.get("pings") or []
+        if not any(p.get("ping") == "UP" for p in pings):
+            raise SlurmUnavailable("slurmctld does not answer slurmrestd's ping.")
+        return pings
+
+    def submit(self, user, job, script):
+        """Submits ``script`` with the job description ``job`` (the REST API's
+        fields, ``environment`` required) as ``user``; returns the job id."""
+        api = self._adapter()
+        answer = self._call("POST", api.path("job/submit"), user, body=api.submit_body(job, script))
+        return api.job_id(answer)
+
+    def job(self, user, job_id):
+        """One job as ``user`` sees it, or None when Slurm does not know it."""
+        api = self._adapter()
+        try:
+            answer = self._call("GET", api.path(f"job/{int(job_id)}"), user)
+        except SlurmRefused as error:
+            if getattr(error, "slurm_errno", None) == _UNKNOWN_JOB:
+                return None
+            raise
+        jobs = api.jobs(answer)
+        return jobs[0] if jobs else None
+
+    def jobs(self):
+        """Every job Slurm still knows, seen with a root token (the shared snapshot)."""
+        api = self._adapter()
+        return api.jobs(self._call("GET", api.path("jobs"), self._root))
+
+    def cancel(self, user, job_id):
+        self._call("DELETE", self._adapter().path(f"job/{int(job_id)}"), user)
+
+    def partitions(self):
+        api = self._adapter()
+        return api.partitions(self._call("GET", api.path("partitions"), self._root))
+
+    def _adapter(self):
+        with self._api_lock:
+            if self._api is None:
+                self._api = self._probe()
+            return self._api
+
+    def _probe(self):
+        """The newest API version the server offers: an unknown path is a 404."""
+        for cls in self._versions:
+            api = cls()
+            status, _ = self._request("GET", api.path("ping"), self._root)
+            if status != 404:
+                return api
+        offered = ", ".join(cls.version for cls in self._versions)
+        raise SlurmUnavailable(f"slurmrestd at {self._url} offers none of the API versions {offered}.")
+
+    def _request(self, method, path, user, body=None):
+        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self._signer.token(user)}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._http.request(method, self._url + path, body=data, headers=headers)
+        except urllib3.exceptions.HTTPError as error:
+            raise SlurmUnavailable(f"slurmrestd at {self._url} cannot be reached ({type(error).__name__}).") from None
+        return response.status, response.data
+
+    def _call(self, method, path, user, body=None):
+        status, data = self._request(method, path, user, body)
+        if status in (401, 403):
+            # Plain text "Authentication failure": a key that does not match slurmctld's.
+            raise SlurmUnavailable("slurmrestd refused the portal's token (is the JWT key slurmctld's?).")
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise SlurmUnavailable(f"slurmrestd answered HTTP {status} without JSON.") from None
+        errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+        if errors:
+            # Slurm answers with HTTP 500 and its reasons in ``errors``, for a refusal and an outage alike.
+            first = errors[0]
+            reason = "; ".join(filter(None, (e.get("description") or e.get("error") for e in errors)))
+            number = first.get("error_number", first.get("errno", first.get("error_code")))
+            if _is_outage(number):
+                raise SlurmUnavailable("slurmrestd cannot reach slurmctld, or slurmctld refused the portal's "
+                                       "token (is the JWT key slurmctld's?).")
+            refused = SlurmRefused(reason[:1000] or "Slurm gave no reason.")
+            refused.slurm_errno = number
+            raise refused
+        if status >= 400:
+            raise SlurmUnavailable(f"slurmrestd answered HTTP {status}.")
+        return answer
