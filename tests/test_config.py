@@ -58,6 +58,10 @@ def test_environment_overrides_file_values():
     ({"users": {"min_uid": 0}}, {}, "users.min_uid"),
     ({"users": {"min_uid": 5000, "max_uid": 4000}}, {}, "users.max_uid: must not be smaller"),
     ({"server": []}, {}, "server: expected a mapping"),
+    ({"slurm": {"backend": "sometimes"}}, {}, "slurm.backend: expected one of auto, rest, cli"),
+    ({"slurm": {"backend": "rest"}}, {}, "slurm.rest_url: slurm.backend rest needs"),
+    ({"slurm": {"rest_url": "127.0.0.1:6820"}}, {}, "slurm.rest_url: expected http://host:port or unix:"),
+    ({"slurm": {"rest_url": "unix:relative.sock"}}, {}, "slurm.rest_url: expected"),
 ])
 def test_invalid_values_name_the_setting(data, env, fragment):
     with pytest.raises(ConfigError) as info:

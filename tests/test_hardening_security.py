@@ -250,6 +250,46 @@ def test_serve_refuses_a_public_key_others_can_replace(tmp_path):
     assert "writable by group or others" in result.stderr
 
 
+def _check_slurm_key(tmp_path, backend, mode=0o600, owner=None, create=True):
+    key = tmp_path / "jwt_hs256.key"
+    if create:
+        key.write_bytes(b"k" * 32)
+        os.chmod(key, mode)
+        if owner is not None:
+            os.chown(key, owner, owner)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "server": {"port": 1}, "database": {"url": f"sqlite:///{tmp_path}/p.db"}, "auth": {"secret": TEST_SECRET},
+        "slurm": {"backend": backend, "rest_url": "http://127.0.0.1:6820", "jwt_key_file": str(key)}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCPORTAL_")}
+    return subprocess.run([sys.executable, "-m", "hpcportal", "--config", str(config), "check-config"],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["rest", "auto"])
+@pytest.mark.parametrize("mode", [0o640, 0o604])
+def test_a_slurm_key_others_can_read_is_refused(tmp_path, backend, mode, users):
+    result = _check_slurm_key(tmp_path, backend, mode)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "slurm.jwt_key_file" in result.stderr
+    assert f"{mode:04o}" in result.stderr and "chmod 600" in result.stderr
+
+
+def test_a_slurm_key_of_another_user_is_refused(tmp_path, users):
+    result = _check_slurm_key(tmp_path, "rest", owner=2001)
+    assert result.returncode == 2 and "slurm.jwt_key_file" in result.stderr and "uid 2001" in result.stderr
+
+
+def test_the_slurm_key_is_checked_only_where_rest_may_be_used(tmp_path):
+    assert _check_slurm_key(tmp_path, "rest").returncode == 0      # root's, 0600
+    assert _check_slurm_key(tmp_path, "cli", mode=0o644).returncode == 0
+    # auto without the key file uses the commands; rest without it cannot start.
+    (tmp_path / "jwt_hs256.key").unlink()
+    assert _check_slurm_key(tmp_path, "auto", create=False).returncode == 0
+    missing = _check_slurm_key(tmp_path, "rest", create=False)
+    assert missing.returncode == 2 and "slurm.jwt_key_file: cannot read" in missing.stderr
+
+
 @pytest.mark.databases("sqlite")
 def test_tokens_and_secrets_never_reach_the_log(daemon_factory):
     daemon = daemon_factory(config={"server": {"log_level": "debug"}})

@@ -4,6 +4,7 @@ output, as ``scripts/test`` exports them), plus in-process tests of the token ca
 """
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -196,3 +197,46 @@ def test_signer_never_shows_its_key_or_tokens():
     signer = TokenSigner(KEY, clock=Clock())
     token = signer.token("alice")
     assert KEY.decode() not in repr(signer) and token not in repr(signer)
+
+
+@pytest.fixture(scope="module")
+def unix_socket_restd(dev_slurm):
+    """A second slurmrestd of the same cluster, listening on a unix socket only."""
+    folder = tempfile.mkdtemp(prefix="hpcportal-restd-")
+    os.chown(folder, pwd.getpwnam("slurmrest").pw_uid, 0)
+    path = os.path.join(folder, "slurmrestd.socket")
+    log = open(os.path.join(folder, "log"), "wb")
+    proc = subprocess.Popen(["/usr/sbin/slurmrestd", "-f", dev_slurm["SLURM_CONF"], "-a", "rest_auth/jwt",
+                             "-s", "openapi/v0.0.38", "-u", "slurmrest", f"unix:{path}"],
+                            env={**os.environ, "SLURM_JWT": "daemon"}, stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.exists(path), timeout=30, message="slurmrestd's unix socket")
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slurm
+def test_unix_socket(unix_socket_restd, dev_slurm, alice_dir):
+    client = SlurmRest(f"unix:{unix_socket_restd}", TokenSigner.from_file(dev_slurm["SLURM_JWT_KEY_FILE"]))
+    try:
+        assert client.version == "v0.0.38"
+        assert any(p["ping"] == "UP" for p in client.ping())
+        job_id = client.submit("alice", _job(alice_dir), "#!/bin/bash\nsleep 300\n")
+        client.cancel("alice", job_id)
+        # Every call went over one kept-alive connection.
+        assert client._http.num_connections == 1
+    finally:
+        client.close()
+
+
+@pytest.mark.unit
+def test_unix_socket_without_a_server_is_unavailable(tmp_path):
+    client = SlurmRest(f"unix:{tmp_path}/none.socket", TokenSigner(KEY), timeout=2, connect_timeout=2)
+    with pytest.raises(SlurmUnavailable) as caught:
+        client.ping()
+    assert str(tmp_path) not in caught.value.message   # no server paths in answers

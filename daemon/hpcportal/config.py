@@ -261,6 +261,16 @@ SETTINGS = (
     S("slurm", "bin_dir", parse_path, "/usr/bin", "Folder of sbatch, squeue, scancel, ..."),
     S("slurm", "conf", _optional(parse_path), None,
       "slurm.conf to use (passed as SLURM_CONF); null for Slurm's default."),
+    S("slurm", "backend", one_of("auto", "rest", "cli"), "auto",
+      "How the daemon talks to Slurm: rest (slurmrestd), cli (sbatch, squeue, ... run as the user) "
+      "or auto (slurmrestd when rest_url is set, the key file exists and slurmrestd answers; "
+      "else the commands; re-checked every poll_interval)."),
+    S("slurm", "rest_url", _optional(parse_str), None,
+      "slurmrestd's address: http://127.0.0.1:6820 or unix:/run/slurmrestd/slurmrestd.socket; "
+      "null: no REST backend."),
+    S("slurm", "jwt_key_file", parse_path, "/etc/slurm/jwt_hs256.key",
+      "Slurm's HS256 JWT key (AuthAltParameters=jwt_key=...), read to sign the daemon's Slurm "
+      "tokens; it can act as any Slurm user, so it must be root's and mode 0600."),
     S("slurm", "apptainer", parse_str, "apptainer", "The apptainer command run inside jobs."),
     S("slurm", "apptainer_binds", parse_str_list, [],
       "Extra folders bound into every container job (the job folder and the input "
@@ -466,6 +476,10 @@ def _check(values):
         fail("catalog.settle_seconds", "must not be negative")
     if values["catalog.poll_interval"] <= 0:
         fail("catalog.poll_interval", "must be positive")
+    if values["slurm.backend"] == "rest" and not values["slurm.rest_url"]:
+        fail("slurm.rest_url", "slurm.backend rest needs slurmrestd's address")
+    if values["slurm.rest_url"] and not re.fullmatch(r"https?://[^/\s]+/?|unix:/\S+", values["slurm.rest_url"]):
+        fail("slurm.rest_url", "expected http://host:port or unix:/path/to/slurmrestd.socket")
     if values["slurm.command_timeout"] <= 0:
         fail("slurm.command_timeout", "must be positive")
     if values["slurm.max_streams"] < 0:

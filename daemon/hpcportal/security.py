@@ -112,6 +112,19 @@ def check_key_files(config, euid=None):
     _check_key_file("auth.secret_file", config.auth.secret_file, 0o077, euid)
     for setting in ("public_key_file", "jwks_file"):
         _check_key_file(f"auth.{setting}", getattr(config.auth, setting), 0o022, euid)
+    if slurm_key_in_use(config):
+        # Slurm's JWT key signs tokens for any Slurm user, root included.
+        _check_key_file("slurm.jwt_key_file", config.slurm.jwt_key_file, 0o077, euid)
+
+
+def slurm_key_in_use(config):
+    """Whether the REST backend may be used: asked for, or ``auto`` with slurmrestd's address
+    set and the key file present (a missing key file makes ``auto`` use the commands)."""
+    settings = config.slurm
+    if settings.backend == "rest":
+        return True
+    return (settings.backend == "auto" and bool(settings.rest_url)
+            and os.path.lexists(settings.jwt_key_file))
 
 
 def _check_key_file(setting, path, forbidden, euid):

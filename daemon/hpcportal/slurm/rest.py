@@ -10,13 +10,17 @@ broken slurmrestd is ``SlurmUnavailable``, Slurm's own "no" is ``SlurmRefused``
 with Slurm's reason."""
 
 import json
+import logging
 import threading
 import time
 
 import jwt
 import urllib3
 
+from .http import connection_pool
 from .runner import SlurmRefused, SlurmUnavailable
+
+log = logging.getLogger("hpcportal.slurm")
 
 # Slurm's "Invalid job id specified": a job it does not know (any more).
 _UNKNOWN_JOB = 2017
@@ -97,7 +101,8 @@ API_VERSIONS = (ApiV0038,)
 
 class SlurmRest:
     """The calls the portal makes to slurmrestd. ``url`` is e.g.
-    ``http://127.0.0.1:6820``; ``signer`` a ``TokenSigner``."""
+    ``http://127.0.0.1:6820`` or ``unix:/run/slurmrestd/slurmrestd.socket``;
+    ``signer`` a ``TokenSigner``."""
 
     def __init__(self, url, signer, *, root_user="root", timeout=30.0, connect_timeout=3.0,
                  pool_size=8, versions=API_VERSIONS):
@@ -107,17 +112,11 @@ class SlurmRest:
         self._versions = versions
         self._api = None
         self._api_lock = threading.Lock()
-        self._http = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=pool_size,
-            # No retries here: a submit retried blindly could make a second job.
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=timeout),
-            headers={"Accept": "application/json"},
-        )
+        self._http = connection_pool(self._url, pool_size=pool_size, connect_timeout=connect_timeout,
+                                     read_timeout=timeout)
 
     def close(self):
-        self._http.clear()
+        self._http.close()
 
     @property
     def version(self):
@@ -176,18 +175,21 @@ class SlurmRest:
             if status != 404:
                 return api
         offered = ", ".join(cls.version for cls in self._versions)
-        raise SlurmUnavailable(f"slurmrestd at {self._url} offers none of the API versions {offered}.")
+        raise SlurmUnavailable(f"slurmrestd offers none of the API versions {offered}.")
 
     def _request(self, method, path, user, body=None):
-        headers = {"X-SLURM-USER-NAME": user, "X-SLURM-USER-TOKEN": self._signer.token(user)}
+        headers = {"Accept": "application/json", "X-SLURM-USER-NAME": user,
+                   "X-SLURM-USER-TOKEN": self._signer.token(user)}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            response = self._http.request(method, self._url + path, body=data, headers=headers)
+            response = self._http.urlopen(method, path, body=data, headers=headers)
         except urllib3.exceptions.HTTPError as error:
-            raise SlurmUnavailable(f"slurmrestd at {self._url} cannot be reached ({type(error).__name__}).") from None
+            # The answer does not name the address: where slurmrestd listens is not the caller's business.
+            log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
+            raise SlurmUnavailable(f"slurmrestd cannot be reached ({type(error).__name__}).") from None
         return response.status, response.data
 
     def _call(self, method, path, user, body=None):
