@@ -23,7 +23,7 @@ import peewee
 
 from ..auth import User
 from ..errors import Conflict, NotFound, PermissionDenied, ServiceUnavailable, ValidationError
-from ..models.base import isoformat, utcnow
+from ..models.base import isoformat, rebuildable_transaction, utcnow
 from ..models.jobs import Job
 from ..slurm import directives
 from ..slurm import script as batch
@@ -372,7 +372,9 @@ class JobService:
         fields = {k: record.get(k) for k in RECORD_FIELDS}
         submitted = _parse_time(record.get("submitted_at")) or utcnow()
         try:
-            with self._database.atomic():
+            # Slurm holds the job and its comment names the submission: JobMonitor.recover
+            # rebuilds a row a power cut took, so the answer need not wait for the disk.
+            with rebuildable_transaction(self._database):
                 Job.create(**fields, slurm_job_id=str(job_id), job_dir=job_dir,
                            script_path=posixpath.join(job_dir, BATCH_SCRIPT), submitted_at=submitted,
                            stdout_path=posixpath.join(job_dir, f"slurm-{job_id}.out"),

@@ -1,5 +1,6 @@
 """What every model shares: the base class, JSON columns, UTC timestamps, path keys."""
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -30,6 +31,35 @@ def isoformat(value):
     if isinstance(value, str):
         return value
     return value.replace(tzinfo=None).isoformat() + "Z"
+
+
+@contextlib.contextmanager
+def rebuildable_transaction(database):
+    """A transaction for rows the portal can rebuild from elsewhere (a job row, from
+    Slurm's copy of the job and its comment): its commit does not wait for the disk.
+
+    A crash of the daemon keeps it; a power cut in the next seconds may lose it, and
+    then it is rebuilt. SQLite's WAL commits without an fsync (``synchronous=NORMAL``),
+    PostgreSQL without waiting for its log (``synchronous_commit``); MariaDB as usual.
+    Inside another transaction it is just that transaction's savepoint."""
+    if database.in_transaction():
+        with database.atomic():
+            yield
+        return
+    if isinstance(database, peewee.SqliteDatabase):
+        database.execute_sql("PRAGMA synchronous=NORMAL")
+        try:
+            with database.atomic():
+                yield
+        finally:
+            database.execute_sql("PRAGMA synchronous=FULL")
+    elif isinstance(database, peewee.PostgresqlDatabase):
+        with database.atomic():
+            database.execute_sql("SET LOCAL synchronous_commit TO OFF")
+            yield
+    else:
+        with database.atomic():
+            yield
 
 
 class JSONField(peewee.TextField):
