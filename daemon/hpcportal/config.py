@@ -297,6 +297,10 @@ SETTINGS = (
     S("slurm", "stream_max_duration", parse_duration, "30m",
       "A live output stream ends after this long; the client resumes with Last-Event-ID."),
     S("slurm", "stream_heartbeat", parse_duration, "15s", "Heartbeat interval of live output streams."),
+    # jobs (hpcportal.jobs: what the job answers carry beyond Slurm's own fields)
+    S("jobs", "max_array_size", parse_int, 1000,
+      "Most tasks one job array may have (--array=0-99 has 100), whether asked in the request, "
+      "the script's #SBATCH lines or a template."),
 )
 del S
 
@@ -482,6 +486,8 @@ def _check(values):
         fail("slurm.rest_url", "expected http://host:port or unix:/path/to/slurmrestd.socket")
     if values["slurm.command_timeout"] <= 0:
         fail("slurm.command_timeout", "must be positive")
+    if values["jobs.max_array_size"] < 1:
+        fail("jobs.max_array_size", "must be at least 1")
     if values["slurm.max_streams"] < 0:
         fail("slurm.max_streams", "must not be negative")
     if values["slurm.max_streams_per_user"] < 0:

@@ -40,6 +40,9 @@ MIGRATIONS = [
     (5, "template index", _create_tables("templates")),
     (6, "who holds an upload's completion lease", lambda database: _add_column(
         database, "upload", "lease_holder", peewee.CharField(max_length=255, null=True))),
+    (10, "a job's dependency and array, as submitted", lambda database: (
+        _add_column(database, "job", "dependency", peewee.CharField(max_length=1024, null=True)),
+        _add_column(database, "job", "array", peewee.CharField(max_length=1024, null=True)))),
 ]
 
 

@@ -30,6 +30,8 @@ FIELD_TYPES = {
     "gpus": (_NUMBER_OR_TEXT, "must be a whole number"),
     "memory": (_NUMBER_OR_TEXT, "must be a size such as 16G or a number of megabytes"),
     "time": (_NUMBER_OR_TEXT, "must be a time such as 01:00:00 or a number of minutes"),
+    "dependency": (_STRING, "must be a string such as afterok:123 or singleton"),
+    "array": (_STRING, "must be a string such as 0-9, 1,3,5-7 or 0-99%4"),
     "script": (_STRING, "must be a string"),
     "jobId": (_STRING, "must be a string"),
     "files": ((list,), "must be a list of files"),
@@ -61,11 +63,11 @@ def _given(body, key):
     return value is not None and value != ""
 
 
-def check_resources(body, *, max_script_size, need_name=True, need_script=True):
+def check_resources(body, *, max_script_size, max_array_size=None, need_name=True, need_script=True):
     """The checked Slurm fields of a request body, or a ValidationError naming every bad field.
 
     Returns ``{"job_name", "partition", "nodes", "cpus", "memory", "time", "account",
-    "qos", "gpus", "script"}`` with normalised values (None when not given).
+    "qos", "gpus", "dependency", "array", "script"}`` with normalised values (None when not given).
     """
     errors = {}
     out = {}
@@ -95,7 +97,8 @@ def check_resources(body, *, max_script_size, need_name=True, need_script=True):
             out[key] = values.count(body[key], minimum, maximum)
         except ValueError as exc:
             errors[key] = str(exc)
-    checks = (("memory", values.slurm_memory), ("time", values.slurm_time))
+    checks = (("memory", values.slurm_memory), ("time", values.slurm_time), ("dependency", values.dependency),
+              ("array", lambda value: values.array(value, max_array_size)))
     for key, check in checks:
         if not _given(body, key):
             out[key] = None
@@ -122,6 +125,17 @@ def check_resources(body, *, max_script_size, need_name=True, need_script=True):
     return out
 
 
+def check_array_size(array, max_array_size):
+    """A ValidationError naming ``array`` when the job (from the body, the script's
+    ``#SBATCH --array`` or a template) has more tasks than the site allows."""
+    if array is None:
+        return
+    try:
+        values.array(array, max_array_size)
+    except ValueError as exc:
+        raise ValidationError(summary({"array": str(exc)}), errors={"array": str(exc)}) from None
+
+
 def summary(errors):
     first = next(iter(errors))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -136,6 +150,7 @@ def job_spec(resources, *, script_path, environment, image=None, apptainer="appt
                    partition=resources.get("partition"), nodes=resources.get("nodes"),
                    tasks_per_node=resources.get("cpus"), memory=resources.get("memory"),
                    time=resources.get("time"), account=resources.get("account"), qos=resources.get("qos"),
-                   gpus=resources.get("gpus"), environment=dict(environment),
+                   gpus=resources.get("gpus"), dependency=resources.get("dependency"),
+                   array=resources.get("array"), environment=dict(environment),
                    image=image["path"] if image else None, apptainer=apptainer, exec_options=exec_options,
                    binds=tuple(binds) if image else ())

@@ -31,7 +31,8 @@ from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 from .inputs import InputFiles
-from .request import check_resources, job_spec, summary, type_errors
+from .reasons import insight_fields
+from .request import check_array_size, check_resources, job_spec, summary, type_errors
 
 log = logging.getLogger("hpcportal.jobs")
 
@@ -43,11 +44,11 @@ SUBMISSION_RECORD = "submission.json"
 # Fields of the record copied to the job row (identity fields come from Slurm).
 RECORD_FIELDS = ("submission_id", "user", "uid", "name", "partition", "nodes", "cpus", "memory", "time_limit",
                  "account", "qos", "gpus", "image", "template_id", "template_version", "parameters", "files",
-                 "client_job_id")
+                 "client_job_id", "dependency", "array")
 _REQUEST_FIELD = {"overrides.job_name": "jobName", "overrides.jobName": "jobName", "overrides.partition": "partition",
                   "overrides.nodes": "nodes", "overrides.cpus": "cpus", "overrides.memory": "memory",
                   "overrides.time": "time", "overrides.account": "account", "overrides.qos": "qos",
-                  "overrides.gpus": "gpus"}
+                  "overrides.gpus": "gpus", "overrides.dependency": "dependency", "overrides.array": "array"}
 _CLIENT_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 
@@ -93,6 +94,7 @@ def serialize_job(row, live=None):
                       "account": row.account, "qos": row.qos, "gpus": row.gpus},
         "image": row.image,
         "template": ({"id": row.template_id, "version": row.template_version} if row.template_id else None),
+        **insight_fields(row, live, state, reason),
     }
 
 
@@ -139,6 +141,7 @@ class JobService:
                 errors.update(exc.errors or {})
         try:
             resources = check_resources(body, max_script_size=self._config.slurm.max_script_size,
+                                        max_array_size=self._config.jobs.max_array_size,
                                         need_name=not use_template and "job-name" not in script_options,
                                         need_script=not use_template)
         except ValidationError as exc:
@@ -170,6 +173,7 @@ class JobService:
         if use_template:
             self._render_template(user, body, plan)
         self._check_partition(plan, use_template)
+        check_array_size(plan["resources"].get("array"), self._config.jobs.max_array_size)
         if not use_template:
             self._build_script(plan)
         return plan
@@ -245,7 +249,7 @@ class JobService:
         overrides = {}
         for key, field in (("job_name", "jobName"), ("partition", "partition"), ("nodes", "nodes"),
                            ("cpus", "cpus"), ("memory", "memory"), ("time", "time"), ("account", "account"),
-                           ("qos", "qos"), ("gpus", "gpus")):
+                           ("qos", "qos"), ("gpus", "gpus"), ("dependency", "dependency"), ("array", "array")):
             if resources.get(key) is not None:
                 overrides[field] = resources[key]
         request = {"parameters": body.get("parameters") or {}, "files": plan["template_files"],
@@ -279,6 +283,8 @@ class JobService:
             "account": slurm_values.get("account", resources.get("account")),
             "qos": slurm_values.get("qos", resources.get("qos")),
             "gpus": slurm_values.get("gpus", resources.get("gpus")),
+            "dependency": slurm_values.get("dependency", resources.get("dependency")),
+            "array": slurm_values.get("array", resources.get("array")),
         })
         plan["image"] = result.get("image")
         plan["template"] = result.get("template") or {"id": body["templateId"], "version": version}
@@ -326,6 +332,7 @@ class JobService:
             "gpus": resources.get("gpus"), "image": plan["image"], "template_id": template.get("id"),
             "template_version": template.get("version"), "parameters": plan["parameters"],
             "files": plan["files"], "client_job_id": plan["client_job_id"],
+            "dependency": resources.get("dependency"), "array": resources.get("array"),
             "submitted_at": isoformat(utcnow()),
         }
         files = {BATCH_SCRIPT: (plan["batch_script"].encode("utf-8"), 0o640),

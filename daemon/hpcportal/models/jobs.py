@@ -30,6 +30,9 @@ class Job(BaseModel):
     parameters = JSONField(null=True)
     files = JSONField(null=True)
     client_job_id = peewee.CharField(max_length=64, null=True)  # the dashboard's temporary id
+    # What the submit asked (Slurm forgets a dependency once it is met; the graph does not).
+    dependency = peewee.CharField(max_length=1024, null=True)
+    array = peewee.CharField(max_length=1024, null=True)
     job_dir = peewee.TextField()
     script_path = peewee.TextField()
     stdout_path = peewee.TextField(null=True)

@@ -107,9 +107,8 @@ ALLOWED = {
     "constraint": ("C", "required", _pattern(r"[A-Za-z0-9_.&|,:*\[\]()!-]+", "intel&ib")),
     "licenses": ("L", "required", _pattern(r"[A-Za-z0-9_.@-]+(:[0-9]+)?([,|][A-Za-z0-9_.@-]+(:[0-9]+)?)*",
                                           "matlab:1,ansys")),
-    "array": ("a", "required", _pattern(r"[0-9]+(-[0-9]+(:[0-9]+)?)?(,[0-9]+(-[0-9]+(:[0-9]+)?)?)*(%[0-9]+)?",
-                                        "0-15%4")),
-    "dependency": ("d", "required", _pattern(r"[A-Za-z0-9_:+,?]+", "afterok:123")),
+    "array": ("a", "required", values.array),
+    "dependency": ("d", "required", values.dependency),
     "begin": ("b", "required", _pattern(r"[A-Za-z0-9:+./-]+", "now+1hour or 2026-01-31T08:00")),
     "deadline": (None, "required", _pattern(r"[A-Za-z0-9:+./-]+", "2026-01-31T08:00")),
     "mail-type": (None, "required", _words("mail-type")),
@@ -284,7 +283,8 @@ def script_options(text, field="script"):
 
 # The script's options the job row keeps, by the row's names.
 _RECORDED = {"job-name": "job_name", "partition": "partition", "nodes": "nodes", "ntasks-per-node": "cpus",
-             "mem": "memory", "time": "time", "account": "account", "qos": "qos"}
+             "mem": "memory", "time": "time", "account": "account", "qos": "qos",
+             "dependency": "dependency", "array": "array"}
 
 
 def recorded_values(script):

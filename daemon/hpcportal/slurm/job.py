@@ -12,7 +12,8 @@ from .directives import COVERS
 # Field -> sbatch option, in the order the batch script lists them.
 _RESOURCES = (("name", "job-name"), ("partition", "partition"), ("nodes", "nodes"),
               ("tasks_per_node", "ntasks-per-node"), ("cpus_per_task", "cpus-per-task"), ("memory", "mem"),
-              ("time", "time"), ("account", "account"), ("qos", "qos"))
+              ("time", "time"), ("account", "account"), ("qos", "qos"), ("dependency", "dependency"),
+              ("array", "array"))
 _PORTAL = (("output", "output"), ("error", "error"), ("workdir", "chdir"), ("comment", "comment"),
            ("export", "export"))
 
@@ -35,6 +36,8 @@ class JobSpec:
     qos: str | None = None
     gpus: int | None = None           # written as --gres=gpu:N
     gres: str | None = None
+    dependency: str | None = None     # as --dependency takes it: afterok:123:124, singleton
+    array: str | None = None          # as --array takes it: 0-9, 1,3,5-7, 0-99%4
     # The user's own #SBATCH options (allow-listed, checked) that the fields above do not speak for.
     options: tuple = ()
     environment: dict = field(default_factory=dict)

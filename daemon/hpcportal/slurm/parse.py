@@ -78,6 +78,17 @@ def parse_squeue_json(text):
             "cpus": _number(job.get("cpus")),
             "node_count": _number(job.get("node_count")),
             "work_dir": job.get("current_working_directory"),
+            # 0 and "" when the job is no array; the pending rest of an array is one entry
+            # with no task id and its tasks in array_task_string.
+            "array_job_id": str(job["array_job_id"]) if _number(job.get("array_job_id")) else None,
+            "array_task_id": _number(job.get("array_task_id")),
+            "array_tasks": job.get("array_task_string") or None,
+            "dependency": job.get("dependency") or None,
+            "stdout": job.get("standard_output") or None,
+            "stderr": job.get("standard_error") or None,
+            "account": job.get("account") or None,
+            "qos": job.get("qos") or None,
+            "tres": job.get("tres_req_str") or None,
         })
     return jobs
 

@@ -171,3 +171,84 @@ def job_name(value):
     if CONTROL.search(value):
         raise ValueError("must not contain line breaks, tabs or other control characters")
     return value
+
+
+# Slurm's own bounds: MAX_ARRAY_INDEX is below its largest MaxArraySize (4000001).
+MAX_ARRAY_INDEX = 4000000
+MAX_JOB_ID = 2 ** 32 - 1
+DEPENDENCY_TYPES = ("after", "afterany", "afterok", "afternotok", "aftercorr")
+_ARRAY_PART = re.compile(r"^(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?\Z")
+_DEPENDENCY_JOB = re.compile(r"^(\d{1,10})(?:_(\d{1,7}))?(?:\+(\d{1,7}))?\Z")
+
+
+def array_size(value):
+    """The number of tasks of an ``--array`` value such as ``0-9``, ``1,3,5-7``, ``0-15:4``
+    or ``0-99%4`` (an index named twice counts once, as in Slurm)."""
+    if not isinstance(value, str) or not value or len(value) > 1024 or value != value.strip():
+        raise ValueError("must look like 0-9, 1,3,5-7 or 0-99%4")
+    ranges, percent, throttle = value.partition("%")
+    if percent and not (re.fullmatch(r"\d{1,7}", throttle) and int(throttle) >= 1):
+        raise ValueError("the limit after % must be a whole number of at least 1, as in 0-99%4")
+    parts = []
+    for part in ranges.split(","):
+        match = _ARRAY_PART.match(part)
+        if not match:
+            raise ValueError(f"{part[:40]!r} is not an index, a range (5-7) or a stepped range (0-15:4)")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        step = int(match.group(3)) if match.group(3) is not None else 1
+        if last < first:
+            raise ValueError(f"the range {part} ends before it starts")
+        if step < 1:
+            raise ValueError(f"the step of {part} must be at least 1")
+        if last > MAX_ARRAY_INDEX:
+            raise ValueError(f"array indexes must be at most {MAX_ARRAY_INDEX}")
+        parts.append(range(first, last + 1, step))
+    total = sum(len(r) for r in parts)
+    if len(parts) == 1 or total > 100000:
+        return total  # so large that overlaps no longer matter: counted as written
+    return len(set().union(*parts))
+
+
+def array(value, max_size=None):
+    """An ``--array`` value, checked; at most ``max_size`` tasks when given."""
+    size = array_size(value)
+    if max_size is not None and size > max_size:
+        raise ValueError(f"has {size} tasks; at most {max_size} are allowed (jobs.max_array_size)")
+    return value
+
+
+def dependency_terms(value):
+    """``[(type, job id)]`` of a ``--dependency`` value and how they combine (``"all"`` for ``,``,
+    ``"any"`` for ``?``). Job ids are Slurm's, ``123`` or an array task ``123_4``; ``after``
+    may add ``+minutes``; ``singleton`` stands alone as ``("singleton", None)``."""
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        raise ValueError("must look like afterok:123, afterany:123:124, afterok:123?afternotok:124 or singleton")
+    if "," in value and "?" in value:
+        raise ValueError("combine dependencies with ',' (all) or '?' (any), not both")
+    combine = "any" if "?" in value else "all"
+    terms = []
+    for part in re.split(r"[,?]", value):
+        if part == "singleton":
+            terms.append(("singleton", None))
+            continue
+        kind, _, ids = part.partition(":")
+        if kind not in DEPENDENCY_TYPES:
+            raise ValueError(f"{part[:40]!r}: the type must be one of {', '.join(DEPENDENCY_TYPES)} "
+                             "or singleton")
+        if not ids:
+            raise ValueError(f"{part[:40]!r} names no job (as in {kind}:123)")
+        for job in ids.split(":"):
+            match = _DEPENDENCY_JOB.match(job)
+            if not match or int(match.group(1)) < 1 or int(match.group(1)) > MAX_JOB_ID:
+                raise ValueError(f"{job[:40]!r} is not a job id (123, or an array task 123_4)")
+            if match.group(3) is not None and kind != "after":
+                raise ValueError(f"{job[:40]!r}: only after: takes +minutes")
+            terms.append((kind, job))
+    return terms, combine
+
+
+def dependency(value):
+    """A ``--dependency`` value, checked (see ``dependency_terms``)."""
+    dependency_terms(value)
+    return value

@@ -37,11 +37,14 @@ SLURM_SETTINGS = {
     "gres": ("gres", "gres"),
     "account": ("account", "name"),
     "qos": ("qos", "name"),
+    "dependency": ("dependency", "dependency"),
+    "array": ("array", "array"),
 }
 # Template key -> JobSpec field.
 SPEC_FIELDS = {"partition": "partition", "nodes": "nodes", "cpus": "tasks_per_node",
                 "cpus_per_task": "cpus_per_task", "memory": "memory", "time": "time", "gpus": "gpus",
-                "gres": "gres", "account": "account", "qos": "qos"}
+                "gres": "gres", "account": "account", "qos": "qos",
+               "dependency": "dependency", "array": "array"}
 # Request spellings the dashboard uses, mapped to template keys.
 OVERRIDE_ALIASES = {"cpusPerTask": "cpus_per_task", "ntasks_per_node": "cpus", "mem": "memory"}
 
@@ -62,6 +65,10 @@ def _measure(kind, value):
         return parse_size(value)
     if kind == "duration":
         return parse_slurm_time(value)
+    if kind == "dependency":
+        return values.dependency(value)
+    if kind == "array":
+        return values.array_size(value)  # its size is bounded by jobs.max_array_size at submit
     return value
 
 
@@ -159,6 +166,11 @@ def _check_setting(key, kind, spec, value):
         return format_slurm_time(seconds)
     if kind == "gres":
         return values.gres(value)
+    if kind == "dependency":
+        return values.dependency(value)
+    if kind == "array":
+        values.array_size(value)
+        return value
     values.slurm_name(value)
     if spec.get("choices") and value not in spec["choices"]:
         raise ValueError("must be one of " + ", ".join(spec["choices"]))

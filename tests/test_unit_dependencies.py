@@ -1,0 +1,106 @@
+"""Dependencies and job arrays, as a submit, a template and a user's #SBATCH line give them:
+one parser each (slurm.values), refusals naming the field."""
+
+import pytest
+
+from hpcportal.catalog.templates import settings
+from hpcportal.errors import ValidationError
+from hpcportal.jobs.request import check_array_size, check_resources
+from hpcportal.slurm import directives, values
+from hpcportal.slurm.job import JobSpec
+from hpcportal.slurm.script import render_batch_script
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("given, terms, combine", [
+    ("afterok:123", [("afterok", "123")], "all"),
+    ("afterok:123:124", [("afterok", "123"), ("afterok", "124")], "all"),
+    ("afterany:123_4", [("afterany", "123_4")], "all"),
+    ("afternotok:7,aftercorr:8", [("afternotok", "7"), ("aftercorr", "8")], "all"),
+    ("afterok:1?afternotok:2", [("afterok", "1"), ("afternotok", "2")], "any"),
+    ("after:5+10", [("after", "5+10")], "all"),
+    ("singleton", [("singleton", None)], "all"),
+    ("afterok:9,singleton", [("afterok", "9"), ("singleton", None)], "all"),
+])
+def test_slurm_dependency_syntax_is_read(given, terms, combine):
+    assert values.dependency_terms(given) == (terms, combine)
+    assert values.dependency(given) == given
+
+
+@pytest.mark.parametrize("given", [
+    "", "afterok", "afterok:", "afterok:x", "afterok:1::2", "afterok:1,afterok:2?afterany:3",
+    "afterburstbuffer:1", "afterok:1+5", "afterok:0", "afterok:1;rm -rf /", "afterok:1 ", "Afterok:1",
+    "afterok:123_", "afterok:99999999999", "singleton:1", "afterok:1\nafterok:2", "x" * 2000,
+])
+def test_anything_else_is_refused_with_a_reason(given):
+    with pytest.raises(ValueError) as caught:
+        values.dependency(given)
+    assert str(caught.value)
+
+
+@pytest.mark.parametrize("given, size", [
+    ("0-9", 10), ("1,3,5-7", 5), ("0-99%4", 100), ("0-15:4", 4), ("1,1,2", 2), ("7", 1),
+])
+def test_array_sizes(given, size):
+    assert values.array_size(given) == size
+    assert values.array(given, max_size=size) == given
+
+
+@pytest.mark.parametrize("given", ["", "0-", "a", "9-1", "0-9%0", "0-9%", " 1", "0-9:0", "1;2", "-1",
+                                   "0-4000001", "1,,2", "0-9%2%3"])
+def test_bad_arrays_are_refused(given):
+    with pytest.raises(ValueError):
+        values.array_size(given)
+
+
+def test_an_array_larger_than_the_site_allows_names_the_setting():
+    with pytest.raises(ValueError, match="jobs.max_array_size"):
+        values.array("0-1000", max_size=1000)
+    with pytest.raises(ValidationError) as caught:
+        check_array_size("0-10", 10)
+    assert set(caught.value.errors) == {"array"}
+    check_array_size(None, 1)
+
+
+def test_a_request_names_each_bad_field():
+    body = {"jobName": "j", "script": "true", "dependency": "afterok:abc", "array": "0-5000"}
+    with pytest.raises(ValidationError) as caught:
+        check_resources(body, max_script_size=1000, max_array_size=1000)
+    assert set(caught.value.errors) == {"dependency", "array"}
+    checked = check_resources({**body, "dependency": "afterok:12_3?afterany:4", "array": "0-9%2"},
+                              max_script_size=1000, max_array_size=1000)
+    assert (checked["dependency"], checked["array"]) == ("afterok:12_3?afterany:4", "0-9%2")
+
+
+def test_the_batch_script_carries_them_as_sbatch_reads_them():
+    spec = JobSpec(script="true", script_path="/j/script.sh", name="n", dependency="afterok:1?afterany:2_3",
+                   array="0-3%2")
+    text = render_batch_script(spec)
+    assert '#SBATCH --dependency="afterok:1?afterany:2_3"\n' in text
+    assert "#SBATCH --array=0-3%2\n" in text
+    # sbatch would read the line back as the same value.
+    read = directives.script_options(text.split(": hpcportal", 1)[0])
+    assert read["dependency"].value == "afterok:1?afterany:2_3" and read["array"].value == "0-3%2"
+
+
+def test_a_users_sbatch_lines_use_the_same_parsers():
+    with pytest.raises(ValidationError) as caught:
+        directives.script_options("#SBATCH --dependency=afterok:nope\n")
+    assert "dependency" in caught.value.errors["script"]
+    assert directives.recorded_values(directives.script_options("#SBATCH -d singleton -a 1-3\n")) == {
+        "dependency": "singleton", "array": "1-3"}
+
+
+def test_templates_may_set_and_bound_them():
+    errors = {}
+    checked, _name = settings.resolve_overrides(
+        {"slurm": {"dependency": "singleton", "array": {"default": "0-3", "fixed": True}}},
+        {"dependency": "afterok:5"}, errors)
+    assert errors == {} and checked == {"dependency": "afterok:5", "array": "0-3"}
+    errors = {}
+    settings.resolve_overrides({"slurm": {"array": {"default": "0-3", "fixed": True}}},
+                               {"array": "0-9", "dependency": "afterok:x"}, errors)
+    assert set(errors) == {"overrides.array", "overrides.dependency"}
+    assert settings.setting_problems("array", settings.slurm_setting("9-1"))
+    assert settings.setting_problems("dependency", settings.slurm_setting("after:x"))
