@@ -43,6 +43,7 @@ MIGRATIONS = [
     (10, "a job's dependency and array, as submitted", lambda database: (
         _add_column(database, "job", "dependency", peewee.CharField(max_length=1024, null=True)),
         _add_column(database, "job", "array", peewee.CharField(max_length=1024, null=True)))),
+    (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
 ]
 
 
@@ -52,6 +53,13 @@ def _add_column(database, table, name, field):
         return
     schema = playhouse.migrate.SchemaMigrator.from_database(database)
     playhouse.migrate.migrate(schema.add_column(table, name, field))
+
+
+def _name_keys(database):
+    files = models.uploads.UploadedFile
+    _add_column(database, files._meta.table_name, "name_key", peewee.TextField(null=True))
+    for row in list(files.select(files.id, files.filename).where(files.name_key.is_null())):
+        files.update(name_key=models.uploads.name_key(row.filename)).where(files.id == row.id).execute()
 
 
 class SchemaMigration(models.base.BaseModel):

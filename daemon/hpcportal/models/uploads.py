@@ -9,9 +9,17 @@ sequential by protocol; its acknowledged length is ``Upload.tus_offset``, moved
 forward with a compare-and-set update.
 """
 
+import unicodedata
+
 import peewee
 
 from .base import BaseModel, JSONField, utcnow
+
+
+def name_key(name):
+    """What a name search and a sort by name compare: the NFC name, case-folded
+    by Python, so every database backend matches and orders names alike."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 class Upload(BaseModel):
@@ -59,6 +67,8 @@ class UploadedFile(BaseModel):
     upload_id = peewee.CharField(max_length=32, index=True)
     user = peewee.CharField(max_length=64, index=True)
     filename = peewee.CharField(max_length=255)
+    # ``name_key(filename)``; null only on rows older than the column until migration 18 fills it.
+    name_key = peewee.TextField(null=True)
     job_id = peewee.CharField(max_length=64, null=True, index=True)
     # Set by the jobs area once the job with the temporary ``job_id`` is submitted.
     slurm_job_id = peewee.CharField(max_length=64, null=True, index=True)

@@ -15,8 +15,9 @@ import falcon
 from ..errors import (PayloadTooLarge, TusChecksumMismatch, TusVersionUnsupported,
                       UnsupportedMediaType, ValidationError)
 from ..uploads import tus
+from ..uploads.browse import sort_names
 from ..uploads.storage import BLOCK
-from .base import paging, read_json
+from .base import bool_param, paging, read_json
 from .downloads import send_file
 
 FILE_TYPES = ("archive", "sif", "mesh", "data", "script", "text", "binary")
@@ -368,12 +369,23 @@ class FilesResource:
 
     def on_get(self, req, resp):
         limit, offset = paging(req)
-        file_type = req.get_param("file_type")
+        # ``kind`` is the browser's name for file_type; both are taken.
+        file_type = req.get_param("kind") or req.get_param("file_type")
         if file_type and file_type not in FILE_TYPES:
-            raise ValidationError(f"file_type must be one of {', '.join(FILE_TYPES)}.",
-                                  errors={"file_type": "unknown type"})
-        files, total = self._uploads.list_files(req.context.user, job_id=req.get_param("job_id"),
-                                                file_type=file_type, limit=limit, offset=offset)
+            field = "kind" if req.get_param("kind") else "file_type"
+            raise ValidationError(f"{field} must be one of {', '.join(FILE_TYPES)}.",
+                                  errors={field: "unknown type"})
+        sort = req.get_param("sort") or "-time"
+        if sort not in sort_names():
+            raise ValidationError(f"sort must be one of {', '.join(sort_names())} (a leading '-' "
+                                  "sorts descending).", errors={"sort": "unknown order"})
+        q = req.get_param("q")
+        if q is not None and (len(q) > 255 or any(ch < " " for ch in q)):
+            raise ValidationError("q (a part of a file name) may be at most 255 characters, "
+                                  "without control characters.", errors={"q": "not a name part"})
+        files, total = self._uploads.list_files(
+            req.context.user, job_id=req.get_param("job_id"), file_type=file_type, q=q, sort=sort,
+            shared=bool_param(req, "shared"), limit=limit, offset=offset)
         resp.media = {"files": files, "total": total, "limit": limit, "offset": offset}
 
 

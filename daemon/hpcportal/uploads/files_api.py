@@ -8,6 +8,7 @@ from ..errors import NotFound, UnsupportedMediaType
 from ..models.base import isoformat, path_hash, utc_at
 from ..models.uploads import UploadedFile
 from .classify import looks_like_text
+from .browse import browse
 from .links import JobLinks
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ def serialize_file(row):
     return {
         "file_id": row.id,
         "filename": row.filename,
+        "owner": row.user,
         "size": row.size,
         "sha256": row.sha256,
         "file_type": row.file_type,
@@ -48,15 +50,18 @@ class Files(JobLinks):
         return UploadedFile.get_or_none((UploadedFile.upload_id == upload_id)
                                         & (UploadedFile.user == user_name))
 
-    def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0):
-        query = UploadedFile.select().where(UploadedFile.user == user.name)
-        if job_id:
-            query = query.where(UploadedFile.job_id == job_id)
-        if file_type:
-            query = query.where(UploadedFile.file_type == file_type)
-        total = query.count()
-        rows = query.order_by(UploadedFile.created_at.desc(), UploadedFile.id).limit(limit).offset(offset)
-        return [serialize_file(r) for r in rows], total
+    def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0, q=None,
+                   sort="-time", shared=False):
+        """(files, total) of the caller's files, or with ``shared`` of those others shared
+        with the caller; ``q`` is a name substring, ``sort`` one of ``SORTS`` (see browse)."""
+        query = UploadedFile.select()
+        query = query.where(self._shared_with(user) if shared else UploadedFile.user == user.name)
+        rows, total = browse(query, job_id=job_id, file_type=file_type, q=q, sort=sort,
+                             limit=limit, offset=offset)
+        return [serialize_file(row) for row in rows], total
+
+    def _shared_with(self, user):
+        return UploadedFile.id.in_([])  # until files can be shared
 
     def get_file(self, user, file_id):
         return serialize_file(self._file(user, file_id))

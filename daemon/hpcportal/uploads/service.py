@@ -21,7 +21,7 @@ import peewee
 
 from ..errors import Conflict, NotFound, PayloadTooLarge, Unprocessable, ValidationError
 from ..models.base import isoformat, path_hash, utc_at
-from ..models.uploads import Upload, UploadChunk, UploadedFile
+from ..models.uploads import Upload, UploadChunk, UploadedFile, name_key
 from .classify import SAMPLE_BYTES
 from .files_api import Files, serialize_file
 from .hashing import RunningHashes
@@ -351,7 +351,7 @@ class Uploads(TusUploads):
         with self._database.atomic():
             UploadedFile.delete().where(UploadedFile.storage_path_hash == key).execute()
             created = UploadedFile.create(
-                id=uuid.uuid4().hex, upload_id=row.id, user=row.user, filename=name,
+                id=uuid.uuid4().hex, upload_id=row.id, user=row.user, filename=name, name_key=name_key(name),
                 job_id=row.job_id, size=row.size, sha256=sha256, file_type=file_type,
                 mime_type=mime_type[:255], storage_path=storage_path,
                 storage_path_hash=key, created_at=self._now())
@@ -402,9 +402,8 @@ class Uploads(TusUploads):
 
     # -- the finished files (``Files``), for the resources and other areas ----
 
-    def list_files(self, user, job_id=None, file_type=None, limit=100, offset=0):
-        return self.files.list_files(user, job_id=job_id, file_type=file_type, limit=limit,
-                                     offset=offset)
+    def list_files(self, user, **criteria):
+        return self.files.list_files(user, **criteria)
 
     def get_file(self, user, file_id):
         return self.files.get_file(user, file_id)
