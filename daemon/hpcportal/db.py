@@ -23,10 +23,10 @@ from .models.base import utcnow
 log = logging.getLogger(__name__)
 
 
-def _create_tables(module_name):
+def _create_tables(module_name, models="MODELS"):
     def migrate(database):
-        module = __import__(f"hpcportal.models.{module_name}", fromlist=["MODELS"])
-        database.create_tables(module.MODELS, safe=True)
+        module = __import__(f"hpcportal.models.{module_name}", fromlist=[models])
+        database.create_tables(getattr(module, models), safe=True)
     migrate.__doc__ = f"create the {module_name} tables"
     return migrate
 
@@ -44,6 +44,8 @@ MIGRATIONS = [
         _add_column(database, "job", "dependency", peewee.CharField(max_length=1024, null=True)),
         _add_column(database, "job", "array", peewee.CharField(max_length=1024, null=True)))),
     (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
+    (16, "users' favourite templates", _create_tables("template_sharing", "FAVOURITE_MODELS")),
+    (17, "template proposals for community/", _create_tables("template_sharing", "PROPOSAL_MODELS")),
 ]
 
 

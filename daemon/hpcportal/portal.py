@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from . import db as dbmod
 from .audit import AuditTrail
 from .auth import Authenticator, TokenVerifier, UserDirectory
+from .catalog.favourites import Favourites
 from .catalog.images import ImageCatalog
 from .catalog.indexer import Indexer
 from .catalog.template_catalog import TemplateCatalog, TemplateKind
@@ -98,7 +99,8 @@ def build_portal(config, clock=time.time):
     uploads = _uploads(config, database, registry, clock)
     template_kind = TemplateKind(database, os.path.normpath(config.paths.templates))
     indexer.register(template_kind)
-    templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads)
+    templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads,
+                                favourites=Favourites(database))
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     job_output = JobOutput(

@@ -158,10 +158,12 @@ class _Snapshot:
 class TemplateCatalog:
     """Read side of the template index, plus rendering."""
 
-    def __init__(self, database, kind, *, images, uploads):
+    def __init__(self, database, kind, *, images, uploads, favourites):
         """``images``: the ``ImageCatalog`` templates resolve their image in;
-        ``uploads``: the ``Uploads`` their file slots name files of."""
+        ``uploads``: the ``Uploads`` their file slots name files of;
+        ``favourites``: the ``Favourites`` every template object's ``favourite`` comes from."""
         self._database = database
+        self._favourites = favourites
         self._uploads = uploads
         self._kind = kind
         self._images = images
@@ -274,12 +276,18 @@ class TemplateCatalog:
     # -- queries -----------------------------------------------------------------
 
     def list(self, user, *, category=None, source=None, tag=None, q=None, image=None,
-             include_invalid=False, limit=None, offset=0):
-        """``(items, total)`` visible to ``user``, newest version of each id; every one without ``limit``."""
+             include_invalid=False, favourite=None, limit=None, offset=0):
+        """``(items, total)`` visible to ``user``, newest version of each id; every one without ``limit``.
+        ``favourite``: True for the user's favourites only, False for the others."""
         if include_invalid and not (user and user.admin):
             raise PermissionDenied("Only administrators may list invalid templates.", code="admin_only")
         snapshot = self.snapshot()
-        items = [item for item in snapshot.listed.values() if tpl.visible_to(item["source"], user)]
+        marked = self._favourites.ids(user.name) if user else set()
+        # The snapshot's items are shared by every caller: the caller's flag goes on a copy.
+        items = [{**item, "favourite": item["id"] in marked} for item in snapshot.listed.values()
+                 if tpl.visible_to(item["source"], user)]
+        if favourite is not None:
+            items = [item for item in items if item["favourite"] == favourite]
         if include_invalid:
             items.extend(snapshot.invalid)
         items = [i for i in items if _matches(i, category, source, tag, q, image)]
@@ -304,7 +312,27 @@ class TemplateCatalog:
 
     def get(self, user, template_id, version=None):
         chosen, versions, images = self._find(user, template_id, version)
-        return self._serialize(chosen, versions, images, with_script=True)
+        item = self._serialize(chosen, versions, images, with_script=True)
+        item["favourite"] = bool(user) and template_id in self._favourites.ids(user.name)
+        return item
+
+    def exists(self, user, template_id):
+        """Whether ``user`` sees a valid template ``template_id``."""
+        versions = self.snapshot().templates.get(template_id)
+        return bool(versions) and tpl.visible_to(versions[-1].source, user)
+
+    def versions_of(self, template_id):
+        """``[(version, relpath)]`` of a valid template, oldest first (empty when there is none)."""
+        return [(v.template["version"], v.relpath) for v in self.snapshot().templates.get(template_id, [])]
+
+    def set_favourite(self, user, template_id, marked):
+        """Mark or unmark a template the user sees; the template object as ``get`` answers it."""
+        self._find(user, template_id)
+        if marked:
+            self._favourites.add(user.name, template_id)
+        else:
+            self._favourites.remove(user.name, template_id)
+        return self.get(user, template_id)
 
     def render(self, user, template_id, request, *, version=None, job_dir, apptainer_command="apptainer",
                extra_binds=(), lookup_file=None, bind_file_folders=False, stat=None):

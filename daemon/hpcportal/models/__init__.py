@@ -3,9 +3,10 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit, catalog, jobs, templates, uploads
+from . import audit, catalog, jobs, template_sharing, templates, uploads
 
-ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS, *jobs.MODELS]
+ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS, *jobs.MODELS,
+              *template_sharing.MODELS]
 
 
 def bind(database):

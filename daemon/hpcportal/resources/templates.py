@@ -39,12 +39,28 @@ class TemplatesResource:
         items, total = self._catalog.list(
             req.context.user, category=_text_param(req, "category"), source=_text_param(req, "source"),
             tag=_text_param(req, "tag"), q=_text_param(req, "q"), image=_text_param(req, "image"),
-            include_invalid=include_invalid, limit=limit, offset=offset)
+            include_invalid=include_invalid, limit=limit, offset=offset,
+            favourite=bool_param(req, "favourite", None))
         answer_cacheable(req, resp, {"templates": items, "total": total}, max_age=MAX_AGE)
 
     def on_get_item(self, req, resp, template_id):
         item = self._catalog.get(req.context.user, template_id, version=_version_param(req))
         answer_cacheable(req, resp, item, max_age=MAX_AGE)
+
+
+class FavouriteResource:
+    """PUT marks a template as the caller's favourite, DELETE unmarks it; both answer the template."""
+
+    def __init__(self, catalog):
+        self._catalog = catalog
+
+    def on_put(self, req, resp, template_id):
+        req.context.audit_target = template_id
+        resp.media = self._catalog.set_favourite(req.context.user, template_id, True)
+
+    def on_delete(self, req, resp, template_id):
+        req.context.audit_target = template_id
+        resp.media = self._catalog.set_favourite(req.context.user, template_id, False)
 
 
 class SchemaResource:
@@ -80,3 +96,4 @@ def add_routes(app, *, catalog, indexer, rate_limits, config):
     app.add_route("/api/v2/templates/{template_id}", templates, suffix="item")
     app.add_route("/api/v2/templates/{template_id}/render",
                   RenderResource(catalog, config))
+    app.add_route("/api/v2/templates/{template_id}/favourite", FavouriteResource(catalog))
