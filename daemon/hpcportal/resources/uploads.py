@@ -417,7 +417,28 @@ class FilePreviewResource:
         self._uploads = uploads
 
     def on_get(self, req, resp, file_id):
-        resp.media = self._uploads.preview(req.context.user, file_id)
+        answer = self._uploads.preview(req.context.user, file_id, tail=bool_param(req, "tail"))
+        if answer["kind"] == "image":
+            answer["thumbnail"] = f"{req.root_path}/api/v2/files/{file_id}/thumbnail"
+        resp.media = answer
+
+
+class FileThumbnailResource:
+    def __init__(self, uploads):
+        self._uploads = uploads
+
+    def on_get(self, req, resp, file_id):
+        # A thumbnail follows from the file's content alone: a client holding it decodes nothing.
+        etag = f'"{self._uploads.get_file(req.context.user, file_id)["sha256"]}-thumbnail"'
+        resp.set_header("Cache-Control", "private, no-cache")
+        if etag in [t.strip() for t in (req.get_header("If-None-Match") or "").split(",")]:
+            resp.set_header("ETag", etag)
+            resp.status = falcon.HTTP_304
+            return
+        _, png = self._uploads.thumbnail(req.context.user, file_id)
+        resp.set_header("ETag", etag)
+        resp.content_type = "image/png"
+        resp.data = png
 
 
 def add_routes(app, *, uploads, rate_limits):
@@ -431,4 +452,5 @@ def add_routes(app, *, uploads, rate_limits):
     app.add_route("/api/v2/files/{file_id}", FileResource(uploads))
     app.add_route("/api/v2/files/{file_id}/content", FileContentResource(uploads))
     app.add_route("/api/v2/files/{file_id}/preview", FilePreviewResource(uploads))
+    app.add_route("/api/v2/files/{file_id}/thumbnail", FileThumbnailResource(uploads))
 

@@ -4,16 +4,14 @@ files, the look-ups the jobs area makes, and removal after retention_days."""
 import logging
 import os
 
-from ..errors import NotFound, UnsupportedMediaType
+from ..errors import NotFound
 from ..models.base import isoformat, path_hash, utc_at
 from ..models.uploads import UploadedFile
-from .classify import looks_like_text
 from .browse import browse
+from . import previews
 from .links import JobLinks
 
 log = logging.getLogger(__name__)
-
-PREVIEW_BYTES = 64 * 1024
 
 
 def serialize_file(row):
@@ -71,20 +69,22 @@ class Files(JobLinks):
         row = self._file(user, file_id)
         return serialize_file(row), self._storage.open_file(row.storage_path, owner_uid=user.uid)
 
-    def preview(self, user, file_id):
+    def preview(self, user, file_id, tail=False):
+        """Text (the first or, with ``tail``, the last 64 KiB), a table, JSON or an image's
+        size: see ``previews``; 415 for anything else."""
         info, fd = self.open_file(user, file_id)
         try:
-            sample = os.pread(fd, PREVIEW_BYTES, 0)
+            return previews.preview(info, fd, tail=tail)
         finally:
             os.close(fd)
-        if not looks_like_text(sample):
-            raise UnsupportedMediaType(
-                f"{info['filename']} is a {info['file_type']} file ({info['mime_type']}); "
-                "only text files have a preview.", code="not_text")
-        return {"file_id": info["file_id"], "filename": info["filename"],
-                "mime_type": info["mime_type"], "size": info["size"],
-                "truncated": info["size"] > PREVIEW_BYTES,
-                "content": sample.decode("utf-8", errors="ignore")}
+
+    def thumbnail(self, user, file_id):
+        """(file dict, PNG bytes of at most 256 px) of an image file; 415 for others."""
+        info, fd = self.open_file(user, file_id)
+        try:
+            return info, previews.thumbnail(info, fd)
+        finally:
+            os.close(fd)
 
     def delete_file(self, user, file_id):
         self._remove(self._file(user, file_id))

@@ -411,8 +411,11 @@ class Uploads(TusUploads):
     def open_file(self, user, file_id):
         return self.files.open_file(user, file_id)
 
-    def preview(self, user, file_id):
-        return self.files.preview(user, file_id)
+    def preview(self, user, file_id, tail=False):
+        return self.files.preview(user, file_id, tail=tail)
+
+    def thumbnail(self, user, file_id):
+        return self.files.thumbnail(user, file_id)
 
     def delete_file(self, user, file_id):
         self.files.delete_file(user, file_id)
