@@ -17,6 +17,7 @@ from . import errors
 from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
 from .resources import health, images, jobs, me, templates, uploads
+from .oversize import OversizedBodyMiddleware
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -200,6 +201,7 @@ def build_app(portal: Portal):
     """The WSGI app in front of ``portal``'s parts."""
     config = portal.config
     app = PortalApp(middleware=[RequestContextMiddleware(portal), SecurityMiddleware(config),
+                                OversizedBodyMiddleware(config.uploads.max_chunk_size),
                                 AuthMiddleware(portal.authenticator)])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False

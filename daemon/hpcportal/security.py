@@ -16,11 +16,13 @@ import stat
 from .errors import ConfigError
 
 # Headers a browser may send cross-origin: the token, JSON bodies, conditional
-# requests, live output resumption and the tus protocol.
+# requests, live output resumption, the tus protocol and tus-js-client's
+# request ids (``addRequestId``).
 ALLOWED_REQUEST_HEADERS = (
     "Authorization", "Content-Type", "If-None-Match", "If-Match", "Last-Event-ID", "Range",
     "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata", "Upload-Checksum",
     "Upload-Defer-Length", "Upload-Concat", "X-HTTP-Method-Override", "X-Requested-With",
+    "X-Request-ID",
 )
 # Answer headers page scripts may read (beyond the CORS-safelisted ones).
 EXPOSED_HEADERS = (

@@ -14,6 +14,7 @@ from waitress.channel import HTTPChannel
 from waitress.task import WSGITask
 
 from .bodies import BodyBudget, keeping_bodies_in_memory
+from .oversize import refusing_oversized_bodies
 from .requestlabels import BoundedLogValues
 from .resources.downloads import FileShrank
 
@@ -36,7 +37,26 @@ CHUNK_FRAMING = 64 * 1024
 
 
 class AnsweringTask(WSGITask):
-    """Marks its channel while a response is being produced (see PipelineChannel)."""
+    """Marks its channel while a response is being produced (see PipelineChannel),
+    and keeps the connection open after answers that have no body."""
+
+    _bodiless_keep_alive = False
+
+    def build_response_header(self):
+        # waitress ends every HTTP/1.1 connection whose answer lacks Content-Length,
+        # also after 204 and 304, which must not carry one: every tus PATCH and CORS
+        # preflight cost the browser a new connection.
+        self._bodiless_keep_alive = (
+            self.version == "1.1" and not self.has_body
+            and self.request.headers.get("CONNECTION", "").lower() != "close")
+        try:
+            return super().build_response_header()
+        finally:
+            self._bodiless_keep_alive = False
+
+    def set_close_on_finish(self):
+        if not self._bodiless_keep_alive:
+            super().set_close_on_finish()
 
     def service(self):
         self.channel.answering = True
@@ -146,7 +166,8 @@ class Server:
             cleanup_interval=30,
             recv_bytes=RECV_BYTES,
         )
-        self._server.channel_class = PipelineChannel
+        # Bodies over max_request_body_size get the app's JSON 413 (oversize.py).
+        self._server.channel_class = refusing_oversized_bodies(PipelineChannel)
         largest = config.uploads.chunk_size + CHUNK_FRAMING
         self.bodies = BodyBudget(config.server.threads * largest, largest, app.portal.registry)
         self._server.channel_class = keeping_bodies_in_memory(self._server.channel_class, self.bodies)
