@@ -131,3 +131,18 @@ def test_domain_code_does_not_import_falcon():
     modules = [(m, p) for m, p in _modules() if _top(m) in DOMAIN_PACKAGES]
     assert len(modules) > 20
     assert _importers_of("falcon", modules) == []
+
+
+def test_the_client_needs_only_requests_and_the_standard_library():
+    """``hpcportal.client`` runs where the daemon's dependencies are not installed."""
+    import sys
+    modules = [(m, p) for m, p in _modules() if m == "hpcportal.client" or m.startswith("hpcportal.client.")]
+    assert len(modules) >= 5
+    outside = set()
+    for module, path in modules:
+        for name in _imports(module, path):
+            top = name.split(".")[0]
+            if name.startswith("hpcportal.client") or top in sys.stdlib_module_names or top == "requests":
+                continue
+            outside.add(f"{module} imports {name}")
+    assert sorted(outside) == []
