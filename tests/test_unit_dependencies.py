@@ -104,3 +104,48 @@ def test_templates_may_set_and_bound_them():
     assert set(errors) == {"overrides.array", "overrides.dependency"}
     assert settings.setting_problems("array", settings.slurm_setting("9-1"))
     assert settings.setting_problems("dependency", settings.slurm_setting("after:x"))
+
+
+def test_pending_reasons_are_plain_sentences():
+    from hpcportal.jobs.reasons import reason_text
+    job = {"partition": "compute", "dependency": "afterok:123(unfulfilled),afterany:7(unfulfilled)"}
+    assert reason_text("Dependency", job) == "waiting for job 123 to finish successfully and for job 7 to end"
+    assert reason_text("Dependency", {"dependency": "afterok:1(unfulfilled)?afternotok:2_3(unfulfilled)"}) == \
+        "waiting for job 1 to finish successfully or for job 2_3 to fail"
+    assert reason_text("Dependency", {"dependency": "singleton(unfulfilled)"}) == \
+        "waiting for your other jobs of the same name to end"
+    assert reason_text("Resources", job) == "waiting for free resources in partition compute"
+    assert reason_text("AssocMaxJobsLimit", job) == "your account's limit on running jobs is reached"
+    assert reason_text("QOSMaxJobsPerUserLimit", job) == "your limit on running jobs (QOS) is reached"
+    assert reason_text("AssocGrpCpuLimit", job) == "your account's limit on CPUs in use is reached"
+    assert reason_text("QOSGrpNodeLimit", job) == "a limit of the QOS is reached"
+    assert reason_text("SomethingNew", job) == "Slurm says: SomethingNew"
+    assert reason_text("None", job) is None and reason_text(None, job) is None
+
+
+def test_output_paths_are_filled_in_as_slurm_does():
+    from hpcportal.jobs.listing import output_path
+    job = {"job_id": "42", "user": "alice", "name": "결과 파일", "work_dir": "/home/alice/run",
+           "stdout": "/data/%x-%j.out", "stderr": None, "array_job_id": None, "array_task_id": None}
+    assert output_path(job, "stdout") == "/data/결과 파일-42.out"
+    assert output_path(job, "stderr") == "/data/결과 파일-42.out"  # no --error: with stdout
+    task = {**job, "job_id": "45", "array_job_id": "40", "array_task_id": 3, "stdout": None}
+    assert output_path(task, "stdout") == "/home/alice/run/slurm-40_3.out"
+    assert output_path({**task, "stdout": "o-%A_%4a-%%.txt"}, "stdout") == "/home/alice/run/o-40_0003-%.txt"
+
+
+def test_the_graph_holds_the_connected_jobs_only():
+    from hpcportal.jobs.dependencies import connected
+    jobs = [
+        {"jobId": "1", "name": "a", "state": "COMPLETED", "dependency": None},
+        {"jobId": "2", "name": "b", "state": "RUNNING", "dependency": "afterok:1", "arrayJobId": "2",
+         "arrayTaskId": 0},
+        {"jobId": "3", "name": "c", "state": "PENDING", "dependency": "afterany:2_0?afternotok:99"},
+        {"jobId": "4", "name": "lonely", "state": "PENDING", "dependency": None},
+    ]
+    graph = connected(jobs, "3")
+    assert [n["jobId"] for n in graph["nodes"]] == ["1", "2", "3", "99"]
+    assert graph["nodes"][3] == {"jobId": "99", "name": None, "state": None}
+    assert {(e["from"], e["to"], e["type"]) for e in graph["edges"]} == {
+        ("1", "2", "afterok"), ("2", "3", "afterany"), ("99", "3", "afternotok")}
+    assert connected(jobs, "4") == {"nodes": [{"jobId": "4", "name": "lonely", "state": "PENDING"}], "edges": []}

@@ -16,8 +16,8 @@ from prometheus_client import Counter, Histogram
 from . import errors
 from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
-from .resources import health, images, jobs, me, templates, uploads
 from .oversize import OversizedBodyMiddleware
+from .resources import health, images, insight, jobs, me, templates, uploads
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -219,4 +219,5 @@ def build_app(portal: Portal):
     jobs.add_routes(app, service=portal.jobs, output=portal.job_output, files=portal.job_files,
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
                     max_script_size=config.slurm.max_script_size)
+    insight.add_routes(app, graph=portal.job_graph)
     return app

@@ -301,6 +301,10 @@ SETTINGS = (
     S("jobs", "max_array_size", parse_int, 1000,
       "Most tasks one job array may have (--array=0-99 has 100), whether asked in the request, "
       "the script's #SBATCH lines or a template."),
+    S("jobs", "cluster_jobs", parse_bool, True,
+      "The job list, details, output and cancel cover every job of the user Slurm knows, also "
+      "those submitted without the portal (sbatch on a login node; source: cluster); false shows "
+      "only the portal's own jobs."),
 )
 del S
 

@@ -27,6 +27,7 @@ from .catalog.images import ImageCatalog
 from .catalog.indexer import Indexer
 from .catalog.template_catalog import TemplateCatalog, TemplateKind
 from .config import Config
+from .jobs.dependencies import JobGraph
 from .jobs.folder import JobFolders
 from .jobs.metrics import JobMetrics
 from .jobs.monitor import JobMonitor
@@ -63,6 +64,7 @@ class Portal:
     jobs: JobService
     job_output: JobOutput
     job_files: JobResults
+    job_graph: JobGraph
     # Started in this order and stopped in the reverse one.
     services: tuple
     # Set when the daemon stops: live output streams end at once.
@@ -111,6 +113,7 @@ def build_portal(config, clock=time.time):
         max_duration=config.slurm.stream_max_duration, heartbeat=config.slurm.stream_heartbeat,
         stopping=stopping, metrics=job_metrics)
     job_files = JobResults(jobs)
+    job_graph = JobGraph(jobs)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
     # A pass runs squeue and sacct, each allowed the command timeout.
@@ -122,7 +125,7 @@ def build_portal(config, clock=time.time):
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
                   uploads=uploads, templates=templates, jobs=jobs, job_output=job_output,
-                  job_files=job_files, services=services, stopping=stopping, clock=clock)
+                  job_files=job_files, job_graph=job_graph, services=services, stopping=stopping, clock=clock)
 
 
 def _uploads(config, database, registry, clock):

@@ -15,6 +15,7 @@ import time
 from ..errors import NotFound, RateLimited, UnsafePath, ValidationError
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
+from .listing import open_output
 from .service import owner_of
 
 log = logging.getLogger("hpcportal.jobs")
@@ -58,6 +59,11 @@ class JobOutput:
         path = row.stdout_path if stream == "stdout" else row.stderr_path
         return os.path.basename(path or "")
 
+    def _open(self, row, stream):
+        if row.submission_id is None:  # a job the portal did not submit: its own output path
+            return open_output(owner_of(row), row.stdout_path if stream == "stdout" else row.stderr_path)
+        return self._service.folders.open_file(owner_of(row), row.submission_id, self._path_name(row, stream))
+
     def _state(self, row):
         try:
             live = self._service.live_state(row)
@@ -69,11 +75,11 @@ class JobOutput:
         return self._slice(self._service.row_for(user, job_id), stream, offset, limit)
 
     def _slice(self, row, stream, offset, limit):
-        name = self._path_name(row, stream)
+        self._path_name(row, stream)
         limit = min(limit or self._max_slice, self._max_slice)
         state, _ = self._state(row)
         try:
-            fd = self._service.folders.open_file(owner_of(row), row.submission_id, name)
+            fd = self._open(row, stream)
         except NotFound:
             return {"jobId": row.slurm_job_id, "stream": stream, "data": "", "offset": offset,
                     "next_offset": offset, "eof": state in FINAL_STATES, "state": state}

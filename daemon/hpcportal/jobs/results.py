@@ -54,6 +54,9 @@ class JobResults:
 
     def _job(self, user, job_id):
         row = self._service.row_for(user, job_id)
+        if row.submission_id is None:
+            raise NotFound(f"Job {row.slurm_job_id} was not submitted through the portal: it has no job folder.",
+                           code="job_not_found")
         owner = owner_of(row)
         return row, owner, self._folders.open_dir(owner, row.submission_id)
 

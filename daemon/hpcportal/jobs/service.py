@@ -30,6 +30,7 @@ from ..slurm import script as batch
 from ..slurm.client import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
+from . import listing
 from .inputs import InputFiles
 from .reasons import insight_fields
 from .request import check_array_size, check_resources, job_spec, summary, type_errors
@@ -427,12 +428,7 @@ class JobService:
         if all_users and not self._sees_all(user):
             raise PermissionDenied("Only administrators may list every user's jobs (when the site "
                                    "allows it: security.admins_see_all_jobs).", code="admin_only")
-        query = Job.select()
-        if not all_users:
-            query = query.where(Job.user == user.name)
-        rows = list(query.order_by(Job.submitted_at.desc(), Job.id.desc()))
-        live, note = self._live()
-        jobs = [serialize_job(row, live.get(row.slurm_job_id) if live else None) for row in rows]
+        jobs, note = self.jobs_of(None if all_users else user.name)
         if state:
             wanted = {s.strip().upper() for s in state.split(",") if s.strip()}
             jobs = [j for j in jobs if j["state"] in wanted]
@@ -441,14 +437,28 @@ class JobService:
             answer["slurm"] = {"reachable": False, "message": note}
         return answer
 
+    def jobs_of(self, name=None):
+        """``(job answers, note)``: every job of the user ``name`` (None: everyone's) Slurm
+        knows, the portal's and the others (source: cluster), newest first."""
+        query = Job.select()
+        if name is not None:
+            query = query.where(Job.user == name)
+        rows = list(query.order_by(Job.submitted_at.desc(), Job.id.desc()))
+        live, note = self._live()
+        return listing.merge(rows, live, serialize_job, user=name, cluster=self._config.jobs.cluster_jobs), note
+
     def _sees_all(self, user):
         return user.admin and self._config.security.admins_see_all_jobs
 
     def row_for(self, user, job_id):
+        """The portal's row of ``job_id``, one task of a portal array, or a cluster job (an
+        unsaved row, ``submission_id`` None) the snapshot shows."""
         row = None
         if isinstance(job_id, str) and job_id.isdigit():
-            row = (Job.select().where(Job.slurm_job_id == job_id)
-                   .order_by(Job.id.desc()).first())
+            def row_of(slurm_job_id):
+                return Job.select().where(Job.slurm_job_id == slurm_job_id).order_by(Job.id.desc()).first()
+            row = row_of(job_id) or listing.find(job_id, self._live()[0], row_of,
+                                                 cluster=self._config.jobs.cluster_jobs)
         if row is None or (row.user != user.name and not self._sees_all(user)):
             raise NotFound(f"There is no job {job_id} of yours.", code="job_not_found")
         return row
@@ -459,6 +469,8 @@ class JobService:
 
     def detail(self, user, job_id):
         row = self.row_for(user, job_id)
+        if row.submission_id is None:
+            return self._cluster_detail(row)
         job = serialize_job(row, self.live_state(row))
         owner = owner_of(row)
         job.update({
@@ -472,6 +484,14 @@ class JobService:
             "stderr_path": row.stderr_path,
             "client_job_id": row.client_job_id,
         })
+        return job
+
+    def _cluster_detail(self, row):
+        live = self.live_state(row)
+        job = listing.serialize_cluster(live) if live else {"jobId": row.slurm_job_id, "source": "cluster"}
+        job.update({"script": None, "user_script": None, "files": [], "parameters": None,
+                    "job_dir": row.job_dir or None, "script_path": None, "stdout_path": row.stdout_path,
+                    "stderr_path": row.stderr_path, "client_job_id": None})
         return job
 
     def _read_text(self, owner, submission_id, name, limit=1024 * 1024):
