@@ -6,10 +6,11 @@ import hashlib
 import os
 
 import pytest
+import requests
 
 from hpcportal.client import Client, ClientError
 from support.client import portal_daemon, write_random
-from support.daemon import free_port, make_token
+from support.daemon import auth_headers, free_port, make_token
 from support.slurm import slurm_conf  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
@@ -109,3 +110,23 @@ def test_failures_are_client_errors(portal):
         Client(url, make_token("alice")).me()
     assert unreachable.value.code == "unreachable" and unreachable.value.status is None
     assert url in unreachable.value.message
+
+
+def test_follow_polls_while_the_portal_has_no_stream_to_spare(portal):
+    # Kept last in the module: the daemon frees a stream slot only when it next writes to it.
+    client = Client(portal.url, make_token("alice"))
+    sleeper = client.submit("sleep 300", name="held")["jobId"]
+    url = f"{portal.url}/api/slurm/jobs/{sleeper}/output"
+    headers = {**auth_headers("alice"), "Accept": "text/event-stream"}
+    held = [requests.get(url, headers=headers, stream=True, timeout=30) for _ in range(2)]
+    try:
+        assert [answer.status_code for answer in held] == [200, 200]
+        job_id = client.submit('#!/bin/bash\necho "첫 줄"\nsleep 1\necho "둘째 줄"\n', name="polled")["jobId"]
+        refused = requests.get(f"{portal.url}/api/slurm/jobs/{job_id}/output", headers=headers, timeout=30)
+        assert refused.status_code == 429  # alice's two streams are taken
+        assert "".join(client.follow(job_id, poll_interval=0.3)) == "첫 줄\n둘째 줄\n"
+        assert client.job(job_id)["state"] == "COMPLETED"
+    finally:
+        for answer in held:
+            answer.close()
+        client.cancel(sleeper)
