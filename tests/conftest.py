@@ -17,12 +17,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from support.daemon import Daemon, SharedTree, auth_headers, make_token  # noqa: E402
+from support.daemon import Daemon, SharedTree, auth_headers, deep_merge, make_token  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
 
 # db_url: each test using daemons runs on SQLite and MariaDB (see support/databases.py);
 # unitguard: tests marked unit start no daemon and use no Slurm or database server.
-pytest_plugins = ["support.databases", "support.unitguard"]
+# backends: job tests marked slurm_backends run through the commands and through slurmrestd.
+pytest_plugins = ["support.databases", "support.unitguard", "support.backends"]
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +39,14 @@ def shared_dir():
 
 
 @pytest.fixture
-def daemon_factory(shared_dir, users, db_url):
+def daemon_factory(shared_dir, users, db_url, slurm_backend):
     started = []
 
     def factory(config=None, env=None, shared=None, start=True):
         if db_url:
             config = {"database": {"url": db_url}, **(config or {})}
+        if slurm_backend:
+            config = deep_merge({"slurm": slurm_backend}, config)
         daemon = Daemon(shared or shared_dir, config=config, env=env)
         started.append(daemon)
         if start:

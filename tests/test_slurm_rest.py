@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
-from support.slurm import REPO
+from support.backends import dev_slurm_environment
 from support.waiting import wait_for
 from test_dev_services import assert_loopback_only
 
@@ -24,27 +24,9 @@ from hpcportal.slurm.rest import SlurmRest, TokenSigner
 KEY = b"k" * 32
 
 
-def _dev_slurm_environment():
-    """SLURM_CONF, SLURM_REST_URL and SLURM_JWT_KEY_FILE, from the environment or
-    from ``scripts/dev-slurm start`` (which leaves a running cluster alone)."""
-    names = ("SLURM_CONF", "SLURM_REST_URL", "SLURM_JWT_KEY_FILE")
-    if all(os.environ.get(n) for n in names):
-        return {n: os.environ[n] for n in names}
-    answer = subprocess.run([os.path.join(REPO, "scripts", "dev-slurm"), "start"], capture_output=True,
-                            text=True, timeout=900)
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    found = {}
-    for word in answer.stdout.split():
-        name, _, value = word.partition("=")
-        if name in names:
-            found[name] = value
-    assert set(found) == set(names), f"scripts/dev-slurm printed {answer.stdout!r}"
-    return found
-
-
 @pytest.fixture(scope="module")
 def dev_slurm(users):
-    return _dev_slurm_environment()
+    return dev_slurm_environment()
 
 
 @pytest.fixture

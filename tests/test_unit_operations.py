@@ -40,12 +40,16 @@ def test_readyz_tells_others_which_check_fails_but_not_why(portal, headers):
     assert answer.status_code == 503 and answer.json["ready"] is False
     checks = answer.json["checks"]
     assert checks["database"] == {"ok": True}
+    # Which Slurm backend is in use is no secret; why (hosts, settings) is.
+    assert checks.pop("slurm") == {"ok": True, "backend": "cli"}
     assert all(set(check) == {"ok"} for check in checks.values())
 
 
 def test_readyz_gives_an_administrator_the_reasons(portal):
     checks = portal.get("/readyz", user="alice", admin=True).json["checks"]
     assert checks["database"] == {"ok": True, "detail": "reachable"}
+    assert checks.pop("slurm") == {"ok": True, "backend": "cli",
+                                   "detail": "cli: slurm.backend is auto; slurm.rest_url is not set"}
     assert all(set(check) == {"ok", "detail"} for check in checks.values())
 
 

@@ -27,6 +27,8 @@ from .catalog.images import ImageCatalog
 from .catalog.indexer import Indexer
 from .catalog.template_catalog import TemplateCatalog, TemplateKind
 from .config import Config
+from .errors import ConfigError
+from .jobs.backends import BackendChoice
 from .jobs.dependencies import JobGraph
 from .jobs.folder import JobFolders
 from .jobs.metrics import JobMetrics
@@ -35,7 +37,11 @@ from .jobs.output import JobOutput
 from .jobs.results import JobResults
 from .jobs.service import JobService
 from .ratelimit import RateLimits
-from .slurm import Slurm, SlurmRunner
+from .security import slurm_key_in_use
+from .slurm import SlurmRunner
+from .slurm.client import CommandBackend
+from .slurm.rest import SlurmRest, TokenSigner
+from .slurm.restbackend import RestBackend
 from .uploads.classify import Classifier
 from .uploads.janitor import UploadJanitor
 from .uploads.metrics import UploadMetrics
@@ -105,6 +111,7 @@ def build_portal(config, clock=time.time):
                                 favourites=Favourites(database))
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
+    backends = jobs.backends
     job_output = JobOutput(
         jobs, max_slice=config.slurm.max_output_slice,
         # Streams hold worker threads: one is always left for other requests.
@@ -120,7 +127,8 @@ def build_portal(config, clock=time.time):
     monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
                          margin=2 * config.slurm.command_timeout + 10)
     # The audit trail first, so stopped last: it stores the records of the last requests.
-    services = (audit, indexer, janitor, monitor)
+    # The backend is chosen before the monitor's first pass asks Slurm.
+    services = (audit, indexer, janitor, backends, monitor)
 
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
@@ -144,10 +152,36 @@ def _jobs(config, database, registry, *, images, templates, uploads):
     metrics = JobMetrics(registry)
     runner = SlurmRunner(settings.bin_dir, settings.conf, settings.command_timeout,
                          observe=metrics.observe)
-    slurm = Slurm(runner, squeue_interval=settings.squeue_interval,
-                  partition_cache=settings.partition_cache)
+    backends = _slurm_backends(config, runner)
     metrics.squeue_age.set_function(
-        lambda: -1 if slurm.snapshot_age() is None else slurm.snapshot_age())
-    service = JobService(config, database, slurm, JobFolders(config.paths.uploads),
+        lambda: -1 if backends.current().snapshot_age() is None else backends.current().snapshot_age())
+    service = JobService(config, database, backends, JobFolders(config.paths.uploads),
                          images=images, templates=templates, uploads=uploads, metrics=metrics)
     return service, metrics
+
+
+def _slurm_backends(config, runner):
+    """The commands, slurmrestd when ``slurm.backend`` may use it, and the choice between them."""
+    settings = config.slurm
+    caches = {"squeue_interval": settings.squeue_interval, "partition_cache": settings.partition_cache}
+    commands = CommandBackend(runner, **caches)
+
+    def choice(mode, rest=None, reason=""):
+        return BackendChoice(mode, commands, rest, reason=reason, interval=settings.poll_interval,
+                             margin=settings.command_timeout + 10)
+
+    if settings.backend == "cli":
+        return choice("cli", reason="slurm.backend is cli")
+    if not settings.rest_url:
+        return choice("cli", reason="slurm.backend is auto; slurm.rest_url is not set")
+    if not slurm_key_in_use(config):
+        return choice("cli", reason="slurm.backend is auto; the file slurm.jwt_key_file names does not exist")
+    try:
+        signer = TokenSigner.from_file(settings.jwt_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"slurm.jwt_key_file: cannot read {settings.jwt_key_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    client = SlurmRest(settings.rest_url, signer, timeout=settings.command_timeout,
+                       pool_size=max(4, config.server.threads))
+    rest = RestBackend(client, accounting=commands, **caches)
+    return choice(settings.backend, rest, reason=f"slurm.backend is {settings.backend}; not checked yet")

@@ -23,7 +23,7 @@ from ..errors import UnsafePath
 from ..models.base import utcnow
 from ..models.jobs import Job
 from ..passes import PassClock
-from ..slurm.client import COMMENT_PREFIX
+from ..slurm.backend import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
 
@@ -40,7 +40,7 @@ class JobMonitor:
         """``margin``: what a pass may take beyond ``interval`` (its squeue and
         sacct calls, each up to Slurm's command timeout)."""
         self._service = service
-        self._slurm = service.slurm
+        self._backends = service.backends
         self._database = database
         self._interval = interval
         # Submission ids known to have a row: each squeue job is looked up once.
@@ -91,9 +91,11 @@ class JobMonitor:
             self.wake.clear()
 
     def run_once(self):
-        snapshot = self._slurm.snapshot(max_age=min(self._interval / 2, 5))
+        # One backend for the whole pass.
+        slurm = self._backends.current()
+        snapshot = slurm.snapshot(max_age=min(self._interval / 2, 5))
         self.recover(snapshot)
-        self.record_states(snapshot)
+        self.record_states(snapshot, slurm)
 
     def recover(self, snapshot):
         """Record the portal's jobs Slurm has and the database lacks (lost sbatch answers)."""
@@ -141,7 +143,7 @@ class JobMonitor:
             return True
         return False
 
-    def record_states(self, snapshot):
+    def record_states(self, snapshot, slurm):
         rows = list(Job.select().where(~(Job.state << list(FINAL_STATES))))
         forgotten = []
         for row in rows:
@@ -156,7 +158,7 @@ class JobMonitor:
         forgotten = [r for r in forgotten if self._missing.setdefault(r.slurm_job_id, time.monotonic())
                      > time.monotonic() - GIVE_UP_AFTER]
         if forgotten:
-            finished = self._slurm.finished([r.slurm_job_id for r in forgotten])
+            finished = slurm.finished([r.slurm_job_id for r in forgotten])
             for row in forgotten:
                 if row.slurm_job_id in finished:
                     self._store(row, finished[row.slurm_job_id])

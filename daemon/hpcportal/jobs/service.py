@@ -27,7 +27,7 @@ from ..models.base import isoformat, rebuildable_transaction, utcnow
 from ..models.jobs import Job
 from ..slurm import directives
 from ..slurm import script as batch
-from ..slurm.client import COMMENT_PREFIX
+from ..slurm.backend import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 from . import listing
@@ -100,13 +100,14 @@ def serialize_job(row, live=None):
 
 
 class JobService:
-    """``slurm``: hpcportal.slurm.client.Slurm; ``folders``: JobFolders; ``images``,
-    ``templates`` and ``uploads``: the catalogs and uploads a submission draws from."""
+    """``backends``: a ``BackendChoice`` (each call takes its Slurm backend from it once);
+    ``folders``: JobFolders; ``images``, ``templates`` and ``uploads``: the catalogs and
+    uploads a submission draws from."""
 
-    def __init__(self, config, database, slurm, folders, *, images, templates, uploads, metrics):
+    def __init__(self, config, database, backends, folders, *, images, templates, uploads, metrics):
         self._config = config
         self._database = database
-        self.slurm = slurm
+        self.backends = backends
         self.folders = folders
         self._images = images
         self._templates = templates
@@ -122,13 +123,13 @@ class JobService:
         if not isinstance(body, dict):
             raise ValidationError("The request body must be a JSON object.")
         try:
-            plan = self._plan(user, body)
+            plan = self._plan(user, body, self.backends.current())
         except (ValidationError, PermissionDenied):
             self._count("refused")
             raise
         return self._run(user, plan)
 
-    def _plan(self, user, body):
+    def _plan(self, user, body, slurm):
         """Everything the submission needs, checked; a ValidationError lists every bad field.
         Only a request valid in itself asks Slurm anything (its partitions, last)."""
         errors = type_errors(body)
@@ -170,7 +171,7 @@ class JobService:
                               **{k: v for k, v in resources.items() if v is not None}},
                 "body_resources": resources, "script_options": script_options,
                 "files": files, "image": image, "client_job_id": client_job_id or None,
-                "template": None, "parameters": None, "template_files": template_files}
+                "template": None, "parameters": None, "template_files": template_files, "slurm": slurm}
         if use_template:
             self._render_template(user, body, plan)
         self._check_partition(plan, use_template)
@@ -182,7 +183,7 @@ class JobService:
     def _check_partition(self, plan, use_template):
         """The job's partition exists (the default one is written out) and its image may run there."""
         resources = plan["resources"]
-        partitions = self.slurm.partitions()
+        partitions = plan["slurm"].partitions()
         names = [p["name"] for p in partitions]
         partition = resources.get("partition")
         if partition is not None and partition not in names:
@@ -242,6 +243,7 @@ class JobService:
             plan["batch_script"] = batch.render_batch_script(spec)
         except ValueError as exc:
             raise ValidationError(f"The job cannot be written safely: {exc}.") from None
+        plan["spec"] = spec
         plan["user_script"] = spec.script
         plan["user_script_path"] = spec.script_path
 
@@ -342,10 +344,11 @@ class JobService:
             name = posixpath.basename(plan.get("user_script_path") or USER_SCRIPT)
             files[name] = (plan["user_script"].encode("utf-8"), 0o750)
         job_dir = self.folders.create(user, submission_id, files)
+        slurm = plan["slurm"]
         try:
-            job_id = self.slurm.submit(user, posixpath.join(job_dir, BATCH_SCRIPT), cwd=job_dir)
+            job_id = slurm.submit(user, plan["spec"], plan["batch_script"], posixpath.join(job_dir, BATCH_SCRIPT))
         except SlurmAnswerLost as exc:
-            job_id = self._recover_now(submission_id)
+            job_id = self._recover_now(slurm, submission_id)
             if job_id is None:
                 self._count("failed")
                 # The folder stays: JobMonitor records the job if it shows up in Slurm.
@@ -367,9 +370,9 @@ class JobService:
         return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
                 "submissionId": submission_id}
 
-    def _recover_now(self, submission_id):
+    def _recover_now(self, slurm, submission_id):
         try:
-            found = self.slurm.find_by_submission(submission_id)
+            found = slurm.find_by_submission(submission_id)
         except SlurmUnavailable:
             return None
         return found["job_id"] if found else None
@@ -417,10 +420,10 @@ class JobService:
 
     # -- reading -----------------------------------------------------------------
 
-    def _live(self):
-        """(squeue snapshot jobs or None, note)."""
+    def _live(self, slurm=None):
+        """(the snapshot's jobs or None, note)."""
         try:
-            return self.slurm.snapshot().jobs, None
+            return (slurm or self.backends.current()).snapshot().jobs, None
         except SlurmUnavailable as exc:
             return None, exc.message
 
@@ -463,8 +466,8 @@ class JobService:
             raise NotFound(f"There is no job {job_id} of yours.", code="job_not_found")
         return row
 
-    def live_state(self, row):
-        live, _ = self._live()
+    def live_state(self, row, slurm=None):
+        live, _ = self._live(slurm)
         return live.get(row.slurm_job_id) if live else None
 
     def detail(self, user, job_id):
@@ -506,12 +509,13 @@ class JobService:
         row = self.row_for(user, job_id)
         if row.user != user.name:
             raise PermissionDenied("Jobs are cancelled by their owners.", code="not_owner")
-        live = self.live_state(row)
+        slurm = self.backends.current()
+        live = self.live_state(row, slurm)
         state = live["state"] if live else row.state
         if state in FINAL_STATES:
             raise Conflict(f"Job {row.slurm_job_id} has already ended ({state}).", code="job_finished")
         try:
-            self.slurm.cancel(user, row.slurm_job_id)
+            slurm.cancel(user, row.slurm_job_id)
         except SlurmRefused as exc:
             if "already completing or completed" in exc.message or "Invalid job id" in exc.message:
                 raise Conflict(f"Job {row.slurm_job_id} has already ended: {exc.message}",
@@ -522,13 +526,13 @@ class JobService:
     def partitions(self):
         items = []
         images = self._images.images()
-        for partition in self.slurm.partitions():
+        for partition in self.backends.current().partitions():
             items.append({**partition,
                           "images": [i["id"] for i in images if partition["name"] in (i.get("partitions") or [])]})
         return items
 
     def associations(self, user):
-        items, note = self.slurm.associations(user)
+        items, note = self.backends.current().associations(user)
         answer = {"associations": items, "accounts": sorted({a["account"] for a in items}),
                   "qos": sorted({q for a in items for q in a["qos"]})}
         if note:

@@ -26,10 +26,11 @@ class ReadinessResource:
         checks = {"database": self._database_check()}
         for service in self._services:
             ok, detail = service.health()
-            checks[getattr(service, "name", type(service).__name__)] = {"ok": ok, "detail": detail}
+            public = service.public_health() if hasattr(service, "public_health") else {}
+            checks[getattr(service, "name", type(service).__name__)] = {"ok": ok, **public, "detail": detail}
         ready = all(check["ok"] for check in checks.values())
         if not self._admin(req.get_header("Authorization")):
-            checks = {name: {"ok": check["ok"]} for name, check in checks.items()}
+            checks = {name: {k: v for k, v in check.items() if k != "detail"} for name, check in checks.items()}
         resp.status = 200 if ready else 503
         resp.media = {"ready": ready, "checks": checks}
 

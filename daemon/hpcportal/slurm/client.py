@@ -1,93 +1,40 @@
-"""The Slurm operations the portal needs, on top of ``SlurmRunner``.
+"""The command backend: Slurm's commands, run by ``SlurmRunner``.
 
 State queries (squeue, sinfo) run as the daemon (root on a head node, so
-``PrivateData`` hides nothing) and are shared by every request through short
-caches: many users refreshing their job lists cost one squeue call every
-``squeue_interval`` seconds, not one per request. Actions (sbatch, scancel)
-run as the user.
+``PrivateData`` hides nothing) and are shared by every request through the
+caches of ``backend.SlurmBackend``: many users refreshing their job lists cost
+one squeue call every ``squeue_interval`` seconds, not one per request. Actions
+(sbatch, scancel) run as the user.
 """
 
 import logging
 import re
-import threading
-import time
 
+from .backend import SlurmBackend
 from .parse import parse_sacct_completion, parse_sinfo, parse_squeue_json
-from .runner import SlurmRefused, SlurmUnavailable
+from .runner import SlurmRefused
 
 log = logging.getLogger("hpcportal.slurm")
 
-COMMENT_PREFIX = "hpcportal:"
 _JOB_ID = re.compile(r"^(\d+)(?:;\S+)?$")
 
 
-class Snapshot:
-    """One squeue answer: jobs by id and the monotonic time it was taken."""
+class CommandBackend(SlurmBackend):
+    name = "cli"
 
-    def __init__(self, jobs, taken):
-        self.jobs = {job["job_id"]: job for job in jobs}
-        self.taken = taken
-        self.by_comment = {job["comment"]: job for job in jobs if job["comment"].startswith(COMMENT_PREFIX)}
-
-
-class Slurm:
-    def __init__(self, runner, *, squeue_interval=3.0, partition_cache=30.0, clock=time.monotonic):
+    def __init__(self, runner, **caches):
+        super().__init__(**caches)
         self.runner = runner
-        self._squeue_interval = squeue_interval
-        self._partition_cache = partition_cache
-        self._clock = clock
-        self._snapshot = None
-        self._failure = None  # (SlurmUnavailable, when) of the last squeue that failed
-        self._snapshot_lock = threading.Lock()
-        self._partitions = None
-        self._partitions_taken = None
-        self._partitions_lock = threading.Lock()
 
-    # -- jobs ------------------------------------------------------------------
+    def _fetch_jobs(self):
+        return parse_squeue_json(self.runner.run("squeue", ["--json", "--all", "-t", "all"]).stdout)
 
-    def snapshot(self, max_age=None):
-        """The shared squeue snapshot, refreshed when older than ``max_age``.
+    def _fetch_partitions(self):
+        return parse_sinfo(self.runner.run("sinfo", ["-h", "-a", "-o", "%P|%a|%D|%c|%m|%l|%G|%t"]).stdout)
 
-        One thread refreshes while the others wait for its answer (single
-        flight), so a burst of requests costs one squeue call."""
-        max_age = self._squeue_interval if max_age is None else max_age
-        current = self._snapshot
-        if current is not None and self._clock() - current.taken <= max_age:
-            return current
-        with self._snapshot_lock:
-            current = self._snapshot
-            if current is not None and self._clock() - current.taken <= max_age:
-                return current
-            failure = self._failure
-            if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
-                # A controller that just failed to answer is not asked again at once:
-                # waiting requests get the same answer instead of queueing for squeue's timeout.
-                raise failure[0]
-            started = self._clock()
-            try:
-                answer = self.runner.run("squeue", ["--json", "--all", "-t", "all"])
-                snapshot = Snapshot(parse_squeue_json(answer.stdout), started)
-            except SlurmUnavailable as exc:
-                self._failure = (exc, self._clock())
-                raise
-            self._failure = None
-            self._snapshot = snapshot
-            return snapshot
-
-    def snapshot_age(self):
-        current = self._snapshot
-        return None if current is None else self._clock() - current.taken
-
-    def invalidate(self):
-        self._snapshot = None
-
-    def find_by_submission(self, submission_id):
-        """The job Slurm knows with our ``--comment``, from a fresh squeue, or None."""
-        return self.snapshot(max_age=0).by_comment.get(COMMENT_PREFIX + submission_id)
-
-    def submit(self, user, script_path, cwd):
-        """sbatch as ``user``; Slurm's job id. The options are all in the script."""
-        answer = self.runner.run("sbatch", ["--parsable", script_path], user=user, cwd=cwd)
+    def submit(self, user, spec, script, script_path):
+        """sbatch as ``user``: every option is in the batch script."""
+        answer = self.runner.run("sbatch", ["--parsable", script_path], user=user, cwd=spec.workdir)
         lines = [line.strip() for line in answer.stdout.splitlines() if line.strip()]
         match = _JOB_ID.match(lines[-1]) if lines else None
         if not match:
@@ -112,19 +59,6 @@ class Slurm:
         return parse_sacct_completion(answer.stdout)
 
     # -- partitions and associations -------------------------------------------------
-
-    def partitions(self):
-        """Partitions (cached for ``partition_cache`` seconds)."""
-        now = self._clock()
-        if self._partitions is not None and now - self._partitions_taken <= self._partition_cache:
-            return self._partitions
-        with self._partitions_lock:
-            if self._partitions is not None and self._clock() - self._partitions_taken <= self._partition_cache:
-                return self._partitions
-            answer = self.runner.run("sinfo", ["-h", "-a", "-o", "%P|%a|%D|%c|%m|%l|%G|%t"])
-            self._partitions = parse_sinfo(answer.stdout)
-            self._partitions_taken = self._clock()
-            return self._partitions
 
     def associations(self, user):
         """``(associations, note)``: the user's accounts and QOS from sacctmgr."""

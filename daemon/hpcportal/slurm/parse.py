@@ -52,45 +52,48 @@ def parse_squeue_json(text):
         first = document["errors"][0]
         raise SlurmUnavailable(
             f"{UNREACHABLE_PREFIX}: {first.get('description') or first.get('error') or 'squeue failed'}.")
-    jobs = []
-    for job in document.get("jobs") or []:
-        exit_code = job.get("exit_code")
-        if isinstance(exit_code, dict):  # newer Slurm: {"status": ..., "return_code": ...}
-            code = exit_code.get("return_code")
-            exit_code = f"{code.get('number', 0) if isinstance(code, dict) else (code or 0)}:0"
-        else:
-            exit_code = exit_code_from_status(exit_code)
-        jobs.append({
-            "job_id": str(job.get("job_id")),
-            "name": job.get("name"),
-            "user": job.get("user_name"),
-            "uid": job.get("user_id"),
-            "partition": job.get("partition"),
-            "state": _state(job.get("job_state")),
-            "reason": job.get("state_reason") if job.get("state_reason") not in (None, "None") else None,
-            "exit_code": exit_code,
-            "submitted_at": utc_from_epoch(_number(job.get("submit_time"))),
-            "started_at": utc_from_epoch(_number(job.get("start_time"))),
-            "ended_at": utc_from_epoch(_number(job.get("end_time"))),
-            "nodes": job.get("nodes") or None,
-            "comment": job.get("comment") or "",
-            "time_limit": _number(job.get("time_limit")),
-            "cpus": _number(job.get("cpus")),
-            "node_count": _number(job.get("node_count")),
-            "work_dir": job.get("current_working_directory"),
-            # 0 and "" when the job is no array; the pending rest of an array is one entry
-            # with no task id and its tasks in array_task_string.
-            "array_job_id": str(job["array_job_id"]) if _number(job.get("array_job_id")) else None,
-            "array_task_id": _number(job.get("array_task_id")),
-            "array_tasks": job.get("array_task_string") or None,
-            "dependency": job.get("dependency") or None,
-            "stdout": job.get("standard_output") or None,
-            "stderr": job.get("standard_error") or None,
-            "account": job.get("account") or None,
-            "qos": job.get("qos") or None,
-            "tres": job.get("tres_req_str") or None,
-        })
-    return jobs
+    return [job_fields(job) for job in document.get("jobs") or []]
+
+
+def job_fields(job):
+    """One job of the v0.0.38 job schema (``squeue --json`` and slurmrestd's jobs share it)
+    with our field names."""
+    exit_code = job.get("exit_code")
+    if isinstance(exit_code, dict):  # newer Slurm: {"status": ..., "return_code": ...}
+        code = exit_code.get("return_code")
+        exit_code = f"{code.get('number', 0) if isinstance(code, dict) else (code or 0)}:0"
+    else:
+        exit_code = exit_code_from_status(exit_code)
+    return {
+        "job_id": str(job.get("job_id")),
+        "name": job.get("name"),
+        "user": job.get("user_name"),
+        "uid": job.get("user_id"),
+        "partition": job.get("partition"),
+        "state": _state(job.get("job_state")),
+        "reason": job.get("state_reason") if job.get("state_reason") not in (None, "None") else None,
+        "exit_code": exit_code,
+        "submitted_at": utc_from_epoch(_number(job.get("submit_time"))),
+        "started_at": utc_from_epoch(_number(job.get("start_time"))),
+        "ended_at": utc_from_epoch(_number(job.get("end_time"))),
+        "nodes": job.get("nodes") or None,
+        "comment": job.get("comment") or "",
+        "time_limit": _number(job.get("time_limit")),
+        "cpus": _number(job.get("cpus")),
+        "node_count": _number(job.get("node_count")),
+        "work_dir": job.get("current_working_directory"),
+        # 0 and "" when the job is no array; the pending rest of an array is one entry
+        # with no task id and its tasks in array_task_string.
+        "array_job_id": str(job["array_job_id"]) if _number(job.get("array_job_id")) else None,
+        "array_task_id": _number(job.get("array_task_id")),
+        "array_tasks": job.get("array_task_string") or None,
+        "dependency": job.get("dependency") or None,
+        "stdout": job.get("standard_output") or None,
+        "stderr": job.get("standard_error") or None,
+        "account": job.get("account") or None,
+        "qos": job.get("qos") or None,
+        "tres": job.get("tres_req_str") or None,
+    }
 
 
 def _number(value):

@@ -18,7 +18,7 @@ import jwt
 import urllib3
 
 from .http import connection_pool
-from .runner import SlurmRefused, SlurmUnavailable
+from .runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 
 log = logging.getLogger("hpcportal.slurm")
 
@@ -88,6 +88,14 @@ class ApiV0038:
     def job_id(self, answer):
         return int(answer["job_id"])
 
+    def submitted(self, answer):
+        """Whether a submit's answer names a job: Slurm adds notes such as "Job is in held
+        state" to ``errors`` of a job it accepted."""
+        return answer.get("job_id") not in (None, 0)
+
+    def nodes(self, answer):
+        return answer.get("nodes", [])
+
     def jobs(self, answer):
         return answer.get("jobs", [])
 
@@ -134,7 +142,8 @@ class SlurmRest:
         """Submits ``script`` with the job description ``job`` (the REST API's
         fields, ``environment`` required) as ``user``; returns the job id."""
         api = self._adapter()
-        answer = self._call("POST", api.path("job/submit"), user, body=api.submit_body(job, script))
+        answer = self._call("POST", api.path("job/submit"), user, body=api.submit_body(job, script),
+                            done=api.submitted)
         return api.job_id(answer)
 
     def job(self, user, job_id):
@@ -161,6 +170,10 @@ class SlurmRest:
         api = self._adapter()
         return api.partitions(self._call("GET", api.path("partitions"), self._root))
 
+    def nodes(self):
+        api = self._adapter()
+        return api.nodes(self._call("GET", api.path("nodes"), self._root))
+
     def _adapter(self):
         with self._api_lock:
             if self._api is None:
@@ -186,13 +199,21 @@ class SlurmRest:
             headers["Content-Type"] = "application/json"
         try:
             response = self._http.urlopen(method, path, body=data, headers=headers)
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
+            log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
+            raise SlurmUnavailable("slurmrestd cannot be reached.") from None
         except urllib3.exceptions.HTTPError as error:
+            if method == "POST":
+                # Sent, but no answer: the job may exist. The caller looks for it by its comment.
+                log.warning("slurmrestd at %s did not answer a %s: %s", self._url, path, error)
+                raise SlurmAnswerLost(f"slurmrestd did not answer ({type(error).__name__}).") from None
             # The answer does not name the address: where slurmrestd listens is not the caller's business.
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
             raise SlurmUnavailable(f"slurmrestd cannot be reached ({type(error).__name__}).") from None
         return response.status, response.data
 
-    def _call(self, method, path, user, body=None):
+    def _call(self, method, path, user, body=None, done=None):
+        """The JSON answer; ``done(answer)`` tells an answer that succeeded despite notes in ``errors``."""
         status, data = self._request(method, path, user, body)
         if status in (401, 403):
             # Plain text "Authentication failure": a key that does not match slurmctld's.
@@ -202,12 +223,15 @@ class SlurmRest:
         except ValueError:
             raise SlurmUnavailable(f"slurmrestd answered HTTP {status} without JSON.") from None
         errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
+        if errors and status < 400 and done is not None and done(answer):
+            return answer
         if errors:
             # Slurm answers with HTTP 500 and its reasons in ``errors``, for a refusal and an outage alike.
             first = errors[0]
             reason = "; ".join(filter(None, (e.get("description") or e.get("error") for e in errors)))
             number = first.get("error_number", first.get("errno", first.get("error_code")))
-            if _is_outage(number):
+            # 400: slurmrestd could not read the job description (numbered -1 too): a refusal.
+            if status != 400 and _is_outage(number):
                 raise SlurmUnavailable("slurmrestd cannot reach slurmctld, or slurmctld refused the portal's "
                                        "token (is the JWT key slurmctld's?).")
             refused = SlurmRefused(reason[:1000] or "Slurm gave no reason.")

@@ -1,0 +1,123 @@
+"""What the portal asks of Slurm, whichever way it asks: ``SlurmBackend``.
+
+Two backends implement it: the commands (``client.CommandBackend``: sbatch,
+squeue, ... run as the user) and slurmrestd (``restbackend.RestBackend``). Both
+share the caches here: the snapshot of every job (one squeue, or one REST jobs
+call, every ``squeue_interval`` for all requests, single flight) and the
+partition list. Each call on a user's behalf runs as that user (the user's
+uid for a command, the user's token for REST), so Slurm checks what they may do.
+"""
+
+import threading
+import time
+
+from .runner import SlurmUnavailable
+
+COMMENT_PREFIX = "hpcportal:"
+
+
+class Snapshot:
+    """Every job Slurm shows, by id, and the monotonic time it was taken."""
+
+    def __init__(self, jobs, taken):
+        self.jobs = {job["job_id"]: job for job in jobs}
+        self.taken = taken
+        self.by_comment = {job["comment"]: job for job in jobs if job["comment"].startswith(COMMENT_PREFIX)}
+
+
+class SlurmBackend:
+    """The calls: ``submit``, ``cancel``, ``snapshot`` (with ``find_by_submission``),
+    ``finished``, ``partitions``, ``associations``. A subclass supplies ``name`` and
+    ``_fetch_jobs``, ``_fetch_partitions``, ``submit``, ``cancel``, ``finished``
+    and ``associations``."""
+
+    name = None
+
+    def __init__(self, *, squeue_interval=3.0, partition_cache=30.0, clock=time.monotonic):
+        self._squeue_interval = squeue_interval
+        self._partition_cache = partition_cache
+        self._clock = clock
+        self._snapshot = None
+        self._failure = None  # (SlurmUnavailable, when) of the last snapshot that failed
+        self._snapshot_lock = threading.Lock()
+        self._partitions = None
+        self._partitions_taken = None
+        self._partitions_lock = threading.Lock()
+
+    # -- what each backend does --------------------------------------------------
+
+    def _fetch_jobs(self):
+        """Every job Slurm still shows, as ``parse.job_fields`` gives them."""
+        raise NotImplementedError
+
+    def _fetch_partitions(self):
+        """The partitions, as ``parse.parse_sinfo`` gives them."""
+        raise NotImplementedError
+
+    def submit(self, user, spec, script, script_path):
+        """Submits the job ``spec`` (a ``JobSpec`` with the portal's options) as ``user``;
+        ``script`` is its batch script, saved at ``script_path``. Slurm's job id."""
+        raise NotImplementedError
+
+    def cancel(self, user, job_id):
+        raise NotImplementedError
+
+    def finished(self, job_ids):
+        """Final states of jobs the snapshot no longer shows, by job id (may be partial)."""
+        raise NotImplementedError
+
+    def associations(self, user):
+        """``(associations, note)``: the user's accounts and QOS."""
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------
+
+    def snapshot(self, max_age=None):
+        """The shared snapshot, refreshed when older than ``max_age``. One thread
+        refreshes while the others wait for its answer (single flight), so a
+        burst of requests costs one call to Slurm."""
+        max_age = self._squeue_interval if max_age is None else max_age
+        current = self._snapshot
+        if current is not None and self._clock() - current.taken <= max_age:
+            return current
+        with self._snapshot_lock:
+            current = self._snapshot
+            if current is not None and self._clock() - current.taken <= max_age:
+                return current
+            failure = self._failure
+            if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
+                # A controller that just failed to answer is not asked again at once:
+                # waiting requests get the same answer instead of queueing for a timeout.
+                raise failure[0]
+            started = self._clock()
+            try:
+                snapshot = Snapshot(self._fetch_jobs(), started)
+            except SlurmUnavailable as exc:
+                self._failure = (exc, self._clock())
+                raise
+            self._failure = None
+            self._snapshot = snapshot
+            return snapshot
+
+    def snapshot_age(self):
+        current = self._snapshot
+        return None if current is None else self._clock() - current.taken
+
+    def invalidate(self):
+        self._snapshot = None
+
+    def find_by_submission(self, submission_id):
+        """The job Slurm knows with our comment, from a fresh snapshot, or None."""
+        return self.snapshot(max_age=0).by_comment.get(COMMENT_PREFIX + submission_id)
+
+    def partitions(self):
+        """Partitions (cached for ``partition_cache`` seconds)."""
+        now = self._clock()
+        if self._partitions is not None and now - self._partitions_taken <= self._partition_cache:
+            return self._partitions
+        with self._partitions_lock:
+            if self._partitions is not None and self._clock() - self._partitions_taken <= self._partition_cache:
+                return self._partitions
+            self._partitions = self._fetch_partitions()
+            self._partitions_taken = self._clock()
+            return self._partitions

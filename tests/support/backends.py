@@ -1,0 +1,76 @@
+"""Slurm backends for tests: the job tests run through the commands and through slurmrestd.
+
+Loaded as a pytest plugin by ``tests/conftest.py``. ``slurm_backend`` is the
+``slurm`` settings ``daemon_factory`` gives its daemons: ``{"backend": "cli"}``, or
+``{"backend": "rest", ...}`` with the local slurmrestd's address and key (from
+``SLURM_REST_URL``/``SLURM_JWT_KEY_FILE`` or ``scripts/dev-slurm start``); None for
+tests not marked. ``@pytest.mark.slurm_backends("cli", "rest")`` (on a module or a
+test; the closest wins) runs a test once per backend. REST runs on SQLite only:
+the database does not change what the backend does, and the suite stays short.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from .slurm import REPO
+
+NAMES = ("SLURM_CONF", "SLURM_REST_URL", "SLURM_JWT_KEY_FILE")
+
+
+def dev_slurm_environment():
+    """SLURM_CONF, SLURM_REST_URL and SLURM_JWT_KEY_FILE, from the environment or from
+    ``scripts/dev-slurm start`` (which leaves a running cluster alone)."""
+    if all(os.environ.get(n) for n in NAMES):
+        return {n: os.environ[n] for n in NAMES}
+    answer = subprocess.run([os.path.join(REPO, "scripts", "dev-slurm"), "start"], capture_output=True,
+                            text=True, timeout=900)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    found = {}
+    for word in answer.stdout.split():
+        name, _, value = word.partition("=")
+        if name in NAMES:
+            found[name] = value
+    assert set(found) == set(NAMES), f"scripts/dev-slurm printed {answer.stdout!r}"
+    return found
+
+
+def rest_settings():
+    found = dev_slurm_environment()
+    return {"backend": "rest", "rest_url": found["SLURM_REST_URL"], "jwt_key_file": found["SLURM_JWT_KEY_FILE"]}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm_backends(*names): run this test through each Slurm backend "
+                                       "named (cli, rest)")
+
+
+def pytest_generate_tests(metafunc):
+    if "slurm_backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("slurm_backends")
+    if marker is None:
+        return
+    metafunc.parametrize("slurm_backend", marker.args, indirect=True, ids=[f"slurm-{n}" for n in marker.args])
+
+
+def pytest_collection_modifyitems(config, items):
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("slurm_backend") == "rest" and params.get("db_url", "sqlite") != "sqlite":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture
+def slurm_backend(request):
+    name = getattr(request, "param", None)
+    if name is None:
+        return None
+    return rest_settings() if name == "rest" else {"backend": name}
