@@ -31,10 +31,13 @@ def main(argv=None, out=None, err=None):
         err.write(f"hpcportal: error: {exc.message}\n")
         return EXIT_USAGE if exc.code == "usage" else EXIT_ERROR
     except KeyboardInterrupt:
-        err.write("\nhpcportal: interrupted (an upload resumes where it stopped when run again)\n")
+        hint = " (run the same command again to resume the upload)" if args.command == "upload" else ""
+        err.write(f"\nhpcportal: interrupted{hint}\n")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `hpcportal logs 12 | head`: the reader has gone, so has the need
-        sys.stdout = None
+    except BrokenPipeError:
+        # `hpcportal logs 12 | head`: the reader has gone. Python's own advice: point stdout
+        # at /dev/null so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
