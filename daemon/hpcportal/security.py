@@ -29,6 +29,7 @@ EXPOSED_HEADERS = (
     "ETag", "Location", "Retry-After", "X-Request-ID", "Content-Range", "Content-Disposition",
     "Tus-Resumable", "Tus-Version", "Tus-Max-Size", "Tus-Extension", "Upload-Offset",
     "Upload-Length", "Upload-Expires", "Upload-Metadata", "Upload-Defer-Length", "Upload-File-Id",
+    "WWW-Authenticate",
 )
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
