@@ -213,8 +213,8 @@ def build_app(portal: Portal):
     me.add_routes(app)
     images.add_routes(app, catalog=portal.images, indexer=portal.indexer,
                       rate_limits=portal.rate_limits)
-    templates.add_routes(app, catalog=portal.templates, indexer=portal.indexer,
-                         rate_limits=portal.rate_limits, config=config)
+    templates.add_routes(app, catalog=portal.templates, mine=portal.my_templates,
+                         indexer=portal.indexer, rate_limits=portal.rate_limits, config=config)
     uploads.add_routes(app, uploads=portal.uploads, rate_limits=portal.rate_limits)
     jobs.add_routes(app, service=portal.jobs, output=portal.job_output, files=portal.job_files,
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,

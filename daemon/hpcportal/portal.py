@@ -25,7 +25,9 @@ from .auth import Authenticator, TokenVerifier, UserDirectory
 from .catalog.favourites import Favourites
 from .catalog.images import ImageCatalog
 from .catalog.indexer import Indexer
+from .catalog.my_templates import MyTemplates
 from .catalog.template_catalog import TemplateCatalog, TemplateKind
+from .catalog.template_files import UserTemplateFiles
 from .config import Config
 from .errors import ConfigError
 from .jobs.backends import BackendChoice
@@ -67,6 +69,8 @@ class Portal:
     images: ImageCatalog
     uploads: Uploads
     templates: TemplateCatalog
+    # Users' own templates written through the API.
+    my_templates: MyTemplates
     jobs: JobService
     job_output: JobOutput
     job_files: JobResults
@@ -107,8 +111,10 @@ def build_portal(config, clock=time.time):
     uploads = _uploads(config, database, registry, clock)
     template_kind = TemplateKind(database, os.path.normpath(config.paths.templates))
     indexer.register(template_kind)
+    favourites = Favourites(database)
     templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads,
-                                favourites=Favourites(database))
+                                favourites=favourites)
+    my_templates = MyTemplates(templates, indexer, UserTemplateFiles(config.paths.templates), favourites)
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     backends = jobs.backends
@@ -132,8 +138,9 @@ def build_portal(config, clock=time.time):
 
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
-                  uploads=uploads, templates=templates, jobs=jobs, job_output=job_output,
-                  job_files=job_files, job_graph=job_graph, services=services, stopping=stopping, clock=clock)
+                  uploads=uploads, templates=templates, my_templates=my_templates, jobs=jobs,
+                  job_output=job_output, job_files=job_files, job_graph=job_graph, services=services,
+                  stopping=stopping, clock=clock)
 
 
 def _uploads(config, database, registry, clock):

@@ -435,6 +435,24 @@ class Indexer:
             for r in gone:
                 log.info("catalog %s: removed %s", kind.name, r)
 
+    def index_now(self, kind_name, relpaths):
+        """Index (or forget) these files at once, without waiting for them to settle:
+        for files the daemon itself has just written whole or removed. The
+        ``ScanResult``; listeners are told as after any batch."""
+        kind = self._kinds[kind_name]
+        result = ScanResult(kind.name)
+        with self._lock:
+            for relpath in relpaths:
+                path = os.path.join(kind.root, *relpath.split("/"))
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:
+                    self._remove_below(kind, relpath, result)
+                    continue
+                self._index_one(kind, relpath, path, FileState.of(stat, kind.companion_state(path)), result)
+            self._finish(kind, result)
+        return result
+
     # -- full reconciliation -------------------------------------------------
 
     def scan(self, names=None):

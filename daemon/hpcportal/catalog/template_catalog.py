@@ -22,13 +22,14 @@ import posixpath
 import threading
 from dataclasses import dataclass, field
 
-from ..errors import NotFound, PermissionDenied, ValidationError
+from ..errors import NotFound, PermissionDenied, UnsafePath, ValidationError
 from ..models.base import isoformat
 from ..models.templates import Template
 from ..slurm.script import input_path
 from . import templates as tpl
 from .index_store import ModelKind, generation
 from .kinds import InvalidFile
+from .template_files import is_user_file, read_user_file
 
 log = logging.getLogger("hpcportal.catalog.templates")
 
@@ -56,10 +57,15 @@ class TemplateKind(ModelKind):
 
     def parse(self, path, relpath):
         try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_TEMPLATE_BYTES + 1)
+            if is_user_file(relpath):
+                raw = read_user_file(self.root, relpath, MAX_TEMPLATE_BYTES + 1)
+            else:
+                with open(path, "rb") as handle:
+                    raw = handle.read(MAX_TEMPLATE_BYTES + 1)
         except OSError as exc:
             raise InvalidFile(f"cannot be read: {exc.strerror}") from None
+        except UnsafePath as exc:
+            raise InvalidFile(f"not read: {exc.message}") from None
         if len(raw) > MAX_TEMPLATE_BYTES:
             raise InvalidFile(f"larger than {MAX_TEMPLATE_BYTES} bytes; a template is a short YAML file")
         try:

@@ -1,5 +1,7 @@
 """/api/v2/templates: thin HTTP over catalog.template_catalog."""
 
+import falcon
+
 from ..catalog import template_catalog as catalogmod
 from ..catalog import templates as tpl
 from ..errors import ValidationError
@@ -28,8 +30,11 @@ def _version_param(req):
 
 
 class TemplatesResource:
-    def __init__(self, catalog):
+    """The list and one template; ``mine`` (MyTemplates) creates, versions and deletes users' own."""
+
+    def __init__(self, catalog, mine):
         self._catalog = catalog
+        self._mine = mine
 
     def on_get(self, req, resp):
         include_invalid = bool_param(req, "include_invalid", False)
@@ -46,6 +51,29 @@ class TemplatesResource:
     def on_get_item(self, req, resp, template_id):
         item = self._catalog.get(req.context.user, template_id, version=_version_param(req))
         answer_cacheable(req, resp, item, max_age=MAX_AGE)
+
+    def on_post(self, req, resp):
+        body = read_json(req)
+        item = self._mine.create(req.context.user, body.get("yaml"))
+        req.context.audit_target = item["id"]
+        req.context.audit_detail = {"version": item["version"]}
+        resp.status = falcon.HTTP_201
+        resp.set_header("Location", f"/api/v2/templates/{item['id']}")
+        resp.media = item
+
+    def on_put_item(self, req, resp, template_id):
+        req.context.audit_target = template_id
+        body = read_json(req)
+        item = self._mine.update(req.context.user, template_id, body.get("yaml"))
+        req.context.audit_detail = {"version": item["version"]}
+        resp.media = item
+
+    def on_delete_item(self, req, resp, template_id):
+        req.context.audit_target = template_id
+        version = _version_param(req)
+        self._mine.delete(req.context.user, template_id, version=version)
+        req.context.audit_detail = {"version": version} if version else None
+        resp.status = falcon.HTTP_204
 
 
 class FavouriteResource:
@@ -87,8 +115,8 @@ class RenderResource:
         resp.media = {"success": True, **result}
 
 
-def add_routes(app, *, catalog, indexer, rate_limits, config):
-    templates = TemplatesResource(catalog)
+def add_routes(app, *, catalog, mine, indexer, rate_limits, config):
+    templates = TemplatesResource(catalog, mine)
     # The schema route is added before {template_id} so "schema" is never taken for an id.
     app.add_route("/api/v2/templates/schema", SchemaResource())
     app.add_route("/api/v2/templates", templates)
