@@ -17,7 +17,7 @@ from . import errors
 from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
 from .oversize import OversizedBodyMiddleware
-from .resources import health, images, insight, jobs, me, templates, uploads
+from .resources import health, images, insight, jobs, me, template_sharing, templates, uploads
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -220,4 +220,5 @@ def build_app(portal: Portal):
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
                     max_script_size=config.slurm.max_script_size)
     insight.add_routes(app, graph=portal.job_graph)
+    template_sharing.add_routes(app, job_templates=portal.job_templates)
     return app

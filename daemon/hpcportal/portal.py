@@ -30,6 +30,7 @@ from .catalog.template_catalog import TemplateCatalog, TemplateKind
 from .catalog.template_files import UserTemplateFiles
 from .config import Config
 from .errors import ConfigError
+from .jobs.as_template import JobTemplates
 from .jobs.backends import BackendChoice
 from .jobs.dependencies import JobGraph
 from .jobs.folder import JobFolders
@@ -71,6 +72,8 @@ class Portal:
     templates: TemplateCatalog
     # Users' own templates written through the API.
     my_templates: MyTemplates
+    # Jobs saved as templates.
+    job_templates: JobTemplates
     jobs: JobService
     job_output: JobOutput
     job_files: JobResults
@@ -118,6 +121,7 @@ def build_portal(config, clock=time.time):
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     backends = jobs.backends
+    job_templates = JobTemplates(jobs, templates, my_templates)
     job_output = JobOutput(
         jobs, max_slice=config.slurm.max_output_slice,
         # Streams hold worker threads: one is always left for other requests.
@@ -138,9 +142,9 @@ def build_portal(config, clock=time.time):
 
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
-                  uploads=uploads, templates=templates, my_templates=my_templates, jobs=jobs,
-                  job_output=job_output, job_files=job_files, job_graph=job_graph, services=services,
-                  stopping=stopping, clock=clock)
+                  uploads=uploads, templates=templates, my_templates=my_templates,
+                  job_templates=job_templates, jobs=jobs, job_output=job_output, job_files=job_files,
+                  job_graph=job_graph, services=services, stopping=stopping, clock=clock)
 
 
 def _uploads(config, database, registry, clock):
