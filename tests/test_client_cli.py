@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 
@@ -140,6 +141,31 @@ def test_submit_wait_exits_by_the_jobs_end(portal, tmp_path):
     assert answer["success"] is True and answer["jobId"].isdigit() and answer["submissionId"]
     refused = run_cli(portal, "submit", str(good), "--memory", "lots")
     _one_error_line(refused, "memory", "HTTP 400")
+
+
+def test_submit_from_a_template_with_its_image(portal, tmp_path):
+    from support.sifbuild import build_sif
+    build_sif(os.path.join(portal.shared.images, "compute", "python_3.11.sif"))
+    shutil.copy(os.path.join(REPO, "examples", "templates", "official", "python-script.yaml"),
+                os.path.join(portal.shared.templates, "official"))
+
+    def listed(command, key):
+        done = run_cli(portal, command, "--json")
+        return done.returncode == 0 and key in {item["id"] for item in json.loads(done.stdout)}
+    wait_for(lambda: listed("images", "python_3.11") and listed("templates", "official.python-script"),
+             timeout=60, message="the catalogs")
+    assert "python_3.11" in run_cli(portal, "images", "--partition", "compute").stdout
+    assert "official.python-script" in run_cli(portal, "templates", "--category", "general").stdout
+
+    script = tmp_path / "hello.py"
+    script.write_text('import sys\nprint("인자:", sys.argv[1:])\n')
+    script_id = _json(run_cli(portal, "upload", str(script), "--json"))["file_id"]
+    done = run_cli(portal, "submit", "--template", "official.python-script", "--param", "args=--epochs 3",
+                   "--file", f"script={script_id}", "--cpus", "2", "--wait", "--json", "--interval", "0.5")
+    job = _json(done)
+    assert job["state"] == "COMPLETED" and job["template"]["id"] == "official.python-script"
+    assert job["image"]["id"] == "python_3.11"
+    assert "인자: ['--epochs', '3']" in run_cli(portal, "logs", job["jobId"]).stdout
 
 
 def test_logs_follow_the_live_output_and_cancel(portal, tmp_path):
