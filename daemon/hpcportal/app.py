@@ -17,7 +17,8 @@ from . import errors
 from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
 from .oversize import OversizedBodyMiddleware
-from .resources import health, images, insight, jobs, me, template_sharing, templates, uploads
+from .resources import (health, images, insight, jobs, me, notifications, template_sharing, templates,
+                        uploads)
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -133,7 +134,11 @@ class AuthMiddleware:
             return
         if req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method"):
             return  # CORS preflight carries no credentials by design
-        req.context.user = self._authenticator.authenticate(req.get_header("Authorization"))
+        header = req.get_header("Authorization")
+        if header is None and req.path == notifications.EVENTS_PATH and req.get_param("access_token"):
+            # A browser's EventSource cannot send headers: the stream alone takes the token here.
+            header = f"Bearer {req.get_param('access_token')}"
+        req.context.user = self._authenticator.authenticate(header)
 
 
 def _serialize_http_error(req, resp, exc):
@@ -202,7 +207,8 @@ def build_app(portal: Portal):
     config = portal.config
     app = PortalApp(middleware=[RequestContextMiddleware(portal), SecurityMiddleware(config),
                                 OversizedBodyMiddleware(config.uploads.max_chunk_size),
-                                AuthMiddleware(portal.authenticator)])
+                                AuthMiddleware(portal.authenticator),
+                                notifications.RememberEmail(portal.notifications.preferences)])
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
     _add_error_handlers(app)
@@ -221,4 +227,5 @@ def build_app(portal: Portal):
                     max_script_size=config.slurm.max_script_size)
     insight.add_routes(app, graph=portal.job_graph)
     template_sharing.add_routes(app, job_templates=portal.job_templates)
+    notifications.add_routes(app, notifications=portal.notifications)
     return app

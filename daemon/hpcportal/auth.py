@@ -5,6 +5,7 @@ and the portal react to that library's exact statuses and ``msg`` texts, so
 every refusal here reproduces them (see ``AuthenticationError`` uses below).
 """
 
+import dataclasses
 import grp
 import json
 import os
@@ -31,6 +32,8 @@ class User:
     admin: bool = False
     home: str = ""
     shell: str = ""
+    # The token's ``email`` claim, if any: the default address of notification e-mails.
+    email: str = ""
 
     def serialize(self):
         return {
@@ -197,8 +200,10 @@ class Authenticator:
     def authenticate(self, authorization_header):
         token = self._verifier.token_from_header(authorization_header)
         claims = self._verifier.decode(token)
-        return self._directory.lookup(self._verifier.identity(claims),
+        user = self._directory.lookup(self._verifier.identity(claims),
                                       admin=self._verifier.is_admin(claims))
+        email = claims.get("email")
+        return dataclasses.replace(user, email=email) if isinstance(email, str) and email else user
 
 
 def mint_token(secret, user, *, admin=False, ttl=3600, algorithm="HS256", clock=time.time, **claims):

@@ -305,6 +305,33 @@ SETTINGS = (
       "The job list, details, output and cancel cover every job of the user Slurm knows, also "
       "those submitted without the portal (sbatch on a login node; source: cluster); false shows "
       "only the portal's own jobs."),
+    # notifications (hpcportal.notifications)
+    S("notifications", "retention", parse_duration, "30d", "Notifications older than this are removed."),
+    S("notifications", "pending_warning", parse_duration, "30m",
+      "A job pending this long for lack of resources or a limit gets a job.waiting notification."),
+    S("notifications", "smtp_host", parse_str, "", "The cluster's mail server; empty turns e-mail off."),
+    S("notifications", "smtp_port", parse_int, 25, "The mail server's port."),
+    S("notifications", "smtp_starttls", parse_bool, False, "Use STARTTLS with the mail server."),
+    S("notifications", "smtp_username", _optional(parse_str), None,
+      "User name for the mail server; null sends without logging in."),
+    S("notifications", "smtp_password_file", _optional(parse_path), None,
+      "File holding the mail server password."),
+    S("notifications", "from", parse_str, "hpcportal@localhost", "Sender address of notification e-mails."),
+    S("notifications", "webhook_prefixes", parse_str_list, [],
+      "URL prefixes users' webhooks must start with (e.g. https://chat.example.org/hooks/); "
+      "empty turns webhooks off."),
+    S("notifications", "max_tries", parse_int, 8,
+      "Attempts at one e-mail or webhook call before it is given up (and shown as failed)."),
+    S("notifications", "retry_backoff", parse_duration, "30s",
+      "Wait before the second attempt; each further one waits twice as long (at most 1 h)."),
+    S("notifications", "claim_timeout", parse_duration, "60s",
+      "How long a head may take over one delivery before another head may try it (a head "
+      "that died mid-delivery is replaced after this)."),
+    S("notifications", "max_streams", parse_int, 2000,
+      "Event streams (GET /api/v2/events) open at once on this head; more get 429."),
+    S("notifications", "max_streams_per_user", parse_int, 20,
+      "Event streams one user may have open at once on this head; more get 429."),
+    S("notifications", "stream_heartbeat", parse_duration, "15s", "Heartbeat interval of event streams."),
 )
 del S
 

@@ -46,6 +46,7 @@ MIGRATIONS = [
     (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
     (16, "users' favourite templates", _create_tables("template_sharing", "FAVOURITE_MODELS")),
     (17, "template proposals for community/", _create_tables("template_sharing", "PROPOSAL_MODELS")),
+    (13, "notifications: events, deliveries and preferences", _create_tables("notifications")),
 ]
 
 

@@ -39,6 +39,7 @@ from .jobs.monitor import JobMonitor
 from .jobs.output import JobOutput
 from .jobs.results import JobResults
 from .jobs.service import JobService
+from .notifications import Notifications, build_notifications
 from .ratelimit import RateLimits
 from .security import slurm_key_in_use
 from .slurm import SlurmRunner
@@ -78,6 +79,7 @@ class Portal:
     job_output: JobOutput
     job_files: JobResults
     job_graph: JobGraph
+    notifications: Notifications
     # Started in this order and stopped in the reverse one.
     services: tuple
     # Set when the daemon stops: live output streams end at once.
@@ -133,18 +135,26 @@ def build_portal(config, clock=time.time):
     job_graph = JobGraph(jobs)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
+    notifications = build_notifications(config.notifications, database, holder=_head_name(config))
     # A pass runs squeue and sacct, each allowed the command timeout.
     monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
-                         margin=2 * config.slurm.command_timeout + 10)
+                         margin=2 * config.slurm.command_timeout + 10,
+                         observers=(notifications.jobs.observe,))
     # The audit trail first, so stopped last: it stores the records of the last requests.
     # The backend is chosen before the monitor's first pass asks Slurm.
-    services = (audit, indexer, janitor, backends, monitor)
+    services = (audit, indexer, janitor, backends, monitor, *notifications.services)
 
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
                   uploads=uploads, templates=templates, my_templates=my_templates,
                   job_templates=job_templates, jobs=jobs, job_output=job_output, job_files=job_files,
-                  job_graph=job_graph, services=services, stopping=stopping, clock=clock)
+                  job_graph=job_graph, notifications=notifications,
+                  services=services, stopping=stopping, clock=clock)
+
+
+def _head_name(config):
+    """This daemon among the heads: host, port and process (a restarted head is another holder)."""
+    return f"{socket.gethostname()}:{config.server.port}/{os.getpid()}"
 
 
 def _uploads(config, database, registry, clock):

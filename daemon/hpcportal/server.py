@@ -38,9 +38,16 @@ CHUNK_FRAMING = 64 * 1024
 
 class AnsweringTask(WSGITask):
     """Marks its channel while a response is being produced (see PipelineChannel),
-    and keeps the connection open after answers that have no body."""
+    and keeps the connection open after answers that have no body.
+
+    An app may also keep the connection of a long answer (an event stream) instead of
+    holding this worker thread for its whole life: it calls ``environ["hpcportal.detach"]
+    (take)`` and returns an empty body; waitress then writes nothing on the connection
+    and ``take(socket, head)`` receives it with the response head to send first.
+    """
 
     _bodiless_keep_alive = False
+    handoff = None
 
     def build_response_header(self):
         # waitress ends every HTTP/1.1 connection whose answer lacks Content-Length,
@@ -64,6 +71,39 @@ class AnsweringTask(WSGITask):
             super().service()
         finally:
             self.channel.answering = False
+
+    def get_environment(self):
+        environ = super().get_environment()
+        environ["hpcportal.detach"] = self._detach
+        return environ
+
+    def _detach(self, take):
+        self.handoff = take
+
+    def write(self, data):
+        if self.handoff is None:
+            return super().write(data)
+        if not self.wrote_header:
+            self.wrote_header = True
+            head = [f"HTTP/1.1 {self.status}"]
+            head += [f"{name}: {value}" for name, value in self.response_headers
+                     if name.lower() not in ("content-length", "transfer-encoding", "connection")]
+            head.append("Connection: close")
+            payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+            channel, take = self.channel, self.handoff
+            # Sockets belong to the loop's thread: the connection leaves waitress there.
+            channel.server.trigger.pull_trigger(lambda: _hand_over(channel, payload, take))
+        return None
+
+
+def _hand_over(channel, head, take):
+    if not channel.connected or channel.socket is None or channel.will_close:
+        take(None, head)
+        return
+    channel.del_channel()
+    channel.connected = False
+    sock = socket.socket(fileno=channel.socket.detach())
+    take(sock, head)
 
 
 class PipelineChannel(HTTPChannel):

@@ -36,10 +36,13 @@ GIVE_UP_AFTER = 3600
 class JobMonitor:
     name = "jobs"
 
-    def __init__(self, service, database, *, interval, margin=60):
+    def __init__(self, service, database, *, interval, margin=60, observers=()):
         """``margin``: what a pass may take beyond ``interval`` (its squeue and
-        sacct calls, each up to Slurm's command timeout)."""
+        sacct calls, each up to Slurm's command timeout). ``observers``: called
+        as ``observer(old_state, row)`` with the row holding the new state, inside
+        the transaction that stores it, once across heads."""
         self._service = service
+        self._observers = tuple(observers)
         self._backends = service.backends
         self._database = database
         self._interval = interval
@@ -175,4 +178,12 @@ class JobMonitor:
         if current == values:
             return
         with self._database.atomic():
-            Job.update(updated_at=utcnow(), **values).where(Job.id == row.id).execute()
+            # Conditional on the state read: of two heads that saw one change, one stores it.
+            stored = Job.update(updated_at=utcnow(), **values).where(
+                (Job.id == row.id) & (Job.state == row.state)).execute()
+            if stored and values["state"] != row.state and self._observers:
+                previous = row.state
+                for name, value in values.items():
+                    setattr(row, name, value)
+                for observer in self._observers:
+                    observer(previous, row)

@@ -1,0 +1,149 @@
+"""The delivery worker: sends pending e-mails and webhook calls, once across heads.
+
+Every head runs one. A delivery is claimed with a conditional update (only the
+head whose update changed the row sends it) for ``claim_timeout``; a head that
+dies holding a claim is replaced when the claim runs out. Failures are retried
+with a doubling back-off up to ``max_tries``, then the delivery is marked failed
+and the error shown in the user's preferences. Nothing here runs in a request.
+"""
+
+import datetime
+import logging
+import threading
+
+import peewee
+
+from ..models.base import utcnow
+from ..models.notifications import NotificationDelivery, NotificationEvent, NotificationPreference
+from ..passes import PassClock
+from .mail import DeliveryFailed
+
+log = logging.getLogger("hpcportal.notifications")
+
+# Pending deliveries are looked for this often (and at once after a local event):
+# the first attempt comes within seconds of the event on whichever head is free.
+POLL_SECONDS = 2
+MAX_BACKOFF = 3600
+
+
+class DeliveryWorker:
+    name = "notifications"
+
+    def __init__(self, database, *, mailer, webhooks, preferences, holder, max_tries, backoff,
+                 claim_timeout, periodic=(), clock=utcnow):
+        """``periodic``: callables run once per pass (job.waiting checks, retention)."""
+        self._database = database
+        self._mailer = mailer
+        self._webhooks = webhooks
+        self._preferences = preferences
+        self._holder = holder
+        self._max_tries = max(1, max_tries)
+        self._backoff = backoff
+        self._claim_timeout = claim_timeout
+        self._periodic = tuple(periodic)
+        self._clock = clock
+        self._stop = threading.Event()
+        self.wake = threading.Event()
+        self._thread = None
+        self._passes = PassClock(POLL_SECONDS, claim_timeout + 30)
+        self._last_error = None
+
+    def start(self):
+        self._passes.start()
+        self._thread = threading.Thread(target=self._loop, name="notifications", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self.wake.set()
+        if self._thread:
+            self._thread.join(2)
+
+    def health(self):
+        overdue = self._passes.overdue()
+        if overdue:
+            return False, overdue
+        return True, f"degraded: {self._last_error}" if self._last_error else "delivering"
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.wake.clear()
+            try:
+                with self._database.connection_context():
+                    for task in self._periodic:
+                        task()
+                    while self.run_once() and not self._stop.is_set():
+                        pass
+                self._last_error = None
+            except peewee.PeeweeException as exc:
+                self._last_error = f"database: {exc}"
+                log.warning("notifications: database error: %s", exc)
+            except Exception:  # keep delivering whatever one pass did
+                log.exception("notifications pass failed")
+            self._passes.finished()
+            self.wake.wait(POLL_SECONDS)
+
+    def run_once(self, batch=20):
+        """Claims and sends up to ``batch`` due deliveries; how many were tried."""
+        now = self._clock()
+        due = list(NotificationDelivery.select(NotificationDelivery.id).where(
+            (NotificationDelivery.status == "pending") & (NotificationDelivery.next_attempt_at <= now)
+            & (NotificationDelivery.claimed_until.is_null() | (NotificationDelivery.claimed_until < now)))
+            .order_by(NotificationDelivery.id).limit(batch))
+        tried = 0
+        for row in due:
+            if self._stop.is_set():
+                break
+            delivery = self._claim(row.id)
+            if delivery is not None:
+                self._attempt(delivery)
+                tried += 1
+        return tried
+
+    def _claim(self, delivery_id):
+        now = self._clock()
+        until = now + datetime.timedelta(seconds=self._claim_timeout)
+        claimed = NotificationDelivery.update(
+            claimed_by=self._holder, claimed_until=until, attempts=NotificationDelivery.attempts + 1
+        ).where((NotificationDelivery.id == delivery_id) & (NotificationDelivery.status == "pending")
+                & (NotificationDelivery.claimed_until.is_null() | (NotificationDelivery.claimed_until < now))
+                ).execute()
+        return NotificationDelivery.get_by_id(delivery_id) if claimed == 1 else None
+
+    def _attempt(self, delivery):
+        event = NotificationEvent.get_or_none(NotificationEvent.id == delivery.event_id)
+        mine = (NotificationDelivery.id == delivery.id) & (NotificationDelivery.claimed_by == self._holder)
+        if event is None:  # removed by retention meanwhile
+            NotificationDelivery.update(status="failed", last_error="the event was removed").where(mine).execute()
+            return
+        try:
+            if delivery.channel == "email":
+                if not self._mailer.enabled:
+                    raise DeliveryFailed("e-mail is turned off on this cluster")
+                self._mailer.send(delivery.target, event)
+            else:
+                preference = NotificationPreference.get_or_none(NotificationPreference.user == delivery.user)
+                secret = preference.webhook_secret if preference else None
+                self._webhooks.send(delivery.target, secret, event)
+        except DeliveryFailed as exc:
+            self._failed(delivery, mine, str(exc))
+            return
+        NotificationDelivery.update(status="sent", sent_at=self._clock(), last_error=None,
+                                    claimed_until=None).where(mine).execute()
+        log.info("delivered event %s of %s by %s (attempt %d)", event.id, delivery.user, delivery.channel,
+                 delivery.attempts)
+
+    def _failed(self, delivery, mine, error):
+        attempts = delivery.attempts
+        if attempts >= self._max_tries:
+            NotificationDelivery.update(status="failed", last_error=error, claimed_until=None).where(mine).execute()
+            message = f"gave up after {attempts} attempts: {error}"
+            log.warning("delivery %s of %s %s", delivery.id, delivery.user, message)
+        else:
+            wait = min(MAX_BACKOFF, self._backoff * 2 ** (attempts - 1))
+            NotificationDelivery.update(
+                last_error=error, claimed_until=None,
+                next_attempt_at=self._clock() + datetime.timedelta(seconds=wait)).where(mine).execute()
+            message = f"attempt {attempts} of {self._max_tries} failed, retrying in {wait:.0f} s: {error}"
+            log.info("delivery %s of %s: %s", delivery.id, delivery.user, message)
+        self._preferences.record_error(delivery.user, message)
