@@ -20,7 +20,8 @@ STREAM = {"Accept": "text/event-stream"}
 def read_until(response, wanted, limit=50):
     """SSE events of ``response`` (dicts of fields) until one of type ``wanted``."""
     events, current = [], {}
-    for raw in response.iter_lines(decode_unicode=True):
+    # chunk_size=1: requests would otherwise wait for 512 bytes before giving a line.
+    for raw in response.iter_lines(chunk_size=1, decode_unicode=True):
         if raw == "":
             if current:
                 events.append(current)
