@@ -11,7 +11,8 @@ from support.waiting import wait_for
 
 SUBMIT = "/api/slurm/jobs/submit"
 
-pytestmark = [pytest.mark.slurm, pytest.mark.databases("sqlite")]
+# Each test runs through the commands and through slurmrestd.
+pytestmark = [pytest.mark.slurm, pytest.mark.databases("sqlite"), pytest.mark.slurm_backends("cli", "rest")]
 
 TEMPLATE = """\
 name: Sweep

@@ -54,6 +54,7 @@ def hashed_inputs(text):
     return [tuple(line.split("|", 1)) for line in text.splitlines() if "|" in line]
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 def test_korean_names_with_spaces_reach_the_job_intact(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))
     first_bytes, second_bytes = "가,나\n1,2\n".encode(), b"second upload, same name\n"
@@ -86,6 +87,7 @@ def test_korean_names_with_spaces_reach_the_job_intact(daemon_factory, shared_di
     assert finished["files"] == [first["storage_path"], second["storage_path"], third["storage_path"]]
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_names_sbatch_reads_back_exactly(daemon_factory, shared_dir, slurm_conf):
     """Every kind of printable name is written so that sbatch reads back exactly what was asked."""
@@ -120,6 +122,7 @@ script: |
 """
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_template_submit_takes_korean_files_and_names(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))
@@ -170,6 +173,7 @@ def test_paths_no_quoting_makes_safe_or_not_the_users_are_refused(daemon_factory
     assert daemon.get("/api/slurm/jobs", user="alice").json()["total"] == 0
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_the_scripts_own_sbatch_lines_apply_where_the_body_is_silent(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))

@@ -52,6 +52,7 @@ def alice_jobs(slurm_conf):
     return set(answer.stdout.split())
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 def test_dashboard_example_runs_in_its_image_as_the_user(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))
     image_path = add_image(daemon, shared_dir, "compute/python_3.11.sif")
@@ -98,6 +99,7 @@ def test_dashboard_example_runs_in_its_image_as_the_user(daemon_factory, shared_
         assert linked == (job_id,)
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_job_without_image_gets_files_and_the_login_environment(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf), env={"PORTAL_TEST_LEAK": "daemon-env"})
@@ -222,6 +224,7 @@ def test_every_invalid_field_is_refused_before_anything_runs(daemon_factory, sha
     assert not os.path.isdir(jobs_folder) or os.listdir(jobs_folder) == []
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_slurm_refusal_answers_slurms_reason_and_records_nothing(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))
@@ -354,6 +357,7 @@ script: |
 """
 
 
+@pytest.mark.slurm_backends("cli", "rest")
 @pytest.mark.databases("sqlite")
 def test_template_based_submit(daemon_factory, shared_dir, slurm_conf):
     daemon = daemon_factory(jobs_config(shared_dir, slurm_conf))

@@ -19,7 +19,9 @@ from support.waiting import wait_for
 from test_dev_services import assert_loopback_only
 
 from hpcportal.slurm import SlurmRefused, SlurmUnavailable
+from hpcportal.auth import User
 from hpcportal.slurm.rest import SlurmRest, TokenSigner
+from hpcportal.slurm.restjob import job_description
 
 KEY = b"k" * 32
 
@@ -222,3 +224,37 @@ def test_unix_socket_without_a_server_is_unavailable(tmp_path):
     with pytest.raises(SlurmUnavailable) as caught:
         client.ping()
     assert str(tmp_path) not in caught.value.message   # no server paths in answers
+
+
+def _spec(**fields):
+    from hpcportal.slurm.job import JobSpec
+    return JobSpec(script="#!/bin/bash\ntrue\n", script_path="/j/script.sh", workdir="/j", output="/j/o-%j",
+                   error="/j/e-%j", comment="hpcportal:abc", **fields)
+
+
+ALICE = User(name="alice", uid=2001, gid=2001, home="/home/alice")
+
+
+@pytest.mark.unit
+def test_the_model_becomes_the_rest_job_description():
+    job = job_description(_spec(name="결과 파일", partition="viz", nodes="1-2", tasks_per_node=2, cpus_per_task=4,
+                                memory="16G", time="1-00:00:30", account="a1", qos="high", gpus=1,
+                                dependency="afterok:12", array="0-3%2",
+                                options=(("nice", None), ("no-requeue", None), ("begin", "now+1hour"),
+                                         ("mem-per-cpu", "1G"), ("time", "5"))), ALICE)
+    assert job == {
+        "name": "결과 파일", "partition": "viz", "nodes": [1, 2], "tasks_per_node": 2, "tasks": 2,
+        "cpus_per_task": 4, "memory_per_node": 16384, "time_limit": 1441, "account": "a1", "qos": "high",
+        "gres": "gpu:1", "dependency": "afterok:12", "array": "0-3%2", "nice": 100, "no_requeue": True,
+        "begin_time": "now+1hour", "current_working_directory": "/j", "standard_output": "/j/o-%j",
+        "standard_error": "/j/e-%j", "comment": "hpcportal:abc",
+        "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/alice", "USER": "alice",
+                        "LOGNAME": "alice", "SHELL": "/bin/bash", "LANG": "C.UTF-8"}}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("option", ["exclude", "tmp", "hint", "contiguous", "overcommit", "ntasks-per-gpu"])
+def test_an_option_slurmrestd_cannot_take_is_refused_by_name(option):
+    with pytest.raises(SlurmRefused) as caught:
+        job_description(_spec(options=((option, "x"),)), ALICE)
+    assert f"--{option}" in caught.value.message and caught.value.code == "slurm_option_unsupported"

@@ -47,9 +47,11 @@ _OPTIONS = {
     "exclusive": ("exclusive", lambda text: text or "exclusive"),
     "oversubscribe": ("oversubscribe", lambda text: True), "hold": ("hold", lambda text: True),
     "requeue": ("requeue", lambda text: True),
+    # Not in the API document, but slurmrestd reads them as sbatch's options ("requeue": false is ignored).
+    "no-requeue": ("no_requeue", lambda text: True), "nodelist": ("nodelist", _TEXT),
 }
-# Options v0.0.38 cannot express (no field, or a field slurmrestd ignores: requeue=false).
-UNSUPPORTED = ("ntasks-per-gpu", "tmp", "hint", "nodelist", "exclude", "overcommit", "contiguous", "no-requeue")
+# Options slurmrestd v0.0.38 refuses ("Unknown key", "Operation not permitted"): ntasks-per-gpu,
+# tmp, hint, exclude, overcommit, contiguous.
 
 
 def job_description(spec, user):
