@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Job submission through the API against plain sbatch, and the job list under load.
+"""Job submission through the API (REST and command backends) against plain sbatch.
 
-Starts the local Slurm (scripts/dev-slurm, unless $SLURM_CONF is set) and a real
-daemon, then, interleaved so both see the same cluster state:
-- ``--count`` (50) submissions through ``POST /api/slurm/jobs/submit`` as alice;
-- ``--count`` plain ``sbatch`` calls by alice (same uid/gid/groups, clean
-  environment) of an equivalent batch script in a folder of hers.
-Then ``--requests`` (200) concurrent ``GET /api/slurm/jobs`` while the jobs
-run. Prints per-submit latency (median, p95), the API/sbatch ratio (target
-<= 1.15), the floor any API call has (one bare HTTP round trip) and how many squeue calls the list load cost (bounded by the shared
-cache, not by the number of requests). Needs root (jobs run as alice).
+Starts the local Slurm (scripts/dev-slurm, unless $SLURM_CONF is set) and two real
+daemons on one shared tree: one with ``slurm.backend: rest`` (slurmrestd, from
+$SLURM_REST_URL and $SLURM_JWT_KEY_FILE as scripts/dev-slurm prints them), one with
+``slurm.backend: cli`` (Slurm's commands). Then, interleaved so all three see the
+same cluster state, ``--count`` (50) rounds of:
+- a plain ``sbatch`` by alice (her uid, gid and groups, a clean environment) of an
+  equivalent batch script in a folder of hers: the baseline;
+- ``POST /api/slurm/jobs/submit`` as alice to the REST daemon;
+- the same to the command daemon.
+Then ``--requests`` (200) concurrent ``GET /api/slurm/jobs`` to each daemon while
+the jobs run, counting the Slurm commands each daemon ran meanwhile. Prints medians,
+p95, the ratios to plain sbatch (targets: REST <= 0.6, commands <= 1.3) and the
+floor of any API call (one bare HTTP round trip). Needs root (jobs run as alice).
 
     .venv/bin/python bench/submit.py [--count 50] [--requests 200] [--concurrency 20]
 """
@@ -35,6 +39,7 @@ from support.slurm import jobs_config, start_cluster  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
 
 SCRIPT = "#!/bin/bash\nsleep 20\n"
+TARGETS = {"rest": 0.6, "cli": 1.3}
 
 
 def percentile(values, fraction):
@@ -42,10 +47,10 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def squeue_calls(daemon):
+def slurm_commands(daemon):
+    """How many Slurm commands the daemon has run, all commands and outcomes together."""
     text = requests.get(daemon.url + "/metrics", timeout=10).text
-    return sum(float(m) for m in re.findall(r'hpcportal_slurm_calls_total\{command="squeue",outcome="[a-z]+"\} (\S+)',
-                                            text))
+    return sum(float(m) for m in re.findall(r'^hpcportal_slurm_calls_total\{[^}]*\} (\S+)', text, re.MULTILINE))
 
 
 def plain_sbatch(alice, folder, conf, index):
@@ -64,6 +69,49 @@ def plain_sbatch(alice, folder, conf, index):
     return elapsed, answer.stdout.strip().split(";")[0]
 
 
+class ApiSubmitter:
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self.session = requests.Session()
+        self.headers = auth_headers("alice")
+
+    def submit(self, index):
+        started = time.perf_counter()
+        answer = self.session.post(self.daemon.url + "/api/slurm/jobs/submit", headers=self.headers,
+                                   json={"jobName": f"bench-{index}", "cpus": 1, "script": SCRIPT}, timeout=60)
+        elapsed = time.perf_counter() - started
+        if answer.status_code != 200:
+            raise SystemExit(f"submit failed: {answer.status_code} {answer.text}")
+        return elapsed, answer.json()["jobId"]
+
+    def round_trip(self):
+        started = time.perf_counter()
+        self.session.get(self.daemon.url + "/healthz", timeout=10).raise_for_status()
+        return time.perf_counter() - started
+
+    def list_load(self, requests_count, concurrency):
+        """``(seconds, statuses, Slurm commands run meanwhile)``."""
+        before = slurm_commands(self.daemon)
+        started = time.perf_counter()
+
+        def list_jobs(_):
+            return requests.get(self.daemon.url + "/api/slurm/jobs", headers=self.headers, timeout=60).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            statuses = list(pool.map(list_jobs, range(requests_count)))
+        return time.perf_counter() - started, sorted(set(statuses)), slurm_commands(self.daemon) - before
+
+
+def daemon_for(tree, conf, backend, rest_url, key_file):
+    config = jobs_config(tree, conf, squeue_interval="2s", poll_interval="10s", backend=backend,
+                         rest_url=rest_url, jwt_key_file=key_file)
+    config["security"] = {"rate_limits": {"submit": 0}}  # the benchmark is a burst by design
+    daemon = Daemon(tree, config=config)
+    daemon.start()
+    ready = requests.get(daemon.url + "/readyz", timeout=10).json()
+    return daemon, ready
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50)
@@ -74,69 +122,63 @@ def main():
     users = ensure_test_users()
     alice = users["alice"]
     conf = os.environ.get("SLURM_CONF") or start_cluster()
+    rest_url, key_file = os.environ.get("SLURM_REST_URL"), os.environ.get("SLURM_JWT_KEY_FILE")
+    if not (rest_url and key_file):
+        raise SystemExit("SLURM_REST_URL and SLURM_JWT_KEY_FILE are not set: "
+                         'run eval "$(scripts/dev-slurm start)" first')
     tree = SharedTree()
-    config = jobs_config(tree, conf, squeue_interval="2s", poll_interval="10s")
-    config["security"] = {"rate_limits": {"submit": 0}}  # the benchmark is a burst by design
-    daemon = Daemon(tree, config=config)
-    daemon.start()
-    folder = tempfile.mkdtemp(prefix="plain-", dir=tree.root)
-    os.chown(folder, alice.pw_uid, alice.pw_gid)
-    session = requests.Session()
-    headers = auth_headers("alice")
-    job_ids = []
+    daemons, job_ids = [], []
     try:
-        # Warm-up: the partition cache and the first sbatch of a fresh cluster.
-        session.post(daemon.url + "/api/slurm/jobs/submit", headers=headers,
-                     json={"jobName": "warmup", "script": SCRIPT}, timeout=60).raise_for_status()
-        plain_sbatch(alice, folder, conf, "warmup")
-        api, plain = [], []
+        for backend in ("rest", "cli"):
+            daemon, ready = daemon_for(tree, conf, backend, rest_url, key_file)
+            daemons.append(daemon)
+            print(f"{backend} daemon: /readyz says {ready.get('checks', {}).get('slurm', ready)}")
+        apis = {"rest": ApiSubmitter(daemons[0]), "cli": ApiSubmitter(daemons[1])}
+        folder = tempfile.mkdtemp(prefix="plain-", dir=tree.root)
+        os.chown(folder, alice.pw_uid, alice.pw_gid)
+
+        # Warm-up: partition caches, the connection pool, the first sbatch of a fresh cluster.
+        for api in apis.values():
+            job_ids.append(api.submit("warmup")[1])
+        job_ids.append(plain_sbatch(alice, folder, conf, "warmup")[1])
+
+        times = {"sbatch": [], "rest": [], "cli": []}
         for index in range(args.count):
-            started = time.perf_counter()
-            answer = session.post(daemon.url + "/api/slurm/jobs/submit", headers=headers,
-                                  json={"jobName": f"bench-{index}", "cpus": 1, "script": SCRIPT}, timeout=60)
-            api.append(time.perf_counter() - started)
-            answer.raise_for_status()
-            job_ids.append(answer.json()["jobId"])
-            elapsed, job_id = plain_sbatch(alice, folder, conf, index)
-            plain.append(elapsed)
-            job_ids.append(job_id)
-
-        # The floor of any API call: one HTTP round trip to this daemon that does
-        # nothing (no token, no database), measured with the same client.
-        round_trips = []
-        for _ in range(args.count):
-            started = time.perf_counter()
-            session.get(daemon.url + "/healthz", timeout=10).raise_for_status()
-            round_trips.append(time.perf_counter() - started)
-
-        before = squeue_calls(daemon)
-        started = time.perf_counter()
-
-        def list_jobs(_):
-            return requests.get(daemon.url + "/api/slurm/jobs", headers=headers, timeout=60).status_code
-
-        with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
-            statuses = list(pool.map(list_jobs, range(args.requests)))
-        list_seconds = time.perf_counter() - started
-        calls = squeue_calls(daemon) - before
+            # Rotate the order so none of the three always follows the same one.
+            order = [("sbatch", None), ("rest", apis["rest"]), ("cli", apis["cli"])]
+            order = order[index % 3:] + order[:index % 3]
+            for name, api in order:
+                if api is None:
+                    elapsed, job_id = plain_sbatch(alice, folder, conf, index)
+                else:
+                    elapsed, job_id = api.submit(index)
+                times[name].append(elapsed)
+                job_ids.append(job_id)
+        round_trips = [apis["cli"].round_trip() for _ in range(args.count)]
 
         ms = lambda seconds: seconds * 1000  # noqa: E731
-        print(f"submissions: {args.count} through the API, {args.count} plain sbatch (interleaved)")
-        print(f"  API    median {ms(statistics.median(api)):7.1f} ms   p95 {ms(percentile(api, .95)):7.1f} ms")
-        print(f"  sbatch median {ms(statistics.median(plain)):7.1f} ms   p95 {ms(percentile(plain, .95)):7.1f} ms")
-        ratio = statistics.median(api) / statistics.median(plain)
-        print(f"  API/sbatch ratio (medians): {ratio:.2f} (target <= 1.15)")
+        plain = statistics.median(times["sbatch"])
+        print(f"submissions: {args.count} rounds of plain sbatch, API (REST backend), API (command backend), "
+              "interleaved")
+        labels = {"sbatch": "plain sbatch", "rest": "API, REST", "cli": "API, commands"}
+        for name in ("sbatch", "rest", "cli"):
+            median = statistics.median(times[name])
+            line = f"  {labels[name]:<14} median {ms(median):6.1f} ms   p95 {ms(percentile(times[name], .95)):6.1f} ms"
+            if name in TARGETS:
+                line += f"   ratio {median / plain:.2f} (target <= {TARGETS[name]})"
+            print(line)
         floor = statistics.median(round_trips)
-        print(f"  bare HTTP round trip (GET /healthz) median {ms(floor):.1f} ms: sbatch plus that alone "
-              f"would be {(statistics.median(plain) + floor) / statistics.median(plain):.2f} of sbatch")
-        print(f"job list: {args.requests} requests, {args.concurrency} at a time, in {list_seconds:.1f} s; "
-              f"statuses {sorted(set(statuses))}")
-        print(f"  squeue calls during the list load: {calls:.0f} "
-              f"(one per squeue_interval at most, whatever the number of requests)")
+        print(f"  bare HTTP round trip (GET /healthz) median {ms(floor):.1f} ms")
+        for name in ("rest", "cli"):
+            seconds, statuses, commands = apis[name].list_load(args.requests, args.concurrency)
+            print(f"job list, {labels[name]}: {args.requests} requests, {args.concurrency} at a time, in "
+                  f"{seconds:.1f} s; statuses {statuses}; Slurm commands run meanwhile: {commands:.0f}")
+        print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         subprocess.run(["scancel", *job_ids], env={**os.environ, "SLURM_CONF": conf}, check=False,
                        capture_output=True)
-        daemon.stop()
+        for daemon in daemons:
+            daemon.stop()
         tree.cleanup()
 
 
