@@ -17,8 +17,8 @@ from . import errors
 from .portal import Portal, build_portal
 from .requestlabels import loggable, method_label, route_label
 from .oversize import OversizedBodyMiddleware
-from .resources import (health, images, insight, jobs, me, notifications, template_sharing, templates,
-                        uploads)
+from .resources import (file_shares, health, images, insight, jobs, me, notifications, template_sharing,
+                        templates, uploads)
 from .security import SecurityMiddleware
 
 log = logging.getLogger("hpcportal")
@@ -37,6 +37,7 @@ STATUS_BY_ERROR = {
     errors.RateLimited: 429,
     errors.QuotaExceeded: 413,
     errors.ServiceUnavailable: 503,
+    errors.NotSupportedHere: 501,
     errors.InsufficientStorage: 507,
     errors.TusVersionUnsupported: 412,
     errors.TusChecksumMismatch: 460,
@@ -222,6 +223,7 @@ def build_app(portal: Portal):
     templates.add_routes(app, catalog=portal.templates, mine=portal.my_templates,
                          indexer=portal.indexer, rate_limits=portal.rate_limits, config=config)
     uploads.add_routes(app, uploads=portal.uploads, rate_limits=portal.rate_limits)
+    file_shares.add_routes(app, uploads=portal.uploads)
     jobs.add_routes(app, service=portal.jobs, output=portal.job_output, files=portal.job_files,
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
                     max_script_size=config.slurm.max_script_size)

@@ -43,10 +43,11 @@ MIGRATIONS = [
     (10, "a job's dependency and array, as submitted", lambda database: (
         _add_column(database, "job", "dependency", peewee.CharField(max_length=1024, null=True)),
         _add_column(database, "job", "array", peewee.CharField(max_length=1024, null=True)))),
-    (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
     (16, "users' favourite templates", _create_tables("template_sharing", "FAVOURITE_MODELS")),
     (17, "template proposals for community/", _create_tables("template_sharing", "PROPOSAL_MODELS")),
     (13, "notifications: events, deliveries and preferences", _create_tables("notifications")),
+    (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
+    (19, "files shared with other users and groups", _create_tables("file_shares")),
 ]
 
 

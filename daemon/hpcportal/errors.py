@@ -115,6 +115,13 @@ class ServiceUnavailable(PortalError):
     code = "unavailable"
 
 
+class NotSupportedHere(PortalError):
+    """This installation cannot do what is asked, e.g. share files on a filesystem
+    without POSIX ACLs (501)."""
+
+    code = "not_supported"
+
+
 class TusVersionUnsupported(PortalError):
     """A tus request without ``Tus-Resumable: 1.0.0`` (412, as tus 1.0.0 says)."""
 

@@ -46,11 +46,13 @@ from .slurm import SlurmRunner
 from .slurm.client import CommandBackend
 from .slurm.rest import SlurmRest, TokenSigner
 from .slurm.restbackend import RestBackend
+from .uploads.acl import PosixAcls
 from .uploads.classify import Classifier
 from .uploads.janitor import UploadJanitor
 from .uploads.metrics import UploadMetrics
 from .uploads.reservations import Reservations
 from .uploads.service import Uploads
+from .uploads.sharing import Sharing
 from .uploads.storage import Storage
 
 log = logging.getLogger("hpcportal")
@@ -102,9 +104,8 @@ class Portal:
 def build_portal(config, clock=time.time):
     """Every part of the portal for ``config``; nothing is started."""
     database = dbmod.open_database(config)
-    authenticator = Authenticator(
-        TokenVerifier(config, clock=clock),
-        UserDirectory(config.users.min_uid, config.users.deny, max_uid=config.users.max_uid))
+    directory = UserDirectory(config.users.min_uid, config.users.deny, max_uid=config.users.max_uid)
+    authenticator = Authenticator(TokenVerifier(config, clock=clock), directory)
     audit = AuditTrail(database)
     rate_limits = RateLimits(config.security.rate_limits)
     registry = CollectorRegistry(auto_describe=True)
@@ -113,7 +114,7 @@ def build_portal(config, clock=time.time):
     indexer = Indexer(config.catalog, registry, database=database)
     images = ImageCatalog(database, config.paths.images, config.catalog.image_partitions)
     indexer.register(images.kind)
-    uploads = _uploads(config, database, registry, clock)
+    uploads = _uploads(config, database, registry, clock, directory)
     template_kind = TemplateKind(database, os.path.normpath(config.paths.templates))
     indexer.register(template_kind)
     favourites = Favourites(database)
@@ -157,15 +158,18 @@ def _head_name(config):
     return f"{socket.gethostname()}:{config.server.port}/{os.getpid()}"
 
 
-def _uploads(config, database, registry, clock):
+def _uploads(config, database, registry, clock, directory):
     server = config.server
     # Names this daemon's socket: leases held under it by another process are a dead predecessor's.
     listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
     storage = Storage(config.paths.uploads)
     reservations = Reservations(config.uploads, database, storage.free_bytes,
                                 lock_timeout=config.database.busy_timeout)
+    # Recipients are checked against the same user policy as tokens.
+    sharing = Sharing(database, storage, PosixAcls(), directory.lookup, clock=clock,
+                      lock_timeout=config.database.busy_timeout)
     return Uploads(config.uploads, database, storage, Classifier(), UploadMetrics(registry),
-                   reservations, clock=clock, listener=listener)
+                   reservations, sharing, clock=clock, listener=listener)
 
 
 def _jobs(config, database, registry, *, images, templates, uploads):

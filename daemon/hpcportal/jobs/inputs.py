@@ -1,4 +1,5 @@
-"""The input files of a submission: the user's own uploads, or paths under the data roots.
+"""The input files of a submission: the user's own uploads, files others shared with
+the user (read in place), or paths under the data roots.
 
 A file name may hold anything an upload accepts (spaces, parentheses, commas,
 Korean letters, the uploads' own clash names ``name (1).ext``): the path only
@@ -76,17 +77,22 @@ class InputFiles:
         path = item.get("storage_path", item.get("path"))
         if file_id not in (None, "") and isinstance(file_id, str):
             found = self._uploads.file_for_user(user.name, file_id)
-            if found is None:
+            shared = None if found else self._uploads.shared_file(user, file_id=file_id)
+            if found is None and shared is None:
                 raise ValueError(f"you have no uploaded file {file_id!r}")
+            found = found or shared
             if path not in (None, "") and (not isinstance(path, str)
                                            or os.path.normpath(path) != os.path.normpath(found["storage_path"])):
                 raise ValueError(f"file {file_id!r} is not at {path!r}")
-            return batch.input_path(found["storage_path"])
+            return self._readable_share(user, shared) if shared else batch.input_path(found["storage_path"])
         if file_id not in (None, "") and path in (None, ""):
             raise ValueError("file_id must be a string")
         normalized = batch.input_path(path)
         if self._uploads.file_by_storage_path(user.name, normalized):
             return normalized
+        shared = self._uploads.shared_file(user, storage_path=normalized)
+        if shared is not None:
+            return self._readable_share(user, shared)
         roots = [user.home if r == "~" else r for r in self._data_roots]
         real = os.path.realpath(normalized)
         if not any(_under(normalized, root) and _under(real, root) for root in roots if root):
@@ -95,6 +101,17 @@ class InputFiles:
         if not readable_by(user, normalized):
             raise ValueError(f"{normalized} does not exist or you may not read it")
         return normalized
+
+
+    @staticmethod
+    def _readable_share(user, shared):
+        """The path of another user's file shared with ``user``, read in place by the job:
+        checked with the user's own identity, as the job will read it."""
+        path = batch.input_path(shared["storage_path"])
+        if not readable_by(user, path):
+            raise ValueError(f"{shared['filename']} is shared with you by {shared['owner']}, but you "
+                             "cannot read it on the cluster's filesystem (its permissions were changed)")
+        return path
 
 
 def _under(path, root):

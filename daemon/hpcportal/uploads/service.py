@@ -48,9 +48,10 @@ class Uploads(TusUploads):
     either protocol, and (through ``Files``) the finished files. See the
     package docstring for the functions other areas use."""
 
-    def __init__(self, settings, database, storage, classifier, metrics, reservations,
+    def __init__(self, settings, database, storage, classifier, metrics, reservations, sharing,
                  clock=time.time, listener=None):
-        """``listener`` names this daemon's socket; see ``CompletionLeases``."""
+        """``listener`` names this daemon's socket; see ``CompletionLeases``. ``sharing``:
+        a ``sharing.Sharing`` on the same storage."""
         self._settings = settings
         self._database = database
         self._storage = storage
@@ -61,7 +62,7 @@ class Uploads(TusUploads):
         self._hashes = RunningHashes(storage, self._open_partial, self.chunk_span)
         self._leases = CompletionLeases(clock, listener)
         self._stranded_failures = {}  # upload id -> why finishing it failed last time
-        self.files = Files(settings, storage, metrics, clock)
+        self.files = Files(settings, storage, metrics, clock, sharing)
 
     @property
     def settings(self):
@@ -419,6 +420,18 @@ class Uploads(TusUploads):
 
     def delete_file(self, user, file_id):
         self.files.delete_file(user, file_id)
+
+    def share(self, user, file_id, body):
+        return self.files.share(user, file_id, body)
+
+    def shares(self, user, file_id):
+        return self.files.shares(user, file_id)
+
+    def unshare(self, user, file_id, share_id):
+        self.files.unshare(user, file_id, share_id)
+
+    def shared_file(self, user, file_id=None, storage_path=None):
+        return self.files.shared_file(user, file_id=file_id, storage_path=storage_path)
 
     def file_for_user(self, user_name, file_id):
         return self.files.file_for_user(user_name, file_id)
