@@ -61,7 +61,6 @@ def test_inside_a_transaction_it_is_a_savepoint_of_it(sqlite):
 
 @pytest.mark.databases("postgres", always=True)
 def test_postgres_commits_without_waiting_for_its_log(db_url):
-    pytest.importorskip("psycopg2")
     from playhouse.db_url import connect
     database = connect(db_url)
     try:
