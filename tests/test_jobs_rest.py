@@ -180,3 +180,23 @@ def test_a_lost_rest_answer_is_recovered_through_the_comment(daemon_factory, sha
         assert output(daemon, "alice", reply["jobId"]) == "found\n"
     finally:
         proxy.close()
+
+
+def test_an_unreachable_slurmrestd_is_503_with_retry_after_and_no_switch(daemon_factory, shared_dir, slurm_conf):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, **dict(
+            rest_settings(), rest_url=f"http://127.0.0.1:{taken.getsockname()[1]}")))
+        anonymous, admin = _readiness(daemon)
+        # backend: rest never falls back to the commands, even though they are there.
+        assert anonymous == {"ok": True, "backend": "rest"}
+        assert admin["detail"].startswith("rest: slurm.backend is rest; slurmrestd does not answer")
+        answer = daemon.post(SUBMIT, user="alice", json={"jobName": "down", "script": "#!/bin/bash\ntrue\n"})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] and answer.json()["error"] == "slurm_unavailable"
+        assert "127.0.0.1" not in answer.text  # where slurmrestd listens is not the caller's business
+        assert not os.path.exists(os.path.join(shared_dir.uploads, "alice", "jobs")) or \
+            os.listdir(os.path.join(shared_dir.uploads, "alice", "jobs")) == []
+        listed = daemon.get("/api/slurm/jobs", user="alice").json()
+        assert listed["jobs"] == [] and listed["slurm"]["reachable"] is False
+    assert "hpcportal_slurm_calls_total{" not in daemon.get("/metrics").text

@@ -115,6 +115,8 @@ class SlurmRest:
     def __init__(self, url, signer, *, root_user="root", timeout=30.0, connect_timeout=3.0,
                  pool_size=8, versions=API_VERSIONS):
         self._url = url.rstrip("/")
+        # A ping decides whether slurmrestd is used at all: a hung one must not hold up the choice.
+        self._ping_timeout = min(5.0, timeout)
         self._signer = signer
         self._root = root_user
         self._versions = versions
@@ -132,7 +134,7 @@ class SlurmRest:
 
     def ping(self):
         """slurmctld's answer through slurmrestd; raises when it is not up."""
-        answer = self._call("GET", self._adapter().path("ping"), self._root)
+        answer = self._call("GET", self._adapter().path("ping"), self._root, timeout=self._ping_timeout)
         pings = answer.get("pings") or []
         if not any(p.get("ping") == "UP" for p in pings):
             raise SlurmUnavailable("slurmctld does not answer slurmrestd's ping.")
@@ -184,13 +186,13 @@ class SlurmRest:
         """The newest API version the server offers: an unknown path is a 404."""
         for cls in self._versions:
             api = cls()
-            status, _ = self._request("GET", api.path("ping"), self._root)
+            status, _ = self._request("GET", api.path("ping"), self._root, timeout=self._ping_timeout)
             if status != 404:
                 return api
         offered = ", ".join(cls.version for cls in self._versions)
         raise SlurmUnavailable(f"slurmrestd offers none of the API versions {offered}.")
 
-    def _request(self, method, path, user, body=None):
+    def _request(self, method, path, user, body=None, timeout=None):
         headers = {"Accept": "application/json", "X-SLURM-USER-NAME": user,
                    "X-SLURM-USER-TOKEN": self._signer.token(user)}
         data = None
@@ -198,7 +200,8 @@ class SlurmRest:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            response = self._http.urlopen(method, path, body=data, headers=headers)
+            response = self._http.urlopen(method, path, body=data, headers=headers,
+                                          **({"timeout": timeout} if timeout else {}))
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
             raise SlurmUnavailable("slurmrestd cannot be reached.") from None
@@ -212,9 +215,9 @@ class SlurmRest:
             raise SlurmUnavailable(f"slurmrestd cannot be reached ({type(error).__name__}).") from None
         return response.status, response.data
 
-    def _call(self, method, path, user, body=None, done=None):
+    def _call(self, method, path, user, body=None, done=None, timeout=None):
         """The JSON answer; ``done(answer)`` tells an answer that succeeded despite notes in ``errors``."""
-        status, data = self._request(method, path, user, body)
+        status, data = self._request(method, path, user, body, timeout)
         if status in (401, 403):
             # Plain text "Authentication failure": a key that does not match slurmctld's.
             raise SlurmUnavailable("slurmrestd refused the portal's token (is the JWT key slurmctld's?).")
