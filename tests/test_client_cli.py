@@ -112,6 +112,28 @@ def test_an_upload_killed_midway_resumes_where_it_stopped(portal, tmp_path):
     assert os.listdir(state_dir) == []
 
 
+def test_an_upload_rides_out_a_daemon_restart(portal, tmp_path):
+    size = 64 * MiB
+    source = write_random(str(tmp_path / "재시작 중.bin"), size)
+    cache = str(tmp_path / "cache")
+    before = upload_bytes(portal)
+    upload = subprocess.Popen(cli_command("upload", source, "--chunk-size", "1MiB", "--parallel", "2", "--json"),
+                              env=cli_env(portal, cache=cache), cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: upload_bytes(portal) - before >= 3 * MiB, timeout=30, interval=0.01,
+                 message="the first chunks")
+        portal.kill()
+        assert upload.poll() is None, "the upload ended before the daemon was killed"
+        portal.start()
+        out, err = upload.communicate(timeout=120)
+    finally:
+        upload.kill()
+    assert upload.returncode == 0, err
+    with open(source, "rb") as handle:
+        assert json.loads(out)["sha256"] == hashlib.sha256(handle.read()).hexdigest()
+
+
 def test_submit_wait_exits_by_the_jobs_end(portal, tmp_path):
     data = tmp_path / "입력 값.txt"
     data.write_text("사과 3개\n")

@@ -17,8 +17,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from .errors import ClientError
 
 # Answers worth another try of the same chunk: the network, a busy or restarting head.
+# Six tries over about 23 s ride out a daemon's restart; after that the command says so.
 _RETRY_STATUSES = {409, 429, 500, 502, 503, 504, 507}
-_ATTEMPTS = 4
+_ATTEMPTS = 6
 
 
 class ChunkUploader:
