@@ -25,7 +25,7 @@ def main(argv=None, out=None, err=None):
     # shared option objects and reset them in the command's own parser).
     args.json, args.quiet = getattr(args, "json", False), getattr(args, "quiet", False)
     try:
-        client = Client(_url(args), _token(args), cache_dir=os.environ.get("PORTAL_CACHE_DIR") or None)
+        client = Client(_url(args), _token(args))
         return args.run(client, args, out, err) or 0
     except ClientError as exc:
         err.write(f"hpcportal: error: {exc.message}\n")
