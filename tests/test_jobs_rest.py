@@ -68,8 +68,17 @@ def test_a_head_without_slurm_commands_serves_the_whole_job_flow(daemon_factory,
     job_id = answer.json()["jobId"]
     assert wait_finished(daemon, "alice", job_id)["state"] == "COMPLETED"
     assert output(daemon, "alice", job_id) == "home=/home/alice\nalice\n"
-    # Not one command ran (or was tried: a missing one is counted too).
-    assert "hpcportal_slurm_calls_total{" not in daemon.get("/metrics").text
+    # Not one command ran (or was tried: a missing one is counted too); slurmrestd was asked instead.
+    metrics = daemon.get("/metrics").text
+    assert "hpcportal_slurm_calls_total{" not in metrics
+    assert 'hpcportal_slurm_rest_calls_total{call="POST job",outcome="200"} 2.0' in metrics
+    assert 'hpcportal_slurm_rest_calls_total{call="GET jobs",outcome="200"}' in metrics
+    # The log says which backend and why; the key never reaches it.
+    logs = daemon.logs()
+    assert "Slurm backend: rest (slurm.backend is rest; slurmrestd answers (REST API v0.0.38))" in logs
+    with open(rest_settings()["jwt_key_file"], "rb") as handle:
+        key = handle.read()
+    assert key.decode("latin-1") not in logs and key.hex() not in logs
 
 
 def test_an_option_slurmrestd_cannot_take_is_refused_by_name(daemon_factory, shared_dir, slurm_conf):

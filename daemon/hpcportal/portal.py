@@ -177,7 +177,7 @@ def _jobs(config, database, registry, *, images, templates, uploads):
     metrics = JobMetrics(registry)
     runner = SlurmRunner(settings.bin_dir, settings.conf, settings.command_timeout,
                          observe=metrics.observe)
-    backends = _slurm_backends(config, runner)
+    backends = _slurm_backends(config, runner, metrics)
     metrics.squeue_age.set_function(
         lambda: -1 if backends.current().snapshot_age() is None else backends.current().snapshot_age())
     service = JobService(config, database, backends, JobFolders(config.paths.uploads),
@@ -185,7 +185,7 @@ def _jobs(config, database, registry, *, images, templates, uploads):
     return service, metrics
 
 
-def _slurm_backends(config, runner):
+def _slurm_backends(config, runner, metrics):
     """The commands, slurmrestd when ``slurm.backend`` may use it, and the choice between them."""
     settings = config.slurm
     caches = {"squeue_interval": settings.squeue_interval, "partition_cache": settings.partition_cache}
@@ -207,6 +207,6 @@ def _slurm_backends(config, runner):
         raise ConfigError(f"slurm.jwt_key_file: cannot read {settings.jwt_key_file}: "
                           f"{getattr(exc, 'strerror', None) or exc}") from None
     client = SlurmRest(settings.rest_url, signer, timeout=settings.command_timeout,
-                       pool_size=max(4, config.server.threads))
+                       pool_size=max(4, config.server.threads), observe=metrics.observe_rest)
     rest = RestBackend(client, accounting=commands, **caches)
     return choice(settings.backend, rest, reason=f"slurm.backend is {settings.backend}; not checked yet")

@@ -113,13 +113,16 @@ class SlurmRest:
     ``signer`` a ``TokenSigner``."""
 
     def __init__(self, url, signer, *, root_user="root", timeout=30.0, connect_timeout=3.0,
-                 pool_size=8, versions=API_VERSIONS):
+                 pool_size=8, versions=API_VERSIONS, observe=None):
+        """``observe(call, seconds, outcome)`` is told every call (metrics): the call is
+        the method and the path's first word (``POST job``, ``GET jobs``)."""
         self._url = url.rstrip("/")
         # A ping decides whether slurmrestd is used at all: a hung one must not hold up the choice.
         self._ping_timeout = min(5.0, timeout)
         self._signer = signer
         self._root = root_user
         self._versions = versions
+        self._observe = observe or (lambda call, seconds, outcome: None)
         self._api = None
         self._api_lock = threading.Lock()
         self._http = connection_pool(self._url, pool_size=pool_size, connect_timeout=connect_timeout,
@@ -199,9 +202,13 @@ class SlurmRest:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        call = f"{method} {path.split('/')[3] if path.count('/') >= 3 else path}"
+        started = time.monotonic()
+        outcome = "error"
         try:
             response = self._http.urlopen(method, path, body=data, headers=headers,
                                           **({"timeout": timeout} if timeout else {}))
+            outcome = str(response.status)
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
             raise SlurmUnavailable("slurmrestd cannot be reached.") from None
@@ -213,6 +220,8 @@ class SlurmRest:
             # The answer does not name the address: where slurmrestd listens is not the caller's business.
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
             raise SlurmUnavailable(f"slurmrestd cannot be reached ({type(error).__name__}).") from None
+        finally:
+            self._observe(call, time.monotonic() - started, outcome)
         return response.status, response.data
 
     def _call(self, method, path, user, body=None, done=None, timeout=None):
