@@ -69,6 +69,8 @@ def test_upload_a_korean_name_with_spaces_list_and_download(portal, tmp_path):
     got = _json(run_cli(portal, "download", uploaded["file_id"], "-o", str(target), "--json"))
     assert got["path"] == str(target / "결과 파일.csv")
     assert (target / "결과 파일.csv").read_bytes() == data
+    nowhere = str(tmp_path / "없는 폴더" / "x.csv")
+    _one_error_line(run_cli(portal, "download", uploaded["file_id"], "-o", nowhere), "No such file", nowhere)
 
 
 def test_an_upload_killed_midway_resumes_where_it_stopped(portal, tmp_path):

@@ -151,11 +151,17 @@ class Client:
             total = int(answer.headers.get("Content-Length") or 0)
             done = 0
             with open(partial, "wb") as out:
-                for block in answer.iter_content(_DOWNLOAD_BLOCK):
-                    out.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
+                try:
+                    for block in answer.iter_content(_DOWNLOAD_BLOCK):
+                        out.write(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+                except requests.RequestException as exc:
+                    raise unreachable(self.url, exc) from None
+        if total and done != total:
+            raise ClientError(f"the download of {dest} stopped after {done} of {total} bytes; try again",
+                              code="incomplete")
         os.replace(partial, dest)
         return dest
 

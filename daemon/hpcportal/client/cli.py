@@ -30,6 +30,9 @@ def main(argv=None, out=None, err=None):
     except ClientError as exc:
         err.write(f"hpcportal: error: {exc.message}\n")
         return EXIT_USAGE if exc.code == "usage" else EXIT_ERROR
+    except OSError as exc:  # a local file: the download's folder, a full disk
+        err.write(f"hpcportal: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}\n")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         hint = " (run the same command again to resume the upload)" if args.command == "upload" else ""
         err.write(f"\nhpcportal: interrupted{hint}\n")
