@@ -9,6 +9,7 @@ the unit needs are given below.
 """
 
 import ast
+import json
 import os
 import pathlib
 import re
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.unit
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ROLE = ROOT / "ansible" / "roles" / "hpcportal"
 UNIT_FILE = ROOT / "systemd" / "hpcportald.service"
+RESTD_UNIT_FILE = ROOT / "systemd" / "slurmrestd.service"
 # Ansible's default for ``ansible_managed`` (ansible.cfg does not change it).
 ANSIBLE_MANAGED = "Ansible managed"
 
@@ -51,7 +53,8 @@ def _as_value(text):
 def environment():
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
                              keep_trailing_newline=True)
-    env.filters.update(regex_replace=_regex_replace, dirname=os.path.dirname, combine=_combine,
+    env.filters.update(regex_replace=_regex_replace, dirname=os.path.dirname, basename=os.path.basename,
+                       combine=_combine, from_json=json.loads,
                        bool=lambda value: str(value).lower() in ("1", "true", "yes", "on"))
     env.tests["match"] = lambda value, pattern: re.match(pattern, value) is not None
     return env
@@ -82,9 +85,9 @@ def role_variables(env, **overrides):
     return resolved
 
 
-def render_unit(**overrides):
+def render_unit(name="hpcportald.service", **overrides):
     env = environment()
-    template = env.from_string((ROLE / "templates" / "hpcportald.service.j2").read_text())
+    template = env.from_string((ROLE / "templates" / f"{name}.j2").read_text())
     return template.render(role_variables(env, **overrides))
 
 
@@ -119,3 +122,19 @@ def test_paths_come_from_the_role_variables():
     assert directive(unit, "ExecStart") == ["/opt/portal/venv/bin/hpcportald --config /etc/portal/config.yaml serve"]
     assert directive(unit, "RequiresMountsFor") == ["/data/images /data/uploads"]
     assert directive(unit, "ReadWritePaths") == ["/data/uploads"]
+
+
+def test_the_shipped_slurmrestd_unit_is_the_role_template_rendered_with_its_defaults():
+    assert render_unit("slurmrestd.service") == RESTD_UNIT_FILE.read_text()
+
+
+def test_slurmrestd_gets_a_private_socket_folder_only_for_a_unix_socket():
+    unix = render_unit("slurmrestd.service")
+    assert directive(unix, "ExecStart") == [
+        "/usr/sbin/slurmrestd -a rest_auth/jwt -s openapi/v0.0.38 unix:/run/slurmrestd/slurmrestd.socket"]
+    assert directive(unix, "RuntimeDirectory") == ["slurmrestd"]
+    assert directive(unix, "RuntimeDirectoryMode") == ["0700"]
+    assert directive(unix, "User") == ["slurmrest"]
+    loopback = render_unit("slurmrestd.service", hpcportal_slurmrestd_listen="127.0.0.1:6820")
+    assert directive(loopback, "ExecStart")[0].endswith(" 127.0.0.1:6820")
+    assert directive(loopback, "RuntimeDirectory") == []

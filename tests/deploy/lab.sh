@@ -22,8 +22,11 @@ P=${P:-hpl}                       # prefix for netns/links (link names max 15 ch
 # What a head needs to boot and be managed by Ansible (python3-apt for the apt module,
 # python3-packaging for the pip module), plus what the hpcportal role installs.
 BOOT_PKGS=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,python3-packaging,iproute2,procps,sudo
-ROLE_PKGS=${ROLE_PKGS:-python3-venv,libmagic1,squashfs-tools,sqlite3,nginx-light}
-PKGS=$BOOT_PKGS,$ROLE_PKGS
+ROLE_PKGS=${ROLE_PKGS:-python3-venv,libmagic1,squashfs-tools,sqlite3,nginx-light,slurmrestd,slurm-wlm-jwt-plugin}
+# The lab's own little Slurm cluster (the test configures it, as a site's installer would):
+# slurmctld and slurmd on head1, the client commands and munge on both.
+CLUSTER_PKGS=${CLUSTER_PKGS:-munge,slurmctld,slurmd,slurm-client}
+PKGS=$BOOT_PKGS,$ROLE_PKGS,$CLUSTER_PKGS
 
 log() { printf '%s lab: %s\n' "$(date +%T)" "$*" >&2; }
 

@@ -21,6 +21,7 @@ import uuid
 import pytest
 import yaml
 from support.sifbuild import build_sif
+from support.slurm import APPTAINER_STANDIN
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.deploy
@@ -29,6 +30,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 ANSIBLE_DIR = ROOT / "ansible"
 UNIT_FILE = ROOT / "systemd" / "hpcportald.service"
+RESTD_UNIT_FILE = ROOT / "systemd" / "slurmrestd.service"
 LAB = pathlib.Path(os.environ.get("HPCPORTAL_LAB", "/var/tmp/hpcportal-lab"))
 NETNS = "hpl-ctl"
 HEADS = {"head1": "10.211.0.11", "head2": "10.211.0.12"}
@@ -54,6 +56,38 @@ DB_VARS = {
 }
 # The driver the heads need for the shared database, added to the wheelhouse.
 DB_DRIVER = "PyMySQL>=1.1"
+# The lab's own Slurm cluster, set up by the test as a site's installer would (the
+# role never touches slurm.conf): slurmctld and slurmd on head1, JWTs accepted, the
+# same munge key (from the base) and JWT key on both heads.
+SLURM_CONF = "/etc/slurm/slurm.conf"
+NO_JWT_CONF = "/etc/slurm/lab-without-jwt.conf"
+JWT_KEY = "/etc/slurm/jwt_hs256.key"
+RESTD_SOCKET = "/run/slurmrestd/slurmrestd.socket"
+LAB_SLURM_CONF = f"""\
+ClusterName=lab
+SlurmctldHost=head1({HEADS['head1']})
+SlurmUser=root
+AuthType=auth/munge
+AuthAltTypes=auth/jwt
+AuthAltParameters=jwt_key={JWT_KEY}
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerParameters=batch_sched_delay=0
+SlurmdParameters=config_overrides
+MpiDefault=none
+MailProg=/bin/true
+ReturnToService=2
+MinJobAge=3600
+EnforcePartLimits=ALL
+NodeName=head1 NodeAddr={HEADS['head1']} CPUs=4 RealMemory=1000 State=UNKNOWN
+PartitionName=compute Nodes=head1 Default=YES MaxTime=INFINITE State=UP
+"""
 # Generous bound for asynchronous effects (a head booting, a file being indexed).
 WAIT_SECONDS = 60
 
@@ -100,6 +134,44 @@ def starts_of_daemon(head):
     """How often systemd has started hpcportald on ``head`` since it booted."""
     out = on_head(head, "journalctl -b -u hpcportald.service -o cat --no-pager").stdout
     return len(re.findall(r"^Started hpcportald\.service", out, re.M))
+
+
+def start_lab_cluster():
+    """slurm.conf and the JWT key on both heads, slurmctld and slurmd on head1."""
+    key = os.urandom(32).hex()
+    without_jwt = "".join(line + "\n" for line in LAB_SLURM_CONF.splitlines()
+                          if not line.startswith("AuthAlt"))
+    for head in HEADS:
+        on_head(head, f"mkdir -p /etc/slurm && cat > {SLURM_CONF} <<'EOF'\n{LAB_SLURM_CONF}EOF\n"
+                      f"cat > {NO_JWT_CONF} <<'EOF'\n{without_jwt}EOF\n"
+                      f"(umask 077 && python3 -c 'import sys; open(sys.argv[1], \"wb\")"
+                      f".write(bytes.fromhex(sys.argv[2]))' {JWT_KEY} {key})\n"
+                      "id deploytest >/dev/null 2>&1 || useradd -u 2101 -M deploytest")
+    on_head("head2", "systemctl disable --now slurmctld slurmd")
+    on_head("head1", "systemctl enable slurmctld slurmd && systemctl restart slurmctld slurmd")
+    wait_on_heads(lambda: "idle" in on_head("head1", "sinfo -h -o %t", check=False).stdout,
+                  "the lab's Slurm node idle")
+
+
+def admin_readyz(head):
+    """/readyz with an admin token: every check with its detail."""
+    token = on_head(head, "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
+                          "token --user deployadmin --admin").stdout.strip()
+    status, body = curl(f"http://{HEADS[head]}:{PORT}/readyz", "-H", f"Authorization: Bearer {token}")
+    return status, json.loads(body)
+
+
+def slurm_backend(ready):
+    """The Slurm backend a /readyz answer (with details) names."""
+    check = ready["checks"]["slurm"]
+    if "backend" in check:
+        return check["backend"]
+    return re.match(r"\w+", check["detail"]).group(0)  # "rest: slurmrestd answers ..."
+
+
+def user_token(user):
+    return on_head("head1", "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
+                            f"token --user {user}").stdout.strip()
 
 
 def main_pid(head):
@@ -192,6 +264,12 @@ def lab(deploy_venv, lab_lock, tmp_path_factory):
     dev_db("stop", env)
     shutil.rmtree(DB_DIR, ignore_errors=True)
     dev_db("start", env)
+    start_lab_cluster()
+    # The jobs run a test stand-in for apptainer (no container runtime on the heads).
+    standin = LAB / "shared" / "bin" / "apptainer"
+    standin.parent.mkdir(parents=True, exist_ok=True)
+    standin.write_text(APPTAINER_STANDIN)
+    standin.chmod(0o755)
     control_dir = tmp_path_factory.mktemp("ssh-control")
     inventory = tmp_path_factory.mktemp("inventory")
     shutil.copy2(LAB / "inventory.ini", inventory / "hosts.ini")
@@ -283,6 +361,7 @@ def test_lab_base_holds_every_package_the_role_installs():
         packages |= set(value.split(","))
     defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / "hpcportal" / "defaults" / "main.yml").read_text())
     assert set(defaults["hpcportal_apt_packages"]) <= packages
+    assert set(defaults["hpcportal_slurmrestd_apt_packages"]) <= packages
 
 # --- on two heads ----------------------------------------------------------------
 
@@ -429,6 +508,82 @@ def test_an_upload_moves_between_heads_chunk_by_chunk(converged, tmp_path):
     assert status == "200" and downloaded.read_bytes() == data
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_slurmrestd_runs_on_each_head_where_only_root_reaches_it(converged, head):
+    assert on_head(head, "systemctl is-active slurmrestd").stdout.strip() == "active"
+    installed = on_head(head, "cat /etc/systemd/system/slurmrestd.service").stdout
+    # The role's defaults, so the unit is exactly the repository's.
+    assert installed == RESTD_UNIT_FILE.read_text()
+    verify = on_head(head, "systemd-analyze verify --man=no /etc/systemd/system/slurmrestd.service 2>&1",
+                     check=False)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout
+    pid = on_head(head, "systemctl show -p MainPID --value slurmrestd").stdout.strip()
+    assert on_head(head, f"ps -o user= -p {pid}").stdout.strip() == "slurmrest"
+    assert on_head(head, "stat -c '%U %a' /run/slurmrestd").stdout.strip() == "slurmrest 700"
+    connect = ("python3 -c 'import socket, sys; s = socket.socket(socket.AF_UNIX); "
+               f"s.connect(\"{RESTD_SOCKET}\"); s.sendall(b\"GET /openapi/v3 HTTP/1.0\\r\\n\\r\\n\"); "
+               "print(s.recv(100).decode().split()[1])'")
+    # Without a token slurmrestd answers 401 to root; an ordinary user cannot even connect.
+    assert on_head(head, connect).stdout.strip() == "401"
+    refused = on_head(head, f"runuser -u deploytest -- {connect}", check=False)
+    assert refused.returncode != 0 and "PermissionError" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_daemon_on_each_head_talks_to_slurm_through_slurmrestd(converged, head):
+    config = yaml.safe_load(on_head(head, "cat /etc/hpcportal/config.yaml").stdout)
+    assert {k: config["slurm"][k] for k in ("backend", "rest_url", "jwt_key_file")} == {
+        "backend": "auto", "rest_url": f"unix:{RESTD_SOCKET}", "jwt_key_file": JWT_KEY}
+    status, ready = admin_readyz(head)
+    assert status == 200, ready
+    assert slurm_backend(ready) == "rest", ready
+
+
+def submit_job(head, token, text):
+    """A job through ``head``'s API, running the lab's image; its Slurm job id."""
+    name = f"job_{uuid.uuid4().hex[:8]}"
+    image = LAB / "shared" / "apptainer" / "images" / "compute" / f"{name}.sif"
+    if not image.exists():
+        build_sif(image, labels={"org.label-schema.version": "1.0"})
+    auth = ("-H", f"Authorization: Bearer {token}")
+    wait_on_heads(lambda: curl(f"http://{HEADS[head]}:{PORT}/api/v2/apptainer/images/{name}", *auth)[0] == 200,
+                  f"{name} in {head}'s catalog")
+    body = {"jobName": name, "partition": "compute", "nodes": 1, "cpus": 1, "memory": "100MB",
+            "time": "00:05:00", "script": f"#!/bin/bash\necho {text}", "jobId": f"tmp-{name}",
+            "files": [], "apptainerImage": {"id": name, "name": f"{name}.sif", "type": "compute",
+                                            "path": f"/shared/apptainer/images/compute/{name}.sif"}}
+    status, answer = curl(f"http://{HEADS[head]}:{PORT}/api/slurm/jobs/submit", *auth, "-X", "POST",
+                          "-H", "Content-Type: application/json", "--data", json.dumps(body))
+    assert status == 200, answer
+    return json.loads(answer)["jobId"]
+
+
+def finished_job(head, token, job_id):
+    def state():
+        status, body = curl(f"http://{HEADS[head]}:{PORT}/api/slurm/jobs/{job_id}",
+                            "-H", f"Authorization: Bearer {token}")
+        job = json.loads(body) if status == 200 else {}
+        return job if job.get("state") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
+    return wait_on_heads(state, f"job {job_id} finished, seen through {head}")
+
+
+def job_output(head, token, job_id):
+    status, body = curl(f"http://{HEADS[head]}:{PORT}/api/slurm/jobs/{job_id}/output?stream=stdout",
+                        "-H", f"Authorization: Bearer {token}")
+    assert status == 200, body
+    return json.loads(body)["data"]
+
+
+def test_a_job_submitted_through_one_head_runs_and_shows_on_both(converged):
+    token = user_token("deploytest")
+    job_id = submit_job("head2", token, "hello from head2")
+    for head in HEADS:
+        job = finished_job(head, token, job_id)
+        assert job["state"] == "COMPLETED" and job["user"] == "deploytest", job
+    text = job_output("head1", token, job_id)
+    assert "hello from head2" in text and "APPTAINER-TEST-STANDIN" in text, text
+
+
 def test_daemon_comes_back_after_systemctl_restart(converged):
     before = main_pid("head1")
     on_head("head1", "systemctl restart hpcportald")
@@ -506,6 +661,43 @@ def test_preflight_refuses_different_secrets_per_head(lab, converged):
         shutil.rmtree(host_vars)
     assert result.returncode != 0
     assert "differ between heads" in result.stdout
+
+
+def test_preflight_refuses_backend_rest_without_jwt_in_the_cluster(lab, converged):
+    result, _ = playbook(lab, "--tags", "preflight", "-e", "hpcportal_slurm_backend=rest",
+                         "-e", f"hpcportal_slurm_conf={NO_JWT_CONF}")
+    assert result.returncode != 0
+    assert "hpcportal_slurm_backend is rest, but the cluster lacks AuthAltTypes=auth/jwt" in result.stdout
+    assert f"read from {NO_JWT_CONF}" in result.stdout and "never edits slurm.conf" in result.stdout
+    # The key path is the role's variable: a head without that key is refused too.
+    result, _ = playbook(lab, "--tags", "preflight", "-e", "hpcportal_slurm_backend=rest",
+                         "-e", "hpcportal_slurm_jwt_key_file=/etc/slurm/elsewhere.key")
+    assert result.returncode != 0
+    assert "the JWT key /etc/slurm/elsewhere.key is not on this head" in result.stdout
+    # The role only read slurm.conf.
+    for head in HEADS:
+        assert "AuthAltTypes=auth/jwt" in on_head(head, f"cat {SLURM_CONF}").stdout
+
+
+def test_auto_falls_back_to_the_commands_and_says_so(lab, converged):
+    """A cluster without JWTs: head2 is configured for the commands, and still runs jobs."""
+    result, recap = playbook(lab, "--limit", "head2", "-e", f"hpcportal_slurm_conf={NO_JWT_CONF}")
+    assert result.returncode == 0, show(result)
+    assert ("WARNING: hpcportal_slurm_backend is auto and the cluster lacks AuthAltTypes=auth/jwt"
+            in result.stdout), show(result)
+    try:
+        config = yaml.safe_load(on_head("head2", "cat /etc/hpcportal/config.yaml").stdout)
+        assert config["slurm"]["backend"] == "cli" and "rest_url" not in config["slurm"]
+        wait_on_heads(lambda: healthy("head2"), "head2 healthy with the commands")
+        status, ready = admin_readyz("head2")
+        assert status == 200 and slurm_backend(ready) == "cli", ready
+        token = user_token("deploytest")
+        job_id = submit_job("head2", token, "hello through sbatch")
+        assert finished_job("head2", token, job_id)["state"] == "COMPLETED"
+    finally:
+        result, _ = playbook(lab, "--limit", "head2")
+        assert result.returncode == 0, show(result)
+    wait_on_heads(lambda: slurm_backend(admin_readyz("head2")[1]) == "rest", "head2 back on slurmrestd")
 
 
 def test_nginx_snippet_proxies_the_api(lab, converged):
