@@ -59,13 +59,14 @@ def test_no_file_and_no_scontrol_is_unknown(tmp_path, key):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root owns the key on a head")
-def test_the_key_must_be_there_root_owned_and_not_readable_by_others(tmp_path, key):
+def test_the_key_must_be_there_root_owned_and_0600(tmp_path, key):
     conf = tmp_path / "slurm.conf"
     conf.write_text("AuthAltTypes=auth/jwt\n")
     assert check(conf, key)["key_problem"] == ""
     assert check(conf, tmp_path / "none.key")["key_problem"] == f"the JWT key {tmp_path}/none.key is not on this head"
-    key.chmod(0o644)
-    assert check(conf, key)["key_problem"] == f"the JWT key {key} is readable by others (mode 0644)"
+    key.chmod(0o640)
+    assert check(conf, key)["key_problem"] == (
+        f"the JWT key {key} is open to group or others (mode 0640, needs 0600)")
     key.chmod(0o600)
     os.chown(key, 2001, 0)
     assert check(conf, key)["key_problem"] == f"the JWT key {key} is owned by uid 2001, not root"

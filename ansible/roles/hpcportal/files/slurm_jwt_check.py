@@ -73,8 +73,9 @@ def key_problem(path):
         return f"the JWT key {path} is not a regular file"
     if st.st_uid != 0:
         return f"the JWT key {path} is owned by uid {st.st_uid}, not root"
-    if st.st_mode & stat.S_IROTH:
-        return f"the JWT key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if st.st_mode & 0o077:
+        # The daemon refuses it too: the key signs tokens for any Slurm user.
+        return f"the JWT key {path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}, needs 0600)"
     if st.st_size == 0:
         return f"the JWT key {path} is empty"
     return ""
