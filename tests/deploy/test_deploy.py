@@ -156,7 +156,7 @@ def start_lab_cluster():
 def admin_readyz(head):
     """/readyz with an admin token: every check with its detail."""
     token = on_head(head, "/opt/hpcportal/venv/bin/hpcportald --config /etc/hpcportal/config.yaml "
-                          "token --user deployadmin --admin").stdout.strip()
+                          "token --user deploytest --admin").stdout.strip()
     status, body = curl(f"http://{HEADS[head]}:{PORT}/readyz", "-H", f"Authorization: Bearer {token}")
     return status, json.loads(body)
 
