@@ -114,7 +114,8 @@ def build_portal(config, clock=time.time):
     indexer = Indexer(config.catalog, registry, database=database)
     images = ImageCatalog(database, config.paths.images, config.catalog.image_partitions)
     indexer.register(images.kind)
-    uploads = _uploads(config, database, registry, clock, directory)
+    notifications = build_notifications(config.notifications, database, holder=_head_name(config))
+    uploads = _uploads(config, database, registry, clock, directory, notifications)
     template_kind = TemplateKind(database, os.path.normpath(config.paths.templates))
     indexer.register(template_kind)
     favourites = Favourites(database)
@@ -136,7 +137,6 @@ def build_portal(config, clock=time.time):
     job_graph = JobGraph(jobs)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
-    notifications = build_notifications(config.notifications, database, holder=_head_name(config))
     # A pass runs squeue and sacct, each allowed the command timeout.
     monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
                          margin=2 * config.slurm.command_timeout + 10,
@@ -158,7 +158,7 @@ def _head_name(config):
     return f"{socket.gethostname()}:{config.server.port}/{os.getpid()}"
 
 
-def _uploads(config, database, registry, clock, directory):
+def _uploads(config, database, registry, clock, directory, notifications):
     server = config.server
     # Names this daemon's socket: leases held under it by another process are a dead predecessor's.
     listener = f"{socket.gethostname()}/{server.host}:{server.port}" if server.port else None
@@ -168,8 +168,9 @@ def _uploads(config, database, registry, clock, directory):
     # Recipients are checked against the same user policy as tokens.
     sharing = Sharing(database, storage, PosixAcls(), directory.lookup, clock=clock,
                       lock_timeout=config.database.busy_timeout)
+    events = notifications.upload_events(quota=config.uploads.user_quota, used_bytes=reservations.used_bytes)
     return Uploads(config.uploads, database, storage, Classifier(), UploadMetrics(registry),
-                   reservations, sharing, clock=clock, listener=listener)
+                   reservations, sharing, clock=clock, listener=listener, observers=(events.observe,))
 
 
 def _jobs(config, database, registry, *, images, templates, uploads):

@@ -49,9 +49,12 @@ class Uploads(TusUploads):
     package docstring for the functions other areas use."""
 
     def __init__(self, settings, database, storage, classifier, metrics, reservations, sharing,
-                 clock=time.time, listener=None):
+                 clock=time.time, listener=None, observers=()):
         """``listener`` names this daemon's socket; see ``CompletionLeases``. ``sharing``:
-        a ``sharing.Sharing`` on the same storage."""
+        a ``sharing.Sharing`` on the same storage. ``observers``: called as
+        ``observer("completed", upload row, file answer)`` in the transaction that
+        publishes a file, and ``observer("expired", upload row)`` once an expired upload is removed."""
+        self._observers = tuple(observers)
         self._settings = settings
         self._database = database
         self._storage = storage
@@ -358,6 +361,8 @@ class Uploads(TusUploads):
                 storage_path_hash=key, created_at=self._now())
             UploadChunk.delete().where(UploadChunk.upload == row.id).execute()
             Upload.delete().where(Upload.id == row.id).execute()
+            for observer in self._observers:
+                observer("completed", row, serialize_file(created))
         self._storage.remove_partial(row.user, row.id)
         self._hashes.drop(row.id)
         self._metrics.completed.labels(row.protocol).inc()
@@ -464,6 +469,8 @@ class Uploads(TusUploads):
                 count += 1
                 self._metrics.expired.inc()
                 log.info("upload %s of %s expired (%r)", row.id, row.user, row.filename)
+                for observer in self._observers:
+                    observer("expired", row)
         return count
 
     def remove_orphans(self):
