@@ -12,7 +12,8 @@ import requests
 from support.waiting import wait_for
 from support.daemon import REPO, auth_headers
 
-pytestmark = [pytest.mark.databases("mariadb", "postgres"), pytest.mark.slurm]
+# Both heads talk to Slurm through the commands, then both through slurmrestd.
+pytestmark = [pytest.mark.databases("mariadb", "postgres"), pytest.mark.slurm, pytest.mark.slurm_backends("cli", "rest")]
 
 WAIT = 90
 
@@ -30,7 +31,8 @@ def slurm_conf():
 
 @pytest.fixture
 def heads(daemon_factory, slurm_conf):
-    config = {"slurm": {"conf": slurm_conf, "poll_interval": "1s"}}
+    # Only the portal's own jobs: the shared cluster holds alice's jobs of other tests too.
+    config = {"slurm": {"conf": slurm_conf, "poll_interval": "1s"}, "jobs": {"cluster_jobs": False}}
     return daemon_factory(config=config), daemon_factory(config=config)
 
 

@@ -5,8 +5,9 @@ Loaded as a pytest plugin by ``tests/conftest.py``. ``slurm_backend`` is the
 ``{"backend": "rest", ...}`` with the local slurmrestd's address and key (from
 ``SLURM_REST_URL``/``SLURM_JWT_KEY_FILE`` or ``scripts/dev-slurm start``); None for
 tests not marked. ``@pytest.mark.slurm_backends("cli", "rest")`` (on a module or a
-test; the closest wins) runs a test once per backend. REST runs on SQLite only:
-the database does not change what the backend does, and the suite stays short.
+test; the closest wins) runs a test once per backend. REST runs on one database,
+SQLite where the test runs on it: the database does not change what the backend
+does, and the suite stays short.
 """
 
 import os
@@ -56,10 +57,19 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
+    # A test runs through slurmrestd on one database: SQLite, or the first it runs on
+    # when it needs a server (the multi-head tests).
+    databases = {}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("slurm_backend") == "rest":
+            databases.setdefault(item.nodeid.split("[")[0], []).append(params.get("db_url", "sqlite"))
+    chosen = {test: "sqlite" if "sqlite" in kinds else kinds[0] for test, kinds in databases.items()}
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("slurm_backend") == "rest" and params.get("db_url", "sqlite") != "sqlite":
+        if (params.get("slurm_backend") == "rest"
+                and params.get("db_url", "sqlite") != chosen[item.nodeid.split("[")[0]]):
             dropped.append(item)
         else:
             kept.append(item)
