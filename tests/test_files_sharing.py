@@ -10,6 +10,7 @@ from support.daemon import Daemon, SharedTree
 from support.slurm import jobs_config, output, slurm_conf, wait_finished  # noqa: F401
 from support.uploads import SMALL, upload
 from support.users import ensure_group_users
+from support.waiting import wait_for
 
 SUBMIT = "/api/slurm/jobs/submit"
 TABLE = "이름,값\n가,1\n나,2\n".encode()
@@ -227,3 +228,19 @@ def test_shares_made_through_one_head_are_seen_and_undone_through_another(daemon
     assert second.delete(f"/api/v2/files/{stored['file_id']}/shares/{granted['id']}", user="alice").status_code == 204
     assert first.get(f"/api/v2/files/{stored['file_id']}", user="bob").status_code == 404
     assert acl(stored["storage_path"]) == {}
+
+
+@pytest.mark.databases("sqlite")
+def test_a_file_removed_after_retention_days_takes_its_shares_along(daemon_factory, shared_dir):
+    # Files are removed 8.6 s after their upload: time enough to share one first.
+    daemon = daemon_factory(config={**SMALL, "uploads": {**SMALL["uploads"], "retention_days": 0.0001,
+                                                         "cleanup_interval": "1s"}})
+    stored = upload(daemon, "alice", b"short-lived\n", filename="잠깐.txt", job_id="tmp-brief")
+    assert share(daemon, "alice", stored["file_id"], user="bob").status_code == 201
+    assert all(acl(folder) == {"user:bob": "--x"} for folder in folders(shared_dir, stored["storage_path"]))
+    wait_for(lambda: daemon.get(f"/api/v2/files/{stored['file_id']}", user="alice").status_code == 404,
+             timeout=60, message="the retention pass to remove the file")
+    assert not os.path.exists(stored["storage_path"])
+    wait_for(lambda: all(acl(folder) == {} for folder in folders(shared_dir, stored["storage_path"])),
+             timeout=30, message="the folders' entries to go")
+    assert daemon.get("/api/v2/files?shared=true", user="bob").json()["files"] == []
