@@ -227,7 +227,7 @@ def build_app(portal: Portal):
     jobs.add_routes(app, service=portal.jobs, output=portal.job_output, files=portal.job_files,
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
                     max_script_size=config.slurm.max_script_size)
-    insight.add_routes(app, graph=portal.job_graph)
+    insight.add_routes(app, graph=portal.job_graph, usage=portal.job_usage)
     template_sharing.add_routes(app, job_templates=portal.job_templates)
     notifications.add_routes(app, notifications=portal.notifications)
     return app

@@ -305,6 +305,12 @@ SETTINGS = (
       "The job list, details, output and cancel cover every job of the user Slurm knows, also "
       "those submitted without the portal (sbatch on a login node; source: cluster); false shows "
       "only the portal's own jobs."),
+    S("jobs", "usage_interval", parse_duration, "30s",
+      "How often running jobs' CPU and memory are sampled (sstat, by the one head holding the "
+      "sampling lease); 1s to 1h."),
+    S("jobs", "usage_max_jobs", parse_int, 500,
+      "Running jobs sampled at most per pass (the oldest first); the rest are not sampled."),
+    S("jobs", "usage_retention", parse_duration, "30d", "How long usage samples are kept."),
     # notifications (hpcportal.notifications)
     S("notifications", "retention", parse_duration, "30d", "Notifications older than this are removed."),
     S("notifications", "pending_warning", parse_duration, "30m",
@@ -517,6 +523,10 @@ def _check(values):
         fail("slurm.rest_url", "expected http://host:port or unix:/path/to/slurmrestd.socket")
     if values["slurm.command_timeout"] <= 0:
         fail("slurm.command_timeout", "must be positive")
+    if not 1 <= values["jobs.usage_interval"] <= 3600:
+        fail("jobs.usage_interval", "must be between 1s and 1h")
+    if values["jobs.usage_max_jobs"] < 0:
+        fail("jobs.usage_max_jobs", "must not be negative")
     if values["jobs.max_array_size"] < 1:
         fail("jobs.max_array_size", "must be at least 1")
     if values["slurm.max_streams"] < 0:

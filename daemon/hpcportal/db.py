@@ -48,6 +48,7 @@ MIGRATIONS = [
     (13, "notifications: events, deliveries and preferences", _create_tables("notifications")),
     (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
     (19, "files shared with other users and groups", _create_tables("file_shares")),
+    (11, "job usage samples and background-service leases", _create_tables("usage")),
 ]
 
 

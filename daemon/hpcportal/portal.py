@@ -33,6 +33,8 @@ from .errors import ConfigError
 from .jobs.as_template import JobTemplates
 from .jobs.backends import BackendChoice
 from .jobs.dependencies import JobGraph
+from .jobs.usage import UsageReport, UsageSampler
+from .slurm.accounting import Accounting
 from .jobs.folder import JobFolders
 from .jobs.metrics import JobMetrics
 from .jobs.monitor import JobMonitor
@@ -82,6 +84,7 @@ class Portal:
     job_files: JobResults
     job_graph: JobGraph
     notifications: Notifications
+    job_usage: UsageReport
     # Started in this order and stopped in the reverse one.
     services: tuple
     # Set when the daemon stops: live output streams end at once.
@@ -135,6 +138,11 @@ def build_portal(config, clock=time.time):
         stopping=stopping, metrics=job_metrics)
     job_files = JobResults(jobs)
     job_graph = JobGraph(jobs)
+    # Accounting is read with Slurm's commands (sacct, sstat) whichever backend submits.
+    accounting = Accounting(SlurmRunner(config.slurm.bin_dir, config.slurm.conf, config.slurm.command_timeout))
+    # slurmrestd 22.05 has no step statistics: only a head with Slurm's commands samples.
+    sampling = os.access(os.path.join(config.slurm.bin_dir, "sstat"), os.X_OK)
+    job_usage = UsageReport(jobs, accounting, sampling=sampling)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
     # A pass runs squeue and sacct, each allowed the command timeout.
@@ -144,12 +152,16 @@ def build_portal(config, clock=time.time):
     # The audit trail first, so stopped last: it stores the records of the last requests.
     # The backend is chosen before the monitor's first pass asks Slurm.
     services = (audit, indexer, janitor, backends, monitor, *notifications.services)
+    if sampling:
+        services += (UsageSampler(backends, accounting, database, interval=config.jobs.usage_interval,
+                                  max_jobs=config.jobs.usage_max_jobs, retention=config.jobs.usage_retention,
+                                  margin=2 * config.slurm.command_timeout + 10),)
 
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
                   uploads=uploads, templates=templates, my_templates=my_templates,
                   job_templates=job_templates, jobs=jobs, job_output=job_output, job_files=job_files,
-                  job_graph=job_graph, notifications=notifications,
+                  job_graph=job_graph, job_usage=job_usage, notifications=notifications,
                   services=services, stopping=stopping, clock=clock)
 
 

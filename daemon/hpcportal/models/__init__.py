@@ -3,10 +3,10 @@
 Each area keeps its models in its own module and lists them here.
 """
 
-from . import audit, catalog, file_shares, jobs, notifications, template_sharing, templates, uploads
+from . import audit, catalog, file_shares, jobs, notifications, template_sharing, templates, uploads, usage
 
 ALL_MODELS = [*audit.MODELS, *catalog.MODELS, *templates.MODELS, *uploads.MODELS, *jobs.MODELS,
-              *template_sharing.MODELS, *notifications.MODELS, *file_shares.MODELS]
+              *template_sharing.MODELS, *notifications.MODELS, *file_shares.MODELS, *usage.MODELS]
 
 
 def bind(database):
