@@ -228,6 +228,6 @@ def build_app(portal: Portal):
                     rate_limits=portal.rate_limits, max_json_body=config.server.max_json_body,
                     max_script_size=config.slurm.max_script_size)
     insight.add_routes(app, graph=portal.job_graph, usage=portal.job_usage)
-    template_sharing.add_routes(app, job_templates=portal.job_templates)
+    template_sharing.add_routes(app, job_templates=portal.job_templates, proposals=portal.proposals)
     notifications.add_routes(app, notifications=portal.notifications)
     return app

@@ -26,6 +26,7 @@ from .catalog.favourites import Favourites
 from .catalog.images import ImageCatalog
 from .catalog.indexer import Indexer
 from .catalog.my_templates import MyTemplates
+from .catalog.proposals import Proposals
 from .catalog.template_catalog import TemplateCatalog, TemplateKind
 from .catalog.template_files import UserTemplateFiles
 from .config import Config
@@ -79,6 +80,8 @@ class Portal:
     my_templates: MyTemplates
     # Jobs saved as templates.
     job_templates: JobTemplates
+    # Users' templates proposed for community/.
+    proposals: Proposals
     jobs: JobService
     job_output: JobOutput
     job_files: JobResults
@@ -125,6 +128,7 @@ def build_portal(config, clock=time.time):
     templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads,
                                 favourites=favourites)
     my_templates = MyTemplates(templates, indexer, UserTemplateFiles(config.paths.templates), favourites)
+    proposals = Proposals(templates, indexer, os.path.normpath(config.paths.templates))
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     backends = jobs.backends
@@ -160,8 +164,8 @@ def build_portal(config, clock=time.time):
     return Portal(config=config, database=database, registry=registry, authenticator=authenticator,
                   audit=audit, rate_limits=rate_limits, indexer=indexer, images=images,
                   uploads=uploads, templates=templates, my_templates=my_templates,
-                  job_templates=job_templates, jobs=jobs, job_output=job_output, job_files=job_files,
-                  job_graph=job_graph, job_usage=job_usage, notifications=notifications,
+                  job_templates=job_templates, proposals=proposals, jobs=jobs, job_output=job_output,
+                  job_files=job_files, job_graph=job_graph, job_usage=job_usage, notifications=notifications,
                   services=services, stopping=stopping, clock=clock)
 
 

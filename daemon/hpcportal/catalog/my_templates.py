@@ -9,6 +9,8 @@ are their own templates too: they can be given new versions and deleted alike.
 
 import re
 
+import yaml
+
 from ..errors import Conflict, NotFound, PermissionDenied, ValidationError
 from ..models.templates import Template
 from . import templates as tpl
@@ -35,6 +37,21 @@ def local_id_from_name(name):
     without a Latin letter or digit (``"결과 분석"``)."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", str(name).lower()).strip("-_")[:48]
     return slug or "template"
+
+
+class _TemplateDumper(yaml.SafeDumper):
+    """Multi-line strings (scripts, descriptions) as literal blocks, as people write them;
+    PyYAML falls back to quoting where a block cannot hold the text exactly."""
+
+
+_TemplateDumper.add_representer(
+    str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                                       style="|" if "\n" in value else None))
+
+
+def to_yaml(document):
+    """A template document as the YAML text of a file."""
+    return yaml.dump(document, Dumper=_TemplateDumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 class MyTemplates:

@@ -138,3 +138,44 @@ class UserTemplateFiles:
             raise Conflict(
                 f"Your templates folder cannot be written: {reason[-1] if reason else 'unknown error'}.",
                 code="templates_folder_unwritable")
+
+
+def write_shared(root, source, relpath, text):
+    """Write ``<source>/<relpath>`` (an administrators' folder such as ``community``) as
+    the daemon, through descriptors; Conflict when the file exists already."""
+    parts = [source, *relpath.split("/")]
+    refusal = "A folder on the way was replaced (a symbolic link or not a folder)."
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = open_folder(part, fd, refusal)
+            os.close(fd)
+            fd = child
+        name = parts[-1]
+        try:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+            raise Conflict(f"{'/'.join(parts)} exists already.", code="template_version_exists")
+        except FileNotFoundError:
+            pass
+        temporary = f".{name}.part"
+        file_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o644, dir_fd=fd)
+        try:
+            with os.fdopen(file_fd, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)

@@ -13,8 +13,7 @@ the values the job used) and file slots, so its script still finds
 import posixpath
 import re
 
-import yaml
-
+from ..catalog.my_templates import to_yaml
 from ..errors import NotFound, ValidationError
 
 SLURM_KEYS = (("partition", "partition"), ("nodes", "nodes"), ("cpus", "cpus"), ("memory", "memory"),
@@ -103,10 +102,6 @@ def build_document(job, script, template=None):
         document["parameters"] = parameters
     document["script"] = script_without_directives(script)
     return document
-
-
-def to_yaml(document):
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 
 
 class JobTemplates:
