@@ -38,6 +38,12 @@ def audit(tree, target):
                             (target,)).fetchall()
 
 
+def notices(portal, user="alice"):
+    answer = portal.get("/api/v2/notifications", user=user)
+    assert answer.status_code == 200, answer.text
+    return [n for n in answer.json()["notifications"] if n["type"] == "template.proposal"]
+
+
 def create(portal, text, user="alice"):
     answer = portal.post(LIST, user=user, json={"yaml": text})
     assert answer.status_code == 201, answer.text
@@ -85,7 +91,10 @@ def test_a_proposal_approved_lands_in_community_with_its_proposer_as_maintainer(
     with open(path, encoding="utf-8") as handle:
         assert yaml.safe_load(handle)["maintainer"] == "alice"
 
-    # The proposer reads the outcome; it is decided once.
+    # The proposer is told, and reads the outcome on the proposal; it is decided once.
+    told = notices(portal)
+    assert len(told) == 1 and KOREAN in told[0]["title"] and "community.solver" in told[0]["message"]
+    assert notices(portal, user="bob") == []
     mine_now = portal.get(f"{PROPOSALS}/{proposal['id']}", user="alice").json()["proposal"]
     assert mine_now["status"] == "approved"
     twice = portal.post(f"{PROPOSALS}/{proposal['id']}/reject", user="bob", admin=True, json={"reason": "late"})
@@ -111,6 +120,8 @@ def test_a_rejected_proposal_tells_the_proposer_why(portal, tree):
     outcome = portal.get(PROPOSALS, user="alice", params={"status": "rejected"}).json()["proposals"]
     assert [(p["id"], p["status"], p["reason"]) for p in outcome] == [
         (proposal["id"], "rejected", "설명이 필요합니다 (needs a description)")]
+    told = notices(portal)[0]
+    assert "not added" in told["title"] and "설명이 필요합니다" in told["message"]
     assert portal.get(f"{LIST}/community.rough", user="alice").status_code == 404
     assert not os.path.exists(os.path.join(tree.templates, "community", "rough"))
     # Rejected: it may be proposed again.

@@ -128,7 +128,6 @@ def build_portal(config, clock=time.time):
     templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads,
                                 favourites=favourites)
     my_templates = MyTemplates(templates, indexer, UserTemplateFiles(config.paths.templates), favourites)
-    proposals = Proposals(templates, indexer, os.path.normpath(config.paths.templates))
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     backends = jobs.backends
@@ -149,6 +148,8 @@ def build_portal(config, clock=time.time):
     job_usage = UsageReport(jobs, accounting, sampling=sampling)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
+    proposals = Proposals(templates, indexer, os.path.normpath(config.paths.templates),
+                          notify=_proposal_notice(notifications.events))
     # A pass runs squeue and sacct, each allowed the command timeout.
     monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
                          margin=2 * config.slurm.command_timeout + 10,
@@ -167,6 +168,13 @@ def build_portal(config, clock=time.time):
                   job_templates=job_templates, proposals=proposals, jobs=jobs, job_output=job_output,
                   job_files=job_files, job_graph=job_graph, job_usage=job_usage, notifications=notifications,
                   services=services, stopping=stopping, clock=clock)
+
+
+def _proposal_notice(events):
+    """How a proposer is told of the review: a ``template.proposal`` notification."""
+    def notify(user, key, title, message, data):
+        events.record(user, "template.proposal", key=key, title=title, message=message, data=data)
+    return notify
 
 
 def _head_name(config):

@@ -6,9 +6,11 @@ administrator approves it (the text, with the proposer as ``maintainer``, is
 written as ``community/<local id>/<version>.yaml`` and indexed at once) or
 rejects it with a reason. The outcome stays on the proposal, which its
 proposer can read (``GET /api/v2/templates/proposals``), and the proposer is
-told through ``notify(user, kind, title, message, data)`` when the portal has
-notifications.
+told through ``notify(user, key, title, message, data)``: the portal's builder
+records a ``template.proposal`` notification with it.
 """
+
+import logging
 
 import yaml
 
@@ -19,6 +21,8 @@ from . import templates as tpl
 from .my_templates import problems_error, to_yaml
 from .template_catalog import KIND, MAX_TEMPLATE_BYTES
 from .template_files import read_user_file, write_shared
+
+log = logging.getLogger("hpcportal.catalog.templates")
 
 COMMUNITY = "community"
 STATUSES = ("pending", "approved", "rejected")
@@ -160,7 +164,11 @@ class Proposals:
         row.decided_at = TemplateProposal.get_by_id(row.id).decided_at
 
     def _tell(self, row, title, message):
-        if self._notify is not None:
-            self._notify(row.proposer, f"template.proposal.{row.status}", title, message,
+        if self._notify is None:
+            return
+        try:
+            self._notify(row.proposer, f"template.proposal:{row.id}:{row.status}", title, message,
                          {"proposal": row.id, "template_id": row.template_id, "version": row.version,
                           "community_id": row.community_id, "reason": row.reason})
+        except Exception:  # the outcome is on the proposal already; the notice is a courtesy
+            log.exception("proposal %s: telling %s failed", row.id, row.proposer)

@@ -17,7 +17,7 @@ from ..models.notifications import NotificationDelivery, NotificationEvent, Noti
 log = logging.getLogger("hpcportal.notifications")
 
 KINDS = ("job.state", "job.finished", "job.waiting", "upload.completed", "upload.expired",
-         "quota.warning", "template.invalid")
+         "quota.warning", "template.invalid", "template.proposal")
 
 
 def serialize(event):

@@ -11,7 +11,8 @@ from ..models.notifications import NotificationDelivery, NotificationPreference
 from .events import KINDS
 
 # Sent by e-mail and webhook unless the user chooses: every state change would be too many.
-DEFAULT_EVENTS = ("job.finished", "job.waiting", "upload.expired", "quota.warning", "template.invalid")
+DEFAULT_EVENTS = ("job.finished", "job.waiting", "upload.expired", "quota.warning", "template.invalid",
+                  "template.proposal")
 _ADDRESS = re.compile(r"[^@\s<>,;\"]{1,64}@[^@\s<>,;\"]{1,253}")
 
 
