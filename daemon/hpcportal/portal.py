@@ -128,6 +128,8 @@ def build_portal(config, clock=time.time):
     templates = TemplateCatalog(database, template_kind, images=images, uploads=uploads,
                                 favourites=favourites)
     my_templates = MyTemplates(templates, indexer, UserTemplateFiles(config.paths.templates), favourites)
+    proposals = Proposals(templates, indexer, os.path.normpath(config.paths.templates),
+                          notify=_proposal_notice(notifications.events))
     jobs, job_metrics = _jobs(config, database, registry, images=images, templates=templates,
                               uploads=uploads)
     backends = jobs.backends
@@ -148,8 +150,6 @@ def build_portal(config, clock=time.time):
     job_usage = UsageReport(jobs, accounting, sampling=sampling)
 
     janitor = UploadJanitor(uploads, database, config.uploads.cleanup_interval)
-    proposals = Proposals(templates, indexer, os.path.normpath(config.paths.templates),
-                          notify=_proposal_notice(notifications.events))
     # A pass runs squeue and sacct, each allowed the command timeout.
     monitor = JobMonitor(jobs, database, interval=config.slurm.poll_interval,
                          margin=2 * config.slurm.command_timeout + 10,
