@@ -69,7 +69,8 @@ def run_job(daemon, user, script, **fields):
     answer = submit(daemon, user, script, **fields)
     assert answer.status_code == 200, answer.text
     job_id = answer.json()["jobId"]
-    assert wait_finished(daemon, user, job_id)["state"] in ("COMPLETED", "FAILED")
+    # Generous: the local cluster is shared with every other test's jobs.
+    assert wait_finished(daemon, user, job_id, timeout=300)["state"] in ("COMPLETED", "FAILED")
     return output(daemon, user, job_id)
 
 
@@ -146,6 +147,7 @@ def test_alice_shares_with_bob_whose_job_reads_it_in_place(daemon, tree):
                and f"'detail': {{'share': '{granted['id']}'}}" in line for line in audited), audited
 
 
+@pytest.mark.slurm  # the module's daemon is the jobs test's
 def test_group_shares_and_what_is_refused(daemon, tree):
     first = upload(daemon, "carol", b"for the lab\n", filename="lab 1.txt", job_id="tmp-lab")
     second = upload(daemon, "carol", b"also for the lab\n", filename="lab 2.txt", job_id="tmp-lab")
