@@ -45,3 +45,11 @@ def test_upload_quota_expiry_and_template_events(daemon_factory, shared_dir):
                        message="the template.invalid event")
     assert len(invalid) == 1 and invalid[0]["title"] == "Your template broken.yaml is invalid", invalid
     assert events_of(daemon, "bob", "template.invalid") == []
+
+
+def test_notifications_are_removed_after_the_retention(daemon_factory):
+    daemon = daemon_factory({"notifications": {"retention": "3s"}})
+    upload(daemon, "alice", b"x" * 10, filename="short-lived.txt")
+    assert len(events_of(daemon, "alice", "upload.completed")) == 1
+    wait_for(lambda: daemon.get("/api/v2/notifications", user="alice").json()["total"] == 0, timeout=30,
+             message="the notification to be removed")

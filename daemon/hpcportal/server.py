@@ -205,6 +205,9 @@ class Server:
             channel_timeout=300,
             cleanup_interval=30,
             recv_bytes=RECV_BYTES,
+            # poll(), not select(): event streams handed to their own loop keep their
+            # sockets open, and select() fails for any socket numbered 1024 or more.
+            asyncore_use_poll=True,
         )
         # Bodies over max_request_body_size get the app's JSON 413 (oversize.py).
         self._server.channel_class = refusing_oversized_bodies(PipelineChannel)
