@@ -55,7 +55,12 @@ def test_a_posted_template_is_the_users_own_file_and_listed_at_once(portal, tree
     assert info.st_uid == pwd.getpwnam("alice").pw_uid
     with open(path, encoding="utf-8") as handle:
         assert handle.read() == "id: template\n" + text
-    assert os.stat(os.path.dirname(os.path.dirname(path))).st_uid == info.st_uid
+    folder = os.stat(os.path.dirname(os.path.dirname(path)))
+    # Private to alice on disk too, as in the API.
+    assert folder.st_uid == info.st_uid and folder.st_mode & 0o777 == 0o700 and info.st_mode & 0o077 == 0
+    # users/ itself is the daemon's, and every user passes through it.
+    users = os.stat(os.path.join(tree.templates, "users"))
+    assert users.st_uid == 0 and users.st_mode & 0o777 == 0o755
 
     # Another name without Latin letters gets a free id; a Latin name its own slug.
     again = post(portal, simple(name="다른 결과 파일"))

@@ -21,12 +21,14 @@ from ..safefiles import open_folder, open_regular
 from ..slurm.runner import as_user, clean_environment
 from .templates.ids import USERS_SOURCE
 
-USER_DIR_MODE = 0o755
+# Only the user (and the daemon, as root) reads a user's templates, as only they see them in the API.
+USER_DIR_MODE = 0o700
+SHARED_DIR_MODE = 0o755
 WRITE_TIMEOUT = 30
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # $1 folder (made if missing), $2 file name; the text on stdin. Renamed into
 # place whole, so the watcher never reads half a file.
-_WRITE = ('umask 022 && mkdir -p -- "$1" && cat > "$1/.$2.part" && mv -f -- "$1/.$2.part" "$1/$2" '
+_WRITE = ('umask 077 && mkdir -p -- "$1" && cat > "$1/.$2.part" && mv -f -- "$1/.$2.part" "$1/$2" '
           '|| { rm -f -- "$1/.$2.part"; exit 1; }')
 # Each argument a file to remove; its folder goes too once empty.
 _REMOVE = 'for f in "$@"; do rm -f -- "$f" && rmdir -- "${f%/*}" 2>/dev/null; done; exit 0'
@@ -93,7 +95,8 @@ class UserTemplateFiles:
             fd = open_folder(name, parent, refusal)
         except FileNotFoundError:
             try:
-                os.mkdir(name, USER_DIR_MODE, dir_fd=parent)
+                # users/ itself is traversed by every user on the way to their own folder.
+                os.mkdir(name, USER_DIR_MODE if owner is not None else SHARED_DIR_MODE, dir_fd=parent)
             except FileExistsError:
                 pass
             fd = open_folder(name, parent, refusal)
