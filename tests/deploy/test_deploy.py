@@ -603,6 +603,9 @@ def test_daemon_comes_back_after_head_reboot(lab, converged):
     run(["bash", str(HERE / "lab.sh"), "restart", "head2"], env=lab["env"])
     wait_on_heads(lambda: healthy("head2"), "head2 healthy after reboot")
     assert on_head("head2", "systemctl is-active hpcportald").stdout.strip() == "active"
+    # slurmrestd comes back too, and the daemon uses it again.
+    assert on_head("head2", "systemctl is-active slurmrestd").stdout.strip() == "active"
+    wait_on_heads(lambda: slurm_backend(admin_readyz("head2")[1]) == "rest", "head2 on slurmrestd after reboot")
 
 
 def test_config_change_restarts_the_daemon_exactly_once(lab, converged):
