@@ -682,27 +682,6 @@ def test_preflight_refuses_backend_rest_without_jwt_in_the_cluster(lab, converge
         assert "AuthAltTypes=auth/jwt" in on_head(head, f"cat {SLURM_CONF}").stdout
 
 
-def test_auto_falls_back_to_the_commands_and_says_so(lab, converged):
-    """A cluster without JWTs: head2 is configured for the commands, and still runs jobs."""
-    result, recap = playbook(lab, "--limit", "head2", "-e", f"hpcportal_slurm_conf={NO_JWT_CONF}")
-    assert result.returncode == 0, show(result)
-    assert ("WARNING: hpcportal_slurm_backend is auto and the cluster lacks AuthAltTypes=auth/jwt"
-            in result.stdout), show(result)
-    try:
-        config = yaml.safe_load(on_head("head2", "cat /etc/hpcportal/config.yaml").stdout)
-        assert config["slurm"]["backend"] == "cli" and "rest_url" not in config["slurm"]
-        wait_on_heads(lambda: healthy("head2"), "head2 healthy with the commands")
-        status, ready = admin_readyz("head2")
-        assert status == 200 and slurm_backend(ready) == "cli", ready
-        token = user_token("deploytest")
-        job_id = submit_job("head2", token, "hello through sbatch")
-        assert finished_job("head2", token, job_id)["state"] == "COMPLETED"
-    finally:
-        result, _ = playbook(lab, "--limit", "head2")
-        assert result.returncode == 0, show(result)
-    wait_on_heads(lambda: slurm_backend(admin_readyz("head2")[1]) == "rest", "head2 back on slurmrestd")
-
-
 def test_nginx_snippet_proxies_the_api(lab, converged):
     """The snippet (written by the config-change run), inside a dashboard-like server block."""
     if not lab["extra"].get("hpcportal_nginx_proxy"):
@@ -719,3 +698,20 @@ def test_nginx_snippet_proxies_the_api(lab, converged):
         curl(f"http://{HEADS['head1']}:8080/api/v2/me")), "nginx on head1")
     assert status == 401 and json.loads(body)["msg"] == "Missing Authorization Header", body
 
+
+def test_auto_falls_back_to_the_commands_and_says_so(lab, converged):
+    """A cluster without JWTs: head2 is configured for the commands, and still runs jobs.
+    The last test: head2 stays that way (a full run with the lab's slurm.conf undoes it)."""
+    result, _ = playbook(lab, "--limit", "head2", "--tags", "configure,service",
+                         "-e", f"hpcportal_slurm_conf={NO_JWT_CONF}")
+    assert result.returncode == 0, show(result)
+    assert ("WARNING: hpcportal_slurm_backend is auto and the cluster lacks AuthAltTypes=auth/jwt"
+            in result.stdout), show(result)
+    config = yaml.safe_load(on_head("head2", "cat /etc/hpcportal/config.yaml").stdout)
+    assert config["slurm"]["backend"] == "cli" and "rest_url" not in config["slurm"]
+    wait_on_heads(lambda: healthy("head2"), "head2 healthy with the commands")
+    status, ready = admin_readyz("head2")
+    assert status == 200 and slurm_backend(ready) == "cli", ready
+    token = user_token("deploytest")
+    job_id = submit_job("head2", token, "hello through sbatch")
+    assert finished_job("head2", token, job_id)["state"] == "COMPLETED"
