@@ -1,6 +1,7 @@
 """E-mail and webhook delivery across heads: once, even when a head dies, retried when
 the mail server is down, given up after a bounded number of tries (and shown)."""
 
+import datetime
 import socket
 
 import pytest
@@ -55,6 +56,12 @@ def test_two_heads_send_one_email_per_event(daemon_factory, shared_dir, slurm_co
         for head in (a, b):
             events = head.get("/api/v2/notifications", user="alice").json()["notifications"]
             assert sorted(e["jobId"] for e in events if e["type"] == "job.finished") == sorted([first, second])
+        # The first attempt comes within 10 s of the event (createdAt is to the second).
+        finished = {e["jobId"]: e for e in events if e["type"] == "job.finished"}
+        for message in mail.messages:
+            job_id = message["subject"].split()[2]
+            created = datetime.datetime.fromisoformat(finished[job_id]["createdAt"].replace("Z", "+00:00"))
+            assert message["at"] - created.timestamp() < 11, (message, finished[job_id])
     finally:
         mail.stop()
 

@@ -10,6 +10,7 @@ import email.policy
 import http.server
 import json
 import threading
+import time
 
 from aiosmtpd.controller import Controller
 
@@ -25,7 +26,7 @@ class _Keep:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
             self.messages.append({"to": list(envelope.rcpt_tos), "subject": message["Subject"],
-                                  "body": message.get_content()})
+                                  "body": message.get_content(), "at": time.time()})
         return "250 OK"
 
 
