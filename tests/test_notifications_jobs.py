@@ -115,3 +115,20 @@ def test_failing_timed_out_and_cancelled_jobs_notify_by_inbox_mail_and_webhook(d
     finally:
         mail.stop()
         hook.stop()
+
+
+def test_a_job_pending_for_resources_past_the_warning_gets_job_waiting(daemon_factory, shared_dir, slurm_conf):
+    config = jobs_config(shared_dir, slurm_conf)
+    config["notifications"] = {"pending_warning": "2s"}
+    daemon = daemon_factory(config)
+    # The whole node for one job: the next one waits for resources.
+    hog = submit(daemon, "bob", "#!/bin/bash\nsleep 120\n", name="whole node", cpus=64)
+    waiting = submit(daemon, "alice", "#!/bin/bash\ntrue\n", name="queued")
+    try:
+        events = wait_for(lambda: [n for n in inbox(daemon, "alice")["notifications"] if n["type"] == "job.waiting"],
+                          timeout=60, interval=1, message="a job.waiting notification")
+        assert len(events) == 1 and events[0]["jobId"] == waiting
+        assert "has been waiting for" in events[0]["message"] and "resources short" in events[0]["message"]
+    finally:
+        daemon.delete(f"/api/slurm/jobs/{hog}", user="bob")
+        daemon.delete(f"/api/slurm/jobs/{waiting}", user="alice")

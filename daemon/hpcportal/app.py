@@ -137,8 +137,13 @@ class AuthMiddleware:
             return  # CORS preflight carries no credentials by design
         header = req.get_header("Authorization")
         if header is None and req.path == notifications.EVENTS_PATH and req.get_param("access_token"):
-            # A browser's EventSource cannot send headers: the stream alone takes the token here.
-            header = f"Bearer {req.get_param('access_token')}"
+            # A browser's EventSource cannot send headers: the stream alone takes the token in
+            # the query, and any refusal of it is a 401, as for a request without a header.
+            try:
+                req.context.user = self._authenticator.authenticate(f"Bearer {req.get_param('access_token')}")
+            except errors.AuthenticationError as exc:
+                raise errors.AuthenticationError(exc.message, code=exc.code) from None
+            return
         req.context.user = self._authenticator.authenticate(header)
 
 

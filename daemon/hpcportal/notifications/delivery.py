@@ -10,6 +10,7 @@ and the error shown in the user's preferences. Nothing here runs in a request.
 import datetime
 import logging
 import threading
+import time
 
 import peewee
 
@@ -23,6 +24,8 @@ log = logging.getLogger("hpcportal.notifications")
 # Pending deliveries are looked for this often (and at once after a local event):
 # the first attempt comes within seconds of the event on whichever head is free.
 POLL_SECONDS = 2
+# The periodic checks (job.waiting, template.invalid, retention) need not run as often.
+PERIODIC_SECONDS = 10
 MAX_BACKOFF = 3600
 
 
@@ -47,6 +50,7 @@ class DeliveryWorker:
         self._thread = None
         self._passes = PassClock(POLL_SECONDS, claim_timeout + 30)
         self._last_error = None
+        self._periodic_due = 0.0
 
     def start(self):
         self._passes.start()
@@ -70,8 +74,10 @@ class DeliveryWorker:
             self.wake.clear()
             try:
                 with self._database.connection_context():
-                    for task in self._periodic:
-                        task()
+                    if time.monotonic() >= self._periodic_due:
+                        self._periodic_due = time.monotonic() + PERIODIC_SECONDS
+                        for task in self._periodic:
+                            task()
                     while self.run_once() and not self._stop.is_set():
                         pass
                 self._last_error = None

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 
-from ..errors import RateLimited
+from ..errors import RateLimited, ServiceUnavailable
 from ..models.base import isoformat
 
 log = logging.getLogger("hpcportal.notifications")
@@ -42,7 +42,6 @@ class Ticket:
         self._hub = hub
         self.user = user
         self.last_id = last_id
-        self._taken = False
 
     def body(self, detach):
         """The response body: iterating it asks the server (``detach``) for the connection."""
@@ -50,16 +49,10 @@ class Ticket:
 
     def take(self, sock, head):
         """The connection (None when the client left first), in the server's loop thread."""
-        self._taken = True
         if sock is None:
             self._hub.release(self.user)
         else:
             self._hub.attach(self, sock, head)
-
-    def abandon(self):
-        if not self._taken:
-            self._taken = True
-            self._hub.release(self.user)
 
 
 class _HandOver:
@@ -112,7 +105,6 @@ class StreamHub:
         """A ticket for one more stream of ``user``, or 429 past the caps."""
         with self._lock:
             if self._loop is None:
-                from ..errors import ServiceUnavailable
                 raise ServiceUnavailable("Event streams are not running on this head.", code="streams_unavailable")
             if sum(self._counts.values()) >= self._max_streams:
                 raise RateLimited(f"This head serves {self._max_streams} event streams already; "
