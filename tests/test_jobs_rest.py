@@ -11,7 +11,8 @@ import threading
 from urllib.parse import urlsplit
 
 import pytest
-from support.backends import rest_settings
+from support.backends import UnixSocketRestd, rest_settings
+from support.waiting import wait_for
 from support.slurm import jobs_config, output, slurm_conf, squeue_comments, wait_finished  # noqa: F401
 
 SUBMIT = "/api/slurm/jobs/submit"
@@ -209,3 +210,25 @@ def test_an_unreachable_slurmrestd_is_503_with_retry_after_and_no_switch(daemon_
         listed = daemon.get("/api/slurm/jobs", user="alice").json()
         assert listed["jobs"] == [] and listed["slurm"]["reachable"] is False
     assert "hpcportal_slurm_calls_total{" not in daemon.get("/metrics").text
+
+
+def test_auto_switches_between_calls_when_slurmrestd_comes_and_goes(daemon_factory, shared_dir, slurm_conf):
+    restd = UnixSocketRestd(slurm_conf)
+    try:
+        daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, **dict(
+            rest_settings(), backend="auto", rest_url=f"unix:{restd.path}")))
+        assert _readiness(daemon)[0]["backend"] == "cli"
+        restd.start()
+        # Re-checked every poll_interval (1 s here).
+        wait_for(lambda: _readiness(daemon)[0]["backend"] == "rest", timeout=30, message="the switch to REST")
+        answer = daemon.post(SUBMIT, user="alice", json={"jobName": "via socket", "script": "#!/bin/bash\ntrue\n"})
+        assert answer.status_code == 200, answer.text
+        assert 'hpcportal_slurm_rest_calls_total{call="POST job",outcome="200"} 1.0' in daemon.get("/metrics").text
+        restd.stop()
+        wait_for(lambda: _readiness(daemon)[0]["backend"] == "cli", timeout=30, message="the fall-back")
+        assert "slurmrestd does not answer" in _readiness(daemon)[1]["detail"]
+        answer = daemon.post(SUBMIT, user="alice", json={"jobName": "via sbatch", "script": "#!/bin/bash\ntrue\n"})
+        assert answer.status_code == 200, answer.text
+        assert 'hpcportal_slurm_calls_total{command="sbatch",outcome="ok"} 1.0' in daemon.get("/metrics").text
+    finally:
+        restd.cleanup()

@@ -4,7 +4,6 @@ output, as ``scripts/test`` exports them), plus in-process tests of the token ca
 """
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import pytest
-from support.backends import dev_slurm_environment
+from support.backends import UnixSocketRestd, dev_slurm_environment
 from support.waiting import wait_for
 from test_dev_services import assert_loopback_only
 
@@ -186,22 +185,9 @@ def test_signer_never_shows_its_key_or_tokens():
 @pytest.fixture(scope="module")
 def unix_socket_restd(dev_slurm):
     """A second slurmrestd of the same cluster, listening on a unix socket only."""
-    folder = tempfile.mkdtemp(prefix="hpcportal-restd-")
-    os.chown(folder, pwd.getpwnam("slurmrest").pw_uid, 0)
-    path = os.path.join(folder, "slurmrestd.socket")
-    log = open(os.path.join(folder, "log"), "wb")
-    proc = subprocess.Popen(["/usr/sbin/slurmrestd", "-f", dev_slurm["SLURM_CONF"], "-a", "rest_auth/jwt",
-                             "-s", "openapi/v0.0.38", "-u", "slurmrest", f"unix:{path}"],
-                            env={**os.environ, "SLURM_JWT": "daemon"}, stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: os.path.exists(path), timeout=30, message="slurmrestd's unix socket")
-        yield path
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    restd = UnixSocketRestd(dev_slurm["SLURM_CONF"]).start()
+    yield restd.path
+    restd.cleanup()
 
 
 @pytest.mark.slurm

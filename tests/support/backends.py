@@ -11,11 +11,15 @@ does, and the suite stays short.
 """
 
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
 from .slurm import REPO
+from .waiting import wait_for
 
 NAMES = ("SLURM_CONF", "SLURM_REST_URL", "SLURM_JWT_KEY_FILE")
 
@@ -40,6 +44,39 @@ def dev_slurm_environment():
 def rest_settings():
     found = dev_slurm_environment()
     return {"backend": "rest", "rest_url": found["SLURM_REST_URL"], "jwt_key_file": found["SLURM_JWT_KEY_FILE"]}
+
+
+class UnixSocketRestd:
+    """A second slurmrestd of the local cluster, listening on a unix socket only (as the
+    Ansible role runs it); ``path`` is known before ``start``."""
+
+    def __init__(self, conf):
+        self.conf = conf
+        self.folder = tempfile.mkdtemp(prefix="hpcportal-restd-")
+        os.chown(self.folder, pwd.getpwnam("slurmrest").pw_uid, 0)
+        self.path = os.path.join(self.folder, "slurmrestd.socket")
+        self.proc = None
+
+    def start(self):
+        log = open(os.path.join(self.folder, "log"), "ab")
+        self.proc = subprocess.Popen(["/usr/sbin/slurmrestd", "-f", self.conf, "-a", "rest_auth/jwt",
+                                      "-s", "openapi/v0.0.38", "-u", "slurmrest", f"unix:{self.path}"],
+                                     env={**os.environ, "SLURM_JWT": "daemon"}, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(lambda: os.path.exists(self.path), timeout=30, message="slurmrestd's unix socket")
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def pytest_configure(config):
