@@ -147,7 +147,7 @@ class UsageReport:
 
     def job(self, user, job_id):
         row = self._service.row_for(user, job_id)
-        live = self._service.live_state(row) or {}
+        live = self._service.live_state(row) or self._fresh(row.slurm_job_id) or {}
         state = live.get("state") or row.state
         samples = list(JobUsageSample.select().where(JobUsageSample.slurm_job_id == row.slurm_job_id)
                        .order_by(JobUsageSample.taken_at))
@@ -173,6 +173,13 @@ class UsageReport:
         if notes:
             answer["note"] = " ".join(notes)
         return answer
+
+    def _fresh(self, job_id):
+        """The job in a fresh snapshot: the shared one may predate a job submitted just now."""
+        try:
+            return self._service.backends.current().snapshot(max_age=0).jobs.get(job_id)
+        except SlurmUnavailable:
+            return None
 
     def user(self, user, *, days, who=None, everyone=False):
         if (who not in (None, user.name) or everyone) and not user.admin:
