@@ -6,7 +6,10 @@ OUT_OF_MEMORY job cannot be made in the tests: its message is tested here.
 
 import pytest
 
+from types import SimpleNamespace
+
 from hpcportal.notifications import messages
+from hpcportal.notifications.stream import StreamHub
 from hpcportal.notifications.webhook import signature
 
 pytestmark = pytest.mark.unit
@@ -52,3 +55,15 @@ def test_the_webhook_signature_is_hmac_sha256_of_the_body():
     # RFC 4231 test case 2: key "Jefe".
     assert signature("Jefe", b"what do ya want for nothing?") == (
         "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+
+
+def test_the_stream_poll_sends_an_event_whose_id_committed_late_once():
+    # Two heads' transactions commit in any order: id 11 is seen after 12.
+    hub = StreamHub(None, None, max_streams=1, max_per_user=1, heartbeat=15)
+    hub._cursor = 10
+    ids = lambda events: [e.id for e in events]  # noqa: E731
+    event = lambda n: SimpleNamespace(id=n, user="alice")  # noqa: E731
+    assert ids(hub._new([event(12)])) == [12]
+    assert hub._gaps.keys() == {11}
+    assert ids(hub._new([event(11), event(12), event(13)])) == [11, 13]
+    assert ids(hub._new([event(11), event(12), event(13)])) == [] and not hub._gaps

@@ -15,6 +15,7 @@ import concurrent.futures
 import json
 import logging
 import threading
+import time
 
 from ..errors import RateLimited, ServiceUnavailable
 from ..models.base import isoformat
@@ -25,6 +26,10 @@ POLL_SECONDS = 1.0
 # A client that does not read: its stream ends (it resumes from Last-Event-ID) rather
 # than its unsent events piling up in this process.
 MAX_UNSENT = 1024 * 1024
+# How long an id skipped by the events read is looked for (another head's transaction
+# may commit it later), and how many skipped ids of one read are remembered.
+GAP_SECONDS = 30
+MAX_GAPS = 1000
 
 
 def format_event(event):
@@ -66,16 +71,20 @@ class _HandOver:
 
 
 class _Stream:
-    def __init__(self, user, cursor, writer):
+    def __init__(self, user, after, writer):
+        """``after``: events up to this id are not this stream's (None: not known yet)."""
         self.user = user
-        self.cursor = cursor
+        self.after = after
         self.writer = writer
+        # Ids sent lately: the catch-up and the poll may both bring an event.
+        self._sent = collections.deque(maxlen=512)
 
     def send(self, events):
         for event in events:
-            if event.id > self.cursor:
-                self.writer.write(format_event(event))
-                self.cursor = event.id
+            if (self.after is not None and event.id <= self.after) or event.id in self._sent:
+                continue
+            self.writer.write(format_event(event))
+            self._sent.append(event.id)
         if self.writer.transport.get_write_buffer_size() > MAX_UNSENT:
             self.writer.close()
 
@@ -96,6 +105,7 @@ class StreamHub:
         self._thread = None
         self._wake = None
         self._cursor = None
+        self._gaps = {}  # id not seen yet (a transaction still open, or rolled back) -> since when
         self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="event-db")
         self._last_error = None
 
@@ -200,13 +210,13 @@ class StreamHub:
             reader, writer = await asyncio.open_connection(sock=sock)
             stream = _Stream(ticket.user, ticket.last_id, writer)
             # Registered before the catch-up is read: what the poll finds meanwhile is
-            # sent too, and the cursor keeps either from being sent twice.
+            # sent too, and the stream's ids sent keep either from being sent twice.
             self._streams[ticket.user].add(stream)
             writer.write(head + b"retry: 3000\n\n")
             if ticket.last_id is not None:
                 stream.send(await self._db(self._store.since, ticket.user, ticket.last_id))
             else:
-                stream.cursor = self._cursor if self._cursor is not None else await self._db(self._store.newest_id)
+                stream.after = self._cursor if self._cursor is not None else await self._db(self._store.newest_id)
             await writer.drain()
             while await reader.read(4096):
                 pass  # the client sends nothing more; end of input means it left
@@ -238,18 +248,37 @@ class StreamHub:
                 pass
             self._wake.clear()
             try:
-                events = await self._db(self._store.after, self._cursor)
+                low = min(self._gaps) - 1 if self._gaps else self._cursor
+                events = await self._db(self._store.after, low)
                 self._last_error = None
             except Exception as exc:
                 self._last_error = f"database: {exc}"
                 continue
             by_user = collections.defaultdict(list)
-            for event in events:
+            for event in self._new(events):
                 by_user[event.user].append(event)
-                self._cursor = max(self._cursor, event.id)
             for user, mine in by_user.items():
                 for stream in list(self._streams.get(user, ())):
                     stream.send(mine)
+
+    def _new(self, events):
+        """The events not dispatched yet. Ids are taken when a row is inserted, and
+        transactions of several heads commit in any order: an id skipped now may
+        appear later, so skipped ids are asked for again for GAP_SECONDS."""
+        now = time.monotonic()
+        fresh = []
+        for event in events:
+            if event.id > self._cursor:
+                for missing in range(max(self._cursor + 1, event.id - MAX_GAPS), event.id):
+                    self._gaps[missing] = now
+                self._cursor = event.id
+                fresh.append(event)
+            elif self._gaps.pop(event.id, None) is not None:
+                fresh.append(event)
+        for missing, since in list(self._gaps.items()):
+            if now - since > GAP_SECONDS:
+                del self._gaps[missing]
+        return fresh
 
     async def _beat(self):
         while True:
