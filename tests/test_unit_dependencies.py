@@ -149,3 +149,15 @@ def test_the_graph_holds_the_connected_jobs_only():
     assert {(e["from"], e["to"], e["type"]) for e in graph["edges"]} == {
         ("1", "2", "afterok"), ("2", "3", "afterany"), ("99", "3", "afternotok")}
     assert connected(jobs, "4") == {"nodes": [{"jobId": "4", "name": "lonely", "state": "PENDING"}], "edges": []}
+
+
+@pytest.mark.parametrize("settings, name", [
+    ({"usage_interval": "0.5s"}, "jobs.usage_interval"), ({"usage_interval": "2h"}, "jobs.usage_interval"),
+    ({"max_array_size": 0}, "jobs.max_array_size"), ({"usage_max_jobs": -1}, "jobs.usage_max_jobs"),
+])
+def test_insight_settings_are_bounded(settings, name):
+    from hpcportal.config import Config
+    from hpcportal.errors import ConfigError
+    with pytest.raises(ConfigError, match=name):
+        Config.from_dict({"jobs": settings})
+    assert Config.from_dict({"jobs": {"usage_interval": "1s"}}).jobs.usage_interval == 1
