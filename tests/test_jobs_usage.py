@@ -102,3 +102,16 @@ def test_one_head_samples_and_a_dead_heads_lease_is_taken_over(tmp_path):
     assert not second._take_lease(now + datetime.timedelta(seconds=100))
     assert second._take_lease(now + datetime.timedelta(seconds=151))
     assert not first._take_lease(now + datetime.timedelta(seconds=152))
+
+
+def test_a_head_with_slurmrestd_only_takes_no_samples_and_says_why(daemon_factory, shared_dir, slurm_conf):
+    from support.backends import rest_settings
+    no_commands = os.path.join(shared_dir.root, "no-slurm-commands")
+    os.makedirs(no_commands)
+    daemon = daemon_factory(jobs_config(shared_dir, slurm_conf, bin_dir=no_commands, **rest_settings()))
+    answer = daemon.post(SUBMIT, user="alice", json={"jobName": "rest only", "script": "true", "time": 5})
+    assert answer.status_code == 200, answer.text
+    usage = daemon.get(f"/api/slurm/jobs/{answer.json()['jobId']}/usage", user="alice")
+    assert usage.status_code == 200, usage.text
+    assert usage.json()["samples"] == [] and "slurmrestd" in usage.json()["note"]
+    assert usage.json()["requested"]["cpus"] == 1
