@@ -11,6 +11,7 @@ with Slurm's reason."""
 
 import json
 import logging
+import urllib.parse
 import threading
 import time
 
@@ -18,20 +19,29 @@ import jwt
 import urllib3
 
 from .http import connection_pool
+from .parse import utc_from_epoch
 from .runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 
 log = logging.getLogger("hpcportal.slurm")
 
 # Slurm's "Invalid job id specified": a job it does not know (any more).
 _UNKNOWN_JOB = 2017
+# slurmdbd's "Nothing found with query": an empty answer, not an error.
+_NOTHING_FOUND = 9003
+
+
+class SlurmdbMissing(SlurmUnavailable):
+    """slurmrestd has no ``/slurmdb/`` part (started without the ``openapi/dbv*`` plugin,
+    as it must be on a cluster without slurmdbd): accounting is read some other way."""
 
 
 def _is_outage(number):
     """Slurm error numbers that say "not now" rather than "no". slurmrestd reports
     both an unreachable slurmctld and a token slurmctld rejects (a key that is not
     slurmctld's) as -1 "Unspecified error"; 1000-1099 are the protocol and
-    communication errors, 1800-1899 slurmctld's."""
-    return number == -1 or (isinstance(number, int) and (1000 <= number < 1100 or 1800 <= number < 1900))
+    communication errors, 1800-1899 slurmctld's; 7000 and 7008 a lost or invalid connection to slurmdbd."""
+    return number == -1 or (isinstance(number, int) and (1000 <= number < 1100 or 1800 <= number < 1900
+                                                          or number in (7000, 7008)))
 
 
 class TokenSigner:
@@ -101,6 +111,44 @@ class ApiV0038:
 
     def partitions(self, answer):
         return answer.get("partitions", [])
+
+    def db_path(self, what):
+        return f"/slurmdb/{self.version}/{what}"
+
+    def db_jobs_query(self, job_ids):
+        # "step" takes a comma-separated list of job ids; the comma must be escaped.
+        return "jobs?skip_steps=true&step=" + "%2C".join(str(int(j)) for j in job_ids)
+
+    def finished_job(self, job):
+        """One job of slurmdbd's answer as ``parse.parse_sacct_completion`` gives it."""
+        state = (job.get("state") or {}).get("current") or ""
+        state = state.split()[0] if state else ""
+        times = job.get("time") or {}
+        nodes = job.get("nodes")
+        return {"state": state, "exit_code": self._exit_code(job.get("exit_code"), state),
+                "started_at": utc_from_epoch(times.get("start")), "ended_at": utc_from_epoch(times.get("end")),
+                "nodes": None if nodes in (None, "", "(null)", "None assigned") else nodes}
+
+    @staticmethod
+    def _exit_code(value, state):
+        """``code:signal`` as sacct prints it. Slurm 22.05's v0.0.38 reports every job's
+        exit code as ``SUCCESS``/0 (a FAILED job's too): a success that contradicts the
+        state is unknown (None) rather than a wrong "0:0"."""
+        if not isinstance(value, dict):
+            return None
+        code = value.get("return_code") or 0
+        signal = value.get("signal")
+        signal = (signal.get("signal_id") if isinstance(signal, dict) else signal) or 0
+        if value.get("status") == "SUCCESS" and code == 0 and state not in ("COMPLETED", "CANCELLED"):
+            return None
+        return f"{code}:{signal}"
+
+    def association(self, item):
+        """One association as ``client.CommandBackend.associations`` gives it."""
+        default = item.get("default") or {}
+        return {"cluster": item.get("cluster"), "account": item.get("account"),
+                "partition": item.get("partition") or None, "qos": sorted(q for q in item.get("qos") or [] if q),
+                "default_qos": default.get("qos") or None}
 
 
 # Newest first: the first one the server answers is used.
@@ -179,6 +227,33 @@ class SlurmRest:
         api = self._adapter()
         return api.nodes(self._call("GET", api.path("nodes"), self._root))
 
+    def finished(self, job_ids):
+        """slurmdbd's record of each job, by id (``parse_sacct_completion``'s shape), read
+        with a root token. Raises ``SlurmdbMissing`` without the ``/slurmdb/`` part."""
+        api = self._adapter()
+        answer = self._db_call(api.db_path(api.db_jobs_query(job_ids)), self._root)
+        wanted = {str(j) for j in job_ids}
+        # Array tasks and requeued runs come as more records of one id: the last one counts.
+        return {str(job.get("job_id")): api.finished_job(job) for job in answer.get("jobs") or []
+                if str(job.get("job_id")) in wanted}
+
+    def associations(self, user):
+        """``user``'s associations, asked with ``user``'s own token (what slurmdbd shows them)."""
+        api = self._adapter()
+        answer = self._db_call(api.db_path(f"associations?user={urllib.parse.quote(user)}"), user)
+        return [api.association(item) for item in answer.get("associations") or [] if item.get("user") == user]
+
+    def _db_call(self, path, user):
+        status, data = self._request("GET", path, user)
+        if status == 404:
+            raise SlurmdbMissing("slurmrestd has no /slurmdb/ API (no openapi/dbv plugin loaded).")
+        try:
+            return self._answer(status, data)
+        except SlurmRefused as error:
+            if getattr(error, "slurm_errno", None) == _NOTHING_FOUND:
+                return {}
+            raise
+
     def _adapter(self):
         with self._api_lock:
             if self._api is None:
@@ -202,7 +277,9 @@ class SlurmRest:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        call = f"{method} {path.split('/')[3] if path.count('/') >= 3 else path}"
+        # The label names the call, never its query (job ids would make endless labels).
+        parts = path.split("?")[0].split("/")
+        call = f"{method} {'db ' if parts[1:2] == ['slurmdb'] else ''}{parts[3] if len(parts) > 3 else path}"
         started = time.monotonic()
         outcome = "error"
         try:
@@ -227,6 +304,9 @@ class SlurmRest:
     def _call(self, method, path, user, body=None, done=None, timeout=None):
         """The JSON answer; ``done(answer)`` tells an answer that succeeded despite notes in ``errors``."""
         status, data = self._request(method, path, user, body, timeout)
+        return self._answer(status, data, done)
+
+    def _answer(self, status, data, done=None):
         if status in (401, 403):
             # Plain text "Authentication failure": a key that does not match slurmctld's.
             raise SlurmUnavailable("slurmrestd refused the portal's token (is the JWT key slurmctld's?).")

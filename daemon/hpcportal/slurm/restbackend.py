@@ -3,9 +3,10 @@
 Submit and cancel carry the user's own token; the shared snapshot, partitions and
 nodes are read with a root token, once per cache interval for every request.
 Accounting (final states of jobs Slurm has forgotten, a user's associations)
-needs slurmrestd's ``/slurmdb/`` plugin and slurmdbd; until that is used here it
-comes from ``sacct``/``sacctmgr`` when this head has them, and is otherwise
-simply not known (a job keeps the last state it was seen in).
+comes from slurmrestd's ``/slurmdb/`` API when it has one (slurmdbd and the
+``openapi/dbv*`` plugin); without it, from ``sacct``/``sacctmgr`` when this head
+has them, and is otherwise simply not known (a job keeps the last state it was
+seen in).
 """
 
 import logging
@@ -14,7 +15,9 @@ import os
 from . import values
 from .backend import SlurmBackend
 from .parse import job_fields
+from .rest import SlurmdbMissing
 from .restjob import job_description
+from .runner import SlurmUnavailable
 
 log = logging.getLogger("hpcportal.slurm")
 
@@ -72,11 +75,27 @@ class RestBackend(SlurmBackend):
         self.invalidate()
 
     def finished(self, job_ids):
+        if not job_ids:
+            return {}
+        try:
+            return self.rest.finished(job_ids)
+        except SlurmdbMissing:
+            pass
+        except SlurmUnavailable as exc:
+            # As with a failing sacct: the jobs keep their last state until the next pass asks again.
+            log.info("slurmdbd could not tell finished jobs: %s", exc.message)
+            return {}
         if self._has("sacct"):
             return self._accounting.finished(job_ids)
         return {}
 
     def associations(self, user):
+        try:
+            items = self.rest.associations(user.name)
+        except SlurmdbMissing:
+            pass
+        else:
+            return items, None if items else "You have no Slurm associations; jobs run without an account."
         if self._has("sacctmgr"):
             return self._accounting.associations(user)
         return [], "Slurm accounting cannot be read on this head: there are no accounts or QOS to choose."
