@@ -206,7 +206,9 @@ def test_partitions_and_associations(daemon_factory, shared_dir, slurm_conf, slu
     assert partitions["compute"]["cpus"] >= 64 and partitions["compute"]["memory_mb"] > 16 * 1024
     assert partitions["viz"]["images"] == ["paraview_5.11"] and partitions["compute"]["images"] == []
     associations = daemon.get("/api/slurm/associations", user="alice").json()
-    assert associations["associations"] == [] and "accounting" in associations["note"]
+    # alice has no association: without slurmdbd the note says accounting is off, with it that she has none.
+    assert associations["associations"] == []
+    assert "accounting" in associations["note"] or "no Slurm associations" in associations["note"], associations
     metrics = daemon.get("/metrics").text
     # Through slurmrestd the partitions cost no sinfo.
     sinfo = 'hpcportal_slurm_calls_total{command="sinfo",outcome="ok"}'
