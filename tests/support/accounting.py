@@ -59,6 +59,8 @@ def second_cluster(accounting):
         yield conf
     finally:
         subprocess.run([script, "stop"], capture_output=True, text=True, env=env, timeout=300)
+        if accounting:
+            subprocess.run([script, "drop-accounting"], capture_output=True, text=True, env=env, timeout=60)
         shutil.rmtree(base, ignore_errors=True)
 
 
