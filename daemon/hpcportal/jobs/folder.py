@@ -56,6 +56,10 @@ class JobFolders:
         if self._chown and info.st_uid not in trusted_owner:
             os.close(fd)
             raise UnsafePath(f"The folder {name} is not owned by its user; refusing to use it.")
+        if create and self._chown and info.st_uid == os.geteuid():
+            # Another submission of the user's is making this folder right now and has not
+            # handed it over yet: hand it over here, or sbatch (run as the user) cannot reach it.
+            self._own(fd, user, DIR_MODE)
         return fd
 
     def open_dir(self, user, submission_id=None, create=False):
