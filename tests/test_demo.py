@@ -157,6 +157,12 @@ def test_the_token_is_printed_once_the_catalogs_list_the_examples(demo):
     assert f". {demo.folder}/env" in banner
 
 
+def test_the_demo_reaches_slurm_through_slurmrestd(demo):
+    # scripts/dev-slurm runs slurmrestd, the daemon's main path: the demo is configured for it.
+    slurm = demo.get("/readyz").json()["checks"]["slurm"]
+    assert slurm["ok"] and slurm["backend"] == "rest", slurm
+
+
 def test_what_jobs_run_is_where_every_user_reaches_it(demo):
     with open(os.path.join(demo.folder, "state", "config.yaml")) as handle:
         apptainer = yaml.safe_load(handle)["slurm"]["apptainer"]
