@@ -31,7 +31,8 @@ def _create_tables(module_name, models="MODELS"):
     return migrate
 
 
-# (number, description, function(database)). Append only; never renumber.
+# (number, description, function(database)), in ascending order; never renumber. Numbers
+# skipped while several changes were made at once stay unused.
 MIGRATIONS = [
     (1, "audit records", _create_tables("audit")),
     (2, "catalog generations and image index", _create_tables("catalog")),
@@ -43,12 +44,12 @@ MIGRATIONS = [
     (10, "a job's dependency and array, as submitted", lambda database: (
         _add_column(database, "job", "dependency", peewee.CharField(max_length=1024, null=True)),
         _add_column(database, "job", "array", peewee.CharField(max_length=1024, null=True)))),
+    (11, "job usage samples and background-service leases", _create_tables("usage")),
+    (13, "notifications: events, deliveries and preferences", _create_tables("notifications")),
     (16, "users' favourite templates", _create_tables("template_sharing", "FAVOURITE_MODELS")),
     (17, "template proposals for community/", _create_tables("template_sharing", "PROPOSAL_MODELS")),
-    (13, "notifications: events, deliveries and preferences", _create_tables("notifications")),
     (18, "case-folded file names for the file browser's search and sort", lambda database: _name_keys(database)),
     (19, "files shared with other users and groups", _create_tables("file_shares")),
-    (11, "job usage samples and background-service leases", _create_tables("usage")),
 ]
 
 
