@@ -323,9 +323,10 @@ class Soak:
                 answer = requests.get(self.url + "/api/slurm/jobs", timeout=60,
                                       headers={"Authorization": f"Bearer {self.token(user)}"})
                 jobs = answer.json().get("jobs") or []
-                self._known_jobs[user] = next((j.get("jobId") or j.get("job_id")
-                                               for j in jobs if j.get("jobId") or j.get("job_id")),
-                                              None)
+                # A job sbatch made elsewhere (source: cluster) may have no output file left.
+                self._known_jobs[user] = next((j.get("jobId") or j.get("job_id") for j in jobs
+                                               if (j.get("jobId") or j.get("job_id"))
+                                               and j.get("source", "portal") == "portal"), None)
             except (requests.RequestException, ValueError):
                 self._known_jobs[user] = None
         return self._known_jobs[user]
