@@ -9,7 +9,9 @@ same cluster state, ``--count`` (50) rounds of:
 - a plain ``sbatch`` by alice (her uid, gid and groups, a clean environment) of an
   equivalent batch script in a folder of hers: the baseline;
 - ``POST /api/slurm/jobs/submit`` as alice to the REST daemon;
-- the same to the command daemon.
+- the same to the command daemon;
+- a bare slurmrestd submit as alice (the daemon's own REST client, no portal around
+  it): what the REST backend costs before the portal's own work.
 Then ``--requests`` (200) concurrent ``GET /api/slurm/jobs`` to each daemon while
 the jobs run, counting the Slurm commands each daemon ran meanwhile. Prints medians,
 p95, the ratios to plain sbatch (targets: REST <= 0.6, commands <= 1.3) and the
@@ -37,6 +39,8 @@ import requests  # noqa: E402
 from support.daemon import Daemon, SharedTree, auth_headers  # noqa: E402
 from support.slurm import jobs_config, start_cluster  # noqa: E402
 from support.users import ensure_test_users  # noqa: E402
+
+from hpcportal.slurm.rest import SlurmRest, TokenSigner  # noqa: E402
 
 SCRIPT = "#!/bin/bash\nsleep 20\n"
 TARGETS = {"rest": 0.6, "cli": 1.3}
@@ -67,6 +71,15 @@ def plain_sbatch(alice, folder, conf, index):
                             extra_groups=[], env=env, cwd=folder, capture_output=True, text=True, check=True)
     elapsed = time.perf_counter() - started
     return elapsed, answer.stdout.strip().split(";")[0]
+
+
+def bare_rest_submit(rest, folder, index):
+    """slurmrestd alone: the same job as the plain sbatch, described as the REST API takes it."""
+    job = {"name": "bare", "current_working_directory": folder, "standard_output": f"{folder}/bare-%j.out",
+           "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "tasks_per_node": 1}
+    started = time.perf_counter()
+    job_id = rest.submit("alice", job, SCRIPT)
+    return time.perf_counter() - started, str(job_id)
 
 
 class ApiSubmitter:
@@ -142,14 +155,18 @@ def main():
             job_ids.append(api.submit("warmup")[1])
         job_ids.append(plain_sbatch(alice, folder, conf, "warmup")[1])
 
-        times = {"sbatch": [], "rest": [], "cli": []}
+        rest = SlurmRest(rest_url, TokenSigner.from_file(key_file))
+        job_ids.append(bare_rest_submit(rest, folder, "warmup")[1])
+        times = {"sbatch": [], "rest": [], "cli": [], "bare": []}
         for index in range(args.count):
-            # Rotate the order so none of the three always follows the same one.
-            order = [("sbatch", None), ("rest", apis["rest"]), ("cli", apis["cli"])]
-            order = order[index % 3:] + order[:index % 3]
+            # Rotate the order so none of the four always follows the same one.
+            order = [("sbatch", None), ("rest", apis["rest"]), ("cli", apis["cli"]), ("bare", None)]
+            order = order[index % 4:] + order[:index % 4]
             for name, api in order:
-                if api is None:
+                if name == "sbatch":
                     elapsed, job_id = plain_sbatch(alice, folder, conf, index)
+                elif name == "bare":
+                    elapsed, job_id = bare_rest_submit(rest, folder, index)
                 else:
                     elapsed, job_id = api.submit(index)
                 times[name].append(elapsed)
@@ -159,13 +176,15 @@ def main():
         ms = lambda seconds: seconds * 1000  # noqa: E731
         plain = statistics.median(times["sbatch"])
         print(f"submissions: {args.count} rounds of plain sbatch, API (REST backend), API (command backend), "
-              "interleaved")
-        labels = {"sbatch": "plain sbatch", "rest": "API, REST", "cli": "API, commands"}
-        for name in ("sbatch", "rest", "cli"):
+              "bare slurmrestd, interleaved")
+        labels = {"sbatch": "plain sbatch", "rest": "API, REST", "cli": "API, commands", "bare": "bare slurmrestd"}
+        for name in ("sbatch", "rest", "cli", "bare"):
             median = statistics.median(times[name])
-            line = f"  {labels[name]:<14} median {ms(median):6.1f} ms   p95 {ms(percentile(times[name], .95)):6.1f} ms"
+            line = f"  {labels[name]:<15} median {ms(median):6.1f} ms   p95 {ms(percentile(times[name], .95)):6.1f} ms"
             if name in TARGETS:
                 line += f"   ratio {median / plain:.2f} (target <= {TARGETS[name]})"
+            elif name == "bare":
+                line += f"   ratio {median / plain:.2f} (slurmrestd alone)"
             print(line)
         floor = statistics.median(round_trips)
         print(f"  bare HTTP round trip (GET /healthz) median {ms(floor):.1f} ms")
