@@ -231,14 +231,18 @@ def _figures(base, entry):
 
 
 def _requested(record, live, row):
-    if record:
-        return {"cpus": record["alloc_cpus"] or record["cpus"], "memoryBytes": record["memory_bytes"],
-                "timeSeconds": record["time_seconds"]}
     mem = _TRES_MEMORY.search(live.get("tres") or "")
     limit = live.get("time_limit")
-    return {"cpus": live.get("cpus") or row.cpus,
-            "memoryBytes": memory(mem.group(1)) if mem else memory(row.memory),
-            "timeSeconds": limit * 60 if isinstance(limit, int) else None}
+    known = {"cpus": live.get("cpus") or row.cpus,
+             "memoryBytes": memory(mem.group(1)) if mem else memory(row.memory),
+             "timeSeconds": limit * 60 if isinstance(limit, int) else None}
+    if not record:
+        return known
+    # Accounting's record of a job that started a moment ago may lack what slurmdbd has not
+    # been told yet (0 CPUs, no limits): the controller's figures stand in for those.
+    return {"cpus": record["alloc_cpus"] or record["cpus"] or known["cpus"],
+            "memoryBytes": record["memory_bytes"] or known["memoryBytes"],
+            "timeSeconds": record["time_seconds"] or known["timeSeconds"]}
 
 
 def _used(record, live, samples, state):
