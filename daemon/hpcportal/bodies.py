@@ -67,8 +67,8 @@ class MemoryBody:
         self._file.write(b"\0")  # one allocation, written over in place
         self._file.seek(0)
         self._received = 0
-        # A connection dropped mid-body is never closed by waitress; its
-        # budget comes back when the buffer is collected.
+        # Given back once: on close, or when the buffer is collected (a body
+        # waitress dropped some other way).
         self._give_back = weakref.finalize(self, budget.give_back, size)
 
     def __len__(self):
@@ -106,5 +106,15 @@ def keeping_bodies_in_memory(channel_class, budget):
 
     class Channel(channel_class):
         parser_class = Parser
+
+        def handle_close(self):
+            # A connection dropped mid-body: waitress never closes its unfinished request,
+            # and a reference cycle may keep the buffer (and its budget) until a full
+            # garbage collection, so the next bodies would go to files meanwhile.
+            request = getattr(self, "request", None)
+            buffer = getattr(getattr(request, "body_rcv", None), "buf", None)
+            if isinstance(buffer, MemoryBody):
+                buffer.close()
+            super().handle_close()
 
     return Channel
