@@ -15,19 +15,13 @@ import subprocess
 import pytest
 import requests
 
-from support.client import cli_command, cli_env, portal_daemon, run_cli, upload_bytes, write_random
+from support.client import MiB, cli_command, cli_env, run_cli, upload_bytes, write_random
+from support.client import portal  # noqa: F401 (a fixture)
 from support.daemon import REPO, auth_headers
 from support.slurm import slurm_conf  # noqa: F401 (a fixture)
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.slurm
-MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def portal(slurm_conf):
-    with portal_daemon(slurm_conf) as daemon:
-        yield daemon
 
 
 def _json(done):

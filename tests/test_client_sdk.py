@@ -9,18 +9,12 @@ import pytest
 import requests
 
 from hpcportal.client import Client, ClientError
-from support.client import portal_daemon, write_random
+from support.client import MiB, write_random
+from support.client import portal  # noqa: F401 (a fixture)
 from support.daemon import auth_headers, free_port, make_token
 from support.slurm import slurm_conf  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
-MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def portal(slurm_conf):
-    with portal_daemon(slurm_conf) as daemon:
-        yield daemon
 
 
 class Interrupted(Exception):

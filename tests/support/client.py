@@ -2,6 +2,8 @@
 
 ``portal_daemon(slurm_conf)``: a context manager giving a daemon on a fresh shared
 tree, set up for jobs on the local Slurm (with the apptainer stand-in).
+``portal`` (module fixture): that daemon, for a test module that imports it with
+``slurm_conf`` (from support.slurm).
 ``run_cli(daemon, *args, user="alice", env=None, cache=...)``: runs
 ``python -m hpcportal.client`` as a user would (URL and token from PORTAL_URL /
 PORTAL_TOKEN), returning the finished process.
@@ -14,11 +16,14 @@ import re
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from .daemon import REPO, Daemon, SharedTree, make_token
 from .slurm import jobs_config
 from .users import ensure_test_users
+
+MiB = 1024 * 1024
 
 
 @contextlib.contextmanager
@@ -32,6 +37,12 @@ def portal_daemon(slurm_conf):
     finally:
         daemon.stop()
         tree.cleanup()
+
+
+@pytest.fixture(scope="module")
+def portal(slurm_conf):
+    with portal_daemon(slurm_conf) as daemon:
+        yield daemon
 
 
 def cli_env(daemon, user="alice", cache=None, **extra):
