@@ -8,48 +8,11 @@ import time
 
 import pytest
 
+from support.templates import LIST, drop, simple
 from support.waiting import wait_for
 from support import sifbuild
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "templates", "official")
-LIST = "/api/v2/templates"
-
-SIMPLE = """\
-name: {name}
-version: "{version}"
-category: {category}
-tags: [demo]
-slurm:
-  partition: {{default: compute, choices: [compute, group1]}}
-  nodes: {{default: 1, max: 2}}
-  cpus: 2
-  memory: 1G
-  time: "00:05:00"
-parameters:
-  - {{name: text, type: string, required: true}}
-  - {{name: count, type: int, default: 2, min: 1, max: 5}}
-script: |
-  printf '%s' "$PARAM_TEXT" > text.out
-  printf '%s' "$PARAM_COUNT" > count.out
-"""
-
-
-def simple(name="Simple", version="1.0.0", category="general"):
-    return SIMPLE.format(name=name, version=version, category=category)
-
-
-
-
-
-def drop(shared, relpath, text):
-    """Write like an admin's `cp` into place: a temporary name, then a rename."""
-    path = os.path.join(shared.templates, *relpath.split("/"))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-    return path
 
 
 def listing(daemon, user="alice", admin=False, **params):

@@ -2,10 +2,8 @@
 
 import pytest
 
+from support.templates import LIST, drop, simple
 from support.waiting import wait_for
-from test_templates_api import drop, simple
-
-LIST = "/api/v2/templates"
 
 
 def ids(answer):

@@ -3,30 +3,9 @@
 import os
 import pwd
 
-import pytest
-
-from support.daemon import Daemon, SharedTree
-from support.users import ensure_test_users
+from support.templates import KOREAN, LIST, drop, simple
+from support.templates import portal, tree  # noqa: F401 (fixtures)
 from support.waiting import wait_for
-from test_templates_api import drop, simple
-
-LIST = "/api/v2/templates"
-KOREAN = "결과 분석 템플릿"
-
-
-@pytest.fixture(scope="module")
-def tree():
-    ensure_test_users()
-    shared = SharedTree()
-    yield shared
-    shared.cleanup()
-
-
-@pytest.fixture(scope="module")
-def portal(tree):
-    daemon = Daemon(tree).start()
-    yield daemon
-    daemon.stop()
 
 
 def post(portal, text, user="alice", **kwargs):

@@ -4,32 +4,13 @@ import json
 import os
 import sqlite3
 
-import pytest
 import yaml
 
-from support.daemon import Daemon, SharedTree
-from support.users import ensure_test_users
+from support.templates import KOREAN, LIST, simple
+from support.templates import portal, tree  # noqa: F401 (fixtures)
 from support.waiting import wait_for
-from test_templates_api import simple
 
-LIST = "/api/v2/templates"
 PROPOSALS = f"{LIST}/proposals"
-KOREAN = "결과 분석 템플릿"
-
-
-@pytest.fixture(scope="module")
-def tree():
-    ensure_test_users()
-    shared = SharedTree()
-    yield shared
-    shared.cleanup()
-
-
-@pytest.fixture(scope="module")
-def portal(tree):
-    daemon = Daemon(tree).start()
-    yield daemon
-    daemon.stop()
 
 
 def audit(tree, target):
