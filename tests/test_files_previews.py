@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from support.daemon import Daemon, SharedTree
+from support.daemon import Daemon, SharedTree, assert_no_traceback
 from support.uploads import SMALL, upload
 
 pytestmark = pytest.mark.databases("sqlite")  # files on disk; no SQL of interest
@@ -21,7 +21,7 @@ def daemon(users):
     daemon.stop()
     logs = daemon.logs()
     shared.cleanup()
-    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
+    assert_no_traceback(logs)
 
 
 def put(daemon, data, filename):

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from support.daemon import Daemon, SharedTree
+from support.daemon import Daemon, SharedTree, assert_no_traceback
 from support.slurm import jobs_config, output, slurm_conf, wait_finished  # noqa: F401
 from support.uploads import SMALL, upload
 from support.users import ensure_group_users
@@ -30,7 +30,7 @@ def daemon(tree, slurm_conf):
     yield daemon
     daemon.stop()
     logs = daemon.logs()
-    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
+    assert_no_traceback(logs)
 
 
 def acl(path):

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                status_code_conformance)
 
 from hpcportal.openapi import document
-from support.daemon import Daemon, SharedTree, auth_headers
+from support.daemon import Daemon, SharedTree, assert_no_traceback, auth_headers
 from support.uploads import upload
 
 EXAMPLES = int(os.environ.get("PORTAL_FUZZ_EXAMPLES", "20"))
@@ -92,7 +92,7 @@ def fuzzed_daemon(users):
     daemon.stop()
     logs = daemon.logs()
     shared.cleanup()
-    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
+    assert_no_traceback(logs)
 
 
 # Operations are collected from the package's document (schemathesis' lazy

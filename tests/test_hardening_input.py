@@ -10,7 +10,7 @@ import jwt
 import pytest
 import requests
 
-from support.daemon import TEST_SECRET, auth_headers
+from support.daemon import TEST_SECRET, assert_no_traceback, auth_headers
 from support.uploads import SMALL, upload
 from support.waiting import wait_for
 
@@ -60,7 +60,7 @@ def portal(users):
     daemon.stop()
     logs = daemon.logs()
     shared.cleanup()
-    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
+    assert_no_traceback(logs)
 
 
 def _refused(answer, *statuses):

@@ -34,6 +34,11 @@ def auth_headers(user, admin=False, **claims):
     return {"Authorization": f"Bearer {make_token(user, admin=admin, **claims)}"}
 
 
+def assert_no_traceback(logs):
+    """Fails on a traceback in a daemon's log, showing it with what led to it."""
+    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 500):][:5000]
+
+
 def deep_merge(base, extra):
     out = dict(base)
     for key, value in (extra or {}).items():
