@@ -29,7 +29,7 @@ import requests
 from support.daemon import auth_headers
 from support.sifbuild import build_sif
 from support.slurm import controller, jobs_config, slurm_conf, squeue_comments, wait_for  # noqa: F401
-from support.uploads import SMALL, chunks_of, complete, init, send_chunk, sha256
+from support.uploads import SMALL, chunks_of, complete, init, record_tus_cut_off, send_chunk, sha256
 
 SUBMIT = "/api/slurm/jobs/submit"
 ONE_BACKEND = pytest.mark.databases("sqlite")
@@ -252,10 +252,7 @@ def test_a_tus_upload_cut_off_after_its_last_byte_still_becomes_a_file(daemon_fa
     # the client saw Upload-Offset reach Upload-Length and will not come back.
     with open(os.path.join(shared_dir.uploads, "alice", "files", ".partial", upload_id), "ab") as f:
         f.write(data[-1:])
-    long_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 600))
-    with sqlite3.connect(f"{shared_dir.state}/portal.db") as conn:
-        conn.execute("UPDATE upload SET tus_offset = size, updated_at = ? WHERE id = ?",
-                     (long_ago, upload_id))
+    record_tus_cut_off(shared_dir, upload_id)
     daemon.start()
 
     wait_for(lambda: [f["filename"] for f in files_of(daemon, "alice")] == ["tus.bin"],

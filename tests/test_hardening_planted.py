@@ -23,7 +23,7 @@ from hpcportal.jobs.folder import JobFolders
 from hpcportal.passes import PassClock
 from support.daemon import auth_headers
 from support.slurm import jobs_config, slurm_conf, wait_finished  # noqa: F401
-from support.uploads import SMALL, chunks_of, init, send_chunk, upload
+from support.uploads import SMALL, chunks_of, init, record_tus_cut_off, send_chunk, upload
 from support.waiting import wait_for
 
 ALICE = 2001
@@ -162,10 +162,7 @@ def test_the_clean_up_pass_carries_on_past_a_planted_fifo(daemon_factory, shared
     # Killed after its last byte was acknowledged, before the file was made; then
     # alice swaps the partial data for a FIFO.
     plant(partial_path(shared_dir, upload_id), "fifo")
-    long_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 600))
-    with sqlite3.connect(f"{shared_dir.state}/portal.db") as conn:
-        conn.execute("UPDATE upload SET tus_offset = size, updated_at = ? WHERE id = ?",
-                     (long_ago, upload_id))
+    record_tus_cut_off(shared_dir, upload_id)
     daemon.start()
 
     wait_for(lambda: f"upload {upload_id} of alice: finishing its completion failed" in daemon.logs(),

@@ -1,10 +1,12 @@
-"""Helpers for the uploads tests: small chunk sizes, a chunk-protocol client."""
+"""Helpers for the uploads tests: small chunk sizes, a chunk-protocol client, a tus upload cut off by a crash."""
 
 import ctypes
 import hashlib
 import mmap
 import os
+import sqlite3
 import tempfile
+import time
 
 # Small chunks keep the tests quick; the HTTP server's body limit follows
 # max_chunk_size (plus 1 MiB), so bodies just above it still reach the app.
@@ -51,6 +53,15 @@ def upload(daemon, user, data, filename="data.bin", chunk_size=4096, order=None,
     done = complete(daemon, user, info["upload_id"])
     assert done.status_code == 200, done.text
     return done.json()
+
+
+def record_tus_cut_off(shared, upload_id):
+    """Leave a tus upload in the (SQLite) database as a head that died after its last
+    PATCH and before making the file would: offset at its length, ten minutes ago."""
+    long_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 600))
+    with sqlite3.connect(f"{shared.state}/portal.db") as conn:
+        conn.execute("UPDATE upload SET tus_offset = size, updated_at = ? WHERE id = ?",
+                     (long_ago, upload_id))
 
 
 def random_bytes(size):
