@@ -8,9 +8,8 @@ the middle of a submission.
 """
 
 import logging
-import threading
 
-from ..passes import PassClock
+from ..passes import PassLoop
 from ..slurm.runner import SlurmUnavailable
 
 log = logging.getLogger("hpcportal.slurm")
@@ -26,10 +25,9 @@ class BackendChoice:
         self._rest = rest
         self._current = rest if mode == "rest" else commands
         self._reason = reason
-        self._interval = interval
-        self._passes = PassClock(interval, margin)
-        self._stop = threading.Event()
-        self._thread = None
+        # start() checks at once, on the caller's thread: the loop's first check comes an interval later.
+        self._loop = PassLoop("slurm-backend", self.check, interval=interval, margin=margin, log=log,
+                              failure_message="checking slurmrestd failed", wait_first=True, join_timeout=2)
 
     def current(self):
         return self._current
@@ -52,31 +50,16 @@ class BackendChoice:
         self._current, self._reason = chosen, reason
 
     def start(self):
-        self._passes.start()
         self.check()
         log.info("Slurm backend: %s (%s)", self._current.name, self._reason)
         if self._rest is not None:
-            self._thread = threading.Thread(target=self._loop, name="slurm-backend", daemon=True)
-            self._thread.start()
+            self._loop.start()
 
     def stop(self):
-        self._stop.set()
-        if self._thread:
-            self._thread.join(2)
-
-    def _loop(self):
-        while not self._stop.wait(self._interval):
-            try:
-                self.check()
-            except Exception:  # keep checking whatever one pass did
-                log.exception("checking slurmrestd failed")
-            self._passes.finished()
+        self._loop.stop()
 
     def health(self):
-        overdue = self._passes.overdue() if self._thread else None
-        if overdue:
-            return False, overdue
-        return True, f"{self._current.name}: {self._reason}"
+        return self._loop.health(f"{self._current.name}: {self._reason}")
 
     def public_health(self):
         """What anyone may know: the backend's name (the reason may name hosts)."""

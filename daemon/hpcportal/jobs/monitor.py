@@ -13,7 +13,6 @@ import logging
 import os
 import pwd
 import re
-import threading
 import time
 
 import peewee
@@ -22,7 +21,7 @@ from ..auth import User
 from ..errors import UnsafePath
 from ..models.base import utcnow
 from ..models.jobs import Job
-from ..passes import PassClock
+from ..passes import PassLoop
 from ..slurm.backend import COMMENT_PREFIX
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmUnavailable
@@ -49,49 +48,33 @@ class JobMonitor:
         # Submission ids known to have a row: each squeue job is looked up once.
         self._known = set()
         self._missing = {}  # job id -> when it was first missing from squeue
-        self._stop = threading.Event()
-        self._thread = None
         self._last_ok = None
         self._last_error = None
-        self._passes = PassClock(interval, margin)
-        self.wake = threading.Event()
+        # join_timeout: a squeue in flight must not hold up a stop.
+        self._loop = PassLoop("job-monitor", self._pass, interval=interval, margin=margin, log=log,
+                              failure_message="job monitor round failed", join_timeout=2)
+        self.wake = self._loop.wake
 
     def start(self):
-        self._passes.start()
-        self._thread = threading.Thread(target=self._loop, name="job-monitor", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self):
-        self._stop.set()
-        self.wake.set()
-        if self._thread:
-            self._thread.join(2)  # a squeue in flight must not hold up a stop
+        self._loop.stop()
 
     def health(self):
-        overdue = self._passes.overdue()
-        if overdue:
-            return False, overdue
-        if self._last_error:
-            return True, f"degraded: {self._last_error}"
-        return True, "Slurm answered" if self._last_ok else "starting"
+        return self._loop.health("Slurm answered" if self._last_ok else "starting", self._last_error)
 
-    def _loop(self):
-        while not self._stop.is_set():
-            try:
-                with self._database.connection_context():
-                    self.run_once()
-                self._last_error = None
-                self._last_ok = utcnow()
-            except SlurmUnavailable as exc:
-                self._last_error = exc.message
-            except peewee.PeeweeException as exc:
-                self._last_error = f"database: {exc}"
-                log.warning("job monitor: database error: %s", exc)
-            except Exception:  # keep monitoring whatever one round did
-                log.exception("job monitor round failed")
-            self._passes.finished()
-            self.wake.wait(self._interval)
-            self.wake.clear()
+    def _pass(self):
+        try:
+            with self._database.connection_context():
+                self.run_once()
+            self._last_error = None
+            self._last_ok = utcnow()
+        except SlurmUnavailable as exc:
+            self._last_error = exc.message
+        except peewee.PeeweeException as exc:
+            self._last_error = f"database: {exc}"
+            log.warning("job monitor: database error: %s", exc)
 
     def run_once(self):
         # One backend for the whole pass.

@@ -13,7 +13,6 @@ what was requested, what was used and, once the job has ended, its efficiency as
 import datetime
 import logging
 import socket
-import threading
 import uuid
 
 import peewee
@@ -21,7 +20,7 @@ import peewee
 from ..errors import PermissionDenied
 from ..models.base import isoformat, utcnow
 from ..models.usage import JobUsageSample, ServiceLease
-from ..passes import PassClock
+from ..passes import PassLoop
 from ..slurm.accounting import AccountingNotConfigured, memory
 from ..slurm.parse import FINAL_STATES
 from ..slurm.runner import SlurmRefused, SlurmUnavailable
@@ -51,44 +50,30 @@ class UsageSampler:
         # A dead head's lease runs out after a few of its passes.
         self._lease_for = max(3 * interval, 30)
         self._previous = {}  # job id -> (time, cpu seconds) of its last sample
-        self._stop = threading.Event()
-        self._thread = None
-        self._passes = PassClock(interval, margin)
         self._last_error = None
         self.holding = False
+        self._loop = PassLoop("usage-sampler", self._pass, interval=interval, margin=margin, log=log,
+                              failure_message="usage sampling pass failed", join_timeout=2)
 
     def start(self):
-        self._passes.start()
-        self._thread = threading.Thread(target=self._loop, name="usage-sampler", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self):
-        self._stop.set()
-        if self._thread:
-            self._thread.join(2)
+        self._loop.stop()
 
     def health(self):
-        overdue = self._passes.overdue()
-        if overdue:
-            return False, overdue
-        if self._last_error:
-            return True, f"degraded: {self._last_error}"
-        return True, "sampling" if self.holding else "standing by (another head samples)"
+        return self._loop.health("sampling" if self.holding else "standing by (another head samples)",
+                                 self._last_error)
 
-    def _loop(self):
-        while not self._stop.is_set():
-            try:
-                with self._database.connection_context():
-                    self.run_once()
-                self._last_error = None
-            except (SlurmRefused, SlurmUnavailable, AccountingNotConfigured) as exc:
-                self._last_error = str(getattr(exc, "message", exc))
-            except peewee.PeeweeException as exc:
-                self._last_error = f"database: {exc}"
-            except Exception:  # keep sampling whatever one pass did
-                log.exception("usage sampling pass failed")
-            self._passes.finished()
-            self._stop.wait(self._interval)
+    def _pass(self):
+        try:
+            with self._database.connection_context():
+                self.run_once()
+            self._last_error = None
+        except (SlurmRefused, SlurmUnavailable, AccountingNotConfigured) as exc:
+            self._last_error = str(getattr(exc, "message", exc))
+        except peewee.PeeweeException as exc:
+            self._last_error = f"database: {exc}"
 
     def _take_lease(self, now):
         expires = now + datetime.timedelta(seconds=self._lease_for)
