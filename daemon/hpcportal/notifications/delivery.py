@@ -9,14 +9,13 @@ and the error shown in the user's preferences. Nothing here runs in a request.
 
 import datetime
 import logging
-import threading
 import time
 
 import peewee
 
 from ..models.base import utcnow
 from ..models.notifications import NotificationDelivery, NotificationEvent, NotificationPreference
-from ..passes import PassClock
+from ..passes import PassLoop
 from .mail import DeliveryFailed
 
 log = logging.getLogger("hpcportal.notifications")
@@ -45,50 +44,37 @@ class DeliveryWorker:
         self._claim_timeout = claim_timeout
         self._periodic = tuple(periodic)
         self._clock = clock
-        self._stop = threading.Event()
-        self.wake = threading.Event()
-        self._thread = None
-        self._passes = PassClock(POLL_SECONDS, claim_timeout + 30)
         self._last_error = None
         self._periodic_due = 0.0
+        self._loop = PassLoop("notifications", self._pass, interval=POLL_SECONDS, margin=claim_timeout + 30,
+                              log=log, failure_message="notifications pass failed", join_timeout=2)
+        self.wake = self._loop.wake
 
     def start(self):
-        self._passes.start()
-        self._thread = threading.Thread(target=self._loop, name="notifications", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self):
-        self._stop.set()
-        self.wake.set()
-        if self._thread:
-            self._thread.join(2)
+        self._loop.stop()
 
     def health(self):
-        # A slow or dead mail server delays e-mails; it must not take the head out of service.
-        overdue = self._passes.overdue()
-        if overdue:
-            return True, f"degraded: {overdue}"
-        return True, f"degraded: {self._last_error}" if self._last_error else "delivering"
+        # A slow or dead mail server delays e-mails; it must not take the head out of service:
+        # an overdue pass is only degraded.
+        ready, detail = self._loop.health("delivering", self._last_error)
+        return True, detail if ready else f"degraded: {detail}"
 
-    def _loop(self):
-        while not self._stop.is_set():
-            self.wake.clear()
-            try:
-                with self._database.connection_context():
-                    if time.monotonic() >= self._periodic_due:
-                        self._periodic_due = time.monotonic() + PERIODIC_SECONDS
-                        for task in self._periodic:
-                            task()
-                    while self.run_once() and not self._stop.is_set():
-                        pass
-                self._last_error = None
-            except peewee.PeeweeException as exc:
-                self._last_error = f"database: {exc}"
-                log.warning("notifications: database error: %s", exc)
-            except Exception:  # keep delivering whatever one pass did
-                log.exception("notifications pass failed")
-            self._passes.finished()
-            self.wake.wait(POLL_SECONDS)
+    def _pass(self):
+        try:
+            with self._database.connection_context():
+                if time.monotonic() >= self._periodic_due:
+                    self._periodic_due = time.monotonic() + PERIODIC_SECONDS
+                    for task in self._periodic:
+                        task()
+                while self.run_once() and not self._loop.stopping():
+                    pass
+            self._last_error = None
+        except peewee.PeeweeException as exc:
+            self._last_error = f"database: {exc}"
+            log.warning("notifications: database error: %s", exc)
 
     def run_once(self, batch=20):
         """Claims and sends up to ``batch`` due deliveries; how many were tried."""
@@ -99,7 +85,7 @@ class DeliveryWorker:
             .order_by(NotificationDelivery.id).limit(batch))
         tried = 0
         for row in due:
-            if self._stop.is_set():
+            if self._loop.stopping():
                 break
             delivery = self._claim(row.id)
             if delivery is not None:
