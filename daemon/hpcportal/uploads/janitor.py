@@ -9,10 +9,9 @@ time anyway (``passes.PassClock``).
 """
 
 import logging
-import threading
 import time
 
-from ..passes import PassClock
+from ..passes import PassLoop
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +25,13 @@ class UploadJanitor:
     def __init__(self, uploads, database, interval, clock=time.monotonic):
         self._uploads = uploads
         self._database = database
-        self._interval = interval
-        self._clock = clock
-        self._stop = threading.Event()
-        self._thread = None
         self._last_error = None
-        self._passes = PassClock(interval, clock=clock)
+        self._loop = PassLoop("uploads-janitor", self._pass, interval=interval, log=log,
+                              failure_message="uploads clean-up failed",
+                              retry_after_failure=RETRY_SECONDS, join_timeout=10, clock=clock)
 
     def start(self):
-        if self._thread is not None:
+        if self._loop.started():
             return
         # Before the first request: a client retrying a completion that a crash
         # interrupted gets its file now, not once the dead run's lease runs out.
@@ -43,30 +40,24 @@ class UploadJanitor:
                 self._uploads.release_abandoned_leases()
         except Exception as exc:  # the lease then simply runs out
             log.error("could not release a previous run's completion leases: %s", exc)
-        self._stop.clear()
-        self._passes.start()
-        self._thread = threading.Thread(target=self._run, name="uploads-janitor", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
+        self._loop.stop()
 
     def health(self):
-        if self._thread is None or not self._thread.is_alive():
+        if not self._loop.running():
             return False, "not running"
-        overdue = self._passes.overdue()
+        overdue = self._loop.clock.overdue()
         if overdue:
             return False, overdue
         if self._last_error:
             # Clean-up can wait: a failed pass (e.g. during a database restart) must not
             # take every head out of the load balancer. The next pass comes soon.
             return True, f"degraded: last clean-up failed ({self._last_error}); retrying"
-        if self._passes.last is None:
+        if self._loop.clock.last is None:
             return True, "starting"
-        return True, f"last clean-up {self._passes.ago():.0f}s ago"
+        return True, f"last clean-up {self._loop.clock.ago():.0f}s ago"
 
     def sweep(self):
         """One pass; returns (expired uploads, files removed by retention, orphans,
@@ -77,13 +68,10 @@ class UploadJanitor:
             self._uploads.prune_hashing()
             return counts
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.sweep()
-                self._last_error = None
-            except Exception as exc:  # keep running: the next pass may succeed
-                self._last_error = str(exc) or type(exc).__name__
-                log.exception("uploads clean-up failed")
-            self._passes.finished()
-            self._stop.wait(min(self._interval, RETRY_SECONDS) if self._last_error else self._interval)
+    def _pass(self):
+        try:
+            self.sweep()
+        except Exception as exc:  # the loop logs it; the next pass comes sooner and may succeed
+            self._last_error = str(exc) or type(exc).__name__
+            raise
+        self._last_error = None
