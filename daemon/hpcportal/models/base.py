@@ -1,9 +1,11 @@
-"""What every model shares: the base class, JSON columns, UTC timestamps, path keys."""
+"""What every model shares: the base class, JSON columns, UTC timestamps, path keys,
+and the ways of writing: rebuildable transactions and database-wide locks."""
 
 import contextlib
 import datetime
 import hashlib
 import json
+from collections import namedtuple
 
 import peewee
 
@@ -60,6 +62,68 @@ def rebuildable_transaction(database):
     else:
         with database.atomic():
             yield
+
+
+LockKeys = namedtuple("LockKeys", "advisory_key named_lock")
+
+# Every database-wide lock, by name: its key among PostgreSQL's advisory locks and
+# the prefix of its MariaDB/MySQL named lock. These are the keys and names earlier
+# versions used, so heads of two versions side by side during an upgrade still
+# exclude each other; a new lock takes a key and a prefix of its own, or it would
+# wait for unrelated work.
+DATABASE_LOCKS = {
+    "schema migration": LockKeys(72657011, "hpcportal_migrate"),
+    "upload reservations": LockKeys(72657012, "hpcportal_uploads"),
+    "file sharing": LockKeys(72657019, "hpcportal_shares"),
+}
+
+
+@contextlib.contextmanager
+def database_lock(database, name, timeout=10, busy=None, transaction=True):
+    """Run the block holding the database-wide lock ``name`` (one of ``DATABASE_LOCKS``),
+    in a transaction. The lock is the database's, so it holds across every head
+    sharing the database:
+
+    - SQLite: ``BEGIN IMMEDIATE`` takes the write lock of the file at once; others
+      wait here (up to the connection's busy timeout);
+    - PostgreSQL: a transaction-scoped advisory lock (``pg_advisory_xact_lock``);
+    - MariaDB/MySQL: a named lock (``GET_LOCK``, waiting up to ``timeout`` seconds,
+      then raising ``busy``), taken before the transaction begins and released
+      after it commits, so the next holder reads the rows this one wrote (the
+      sessions use READ COMMITTED).
+
+    ``transaction=False`` leaves out the transaction where the lock needs none
+    (MariaDB/MySQL): for schema changes, which MariaDB commits one statement at a
+    time anyway. SQLite's and PostgreSQL's locks are their transactions'.
+    """
+    keys = DATABASE_LOCKS[name]
+    if isinstance(database, peewee.SqliteDatabase):
+        with database.atomic("IMMEDIATE"):
+            yield
+    elif isinstance(database, peewee.PostgresqlDatabase):
+        with database.atomic():
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (keys.advisory_key,))
+            yield
+    elif isinstance(database, peewee.MySQLDatabase):
+        # Named locks are server-wide: the database name keeps two portals (or two
+        # test databases) on one server from waiting for each other.
+        lock = f"{keys.named_lock}:{database.database}"[:64]
+        acquired, = database.execute_sql("SELECT GET_LOCK(%s, %s)", (lock, timeout)).fetchone()
+        if acquired != 1:
+            raise busy if busy is not None else peewee.OperationalError(
+                f"timed out waiting for the {name} lock")
+        try:
+            with _transaction(database, transaction):
+                yield
+        finally:
+            database.execute_sql("SELECT RELEASE_LOCK(%s)", (lock,))
+    else:
+        with _transaction(database, transaction):
+            yield
+
+
+def _transaction(database, wanted):
+    return database.atomic() if wanted else contextlib.nullcontext()
 
 
 class JSONField(peewee.TextField):
