@@ -6,7 +6,6 @@ database-wide lock, so several daemons starting at once on one database migrate
 it once; the others wait and then find nothing to do.
 """
 
-import contextlib
 import logging
 import os
 from urllib.parse import urlparse
@@ -18,7 +17,7 @@ from playhouse.db_url import connect
 from . import models
 from .dbserver import SERVER_SCHEMES, open_server_database
 from .errors import ConfigError
-from .models.base import utcnow
+from .models.base import database_lock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -114,31 +113,6 @@ def open_database(config):
     return database
 
 
-@contextlib.contextmanager
-def _migration_lock(database):
-    if isinstance(database, peewee.SqliteDatabase):
-        # IMMEDIATE takes SQLite's write lock at once: other daemons block here.
-        with database.atomic("IMMEDIATE"):
-            yield
-    elif isinstance(database, peewee.PostgresqlDatabase):
-        with database.atomic():
-            database.execute_sql("SELECT pg_advisory_xact_lock(72657011)")
-            yield
-    elif isinstance(database, peewee.MySQLDatabase):
-        # GET_LOCK names are server-wide: the database name keeps two portals
-        # (or two test databases) on one server from waiting for each other.
-        name = f"hpcportal_migrate:{database.database}"[:64]
-        acquired, = database.execute_sql("SELECT GET_LOCK(%s, 300)", (name,)).fetchone()
-        if acquired != 1:
-            raise peewee.OperationalError("timed out waiting for another daemon's schema migration")
-        try:
-            yield
-        finally:
-            database.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
-    else:
-        yield
-
-
 def pending_migrations(database):
     if not SchemaMigration.table_exists():
         return list(MIGRATIONS)
@@ -150,7 +124,8 @@ def upgrade(database):
     """Apply every missing migration; returns the list of (number, description) applied."""
     done = []
     with database.connection_context():
-        with _migration_lock(database):
+        busy = peewee.OperationalError("timed out waiting for another daemon's schema migration")
+        with database_lock(database, "schema migration", timeout=300, busy=busy, transaction=False):
             pending = pending_migrations(database)
             if pending and isinstance(database, peewee.MySQLDatabase):
                 _use_binary_collation(database)

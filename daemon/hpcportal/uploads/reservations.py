@@ -4,29 +4,19 @@ is inserted as one step, under one database-wide lock.
 
 Checked one by one, sixteen parallel starts each see the same totals and all
 pass; under the lock each start sees the rows of those before it. The lock is
-the database's, so it holds across heads sharing one database:
-
-- SQLite: ``BEGIN IMMEDIATE`` takes the write lock of the file at once;
-- PostgreSQL: a transaction-scoped advisory lock (``pg_advisory_xact_lock``);
-- MariaDB/MySQL: a named lock (``GET_LOCK``), taken before the transaction
-  begins and released after it commits, so the next holder reads the rows
-  this one wrote (the sessions use READ COMMITTED).
+the database's (``database_lock``: SQLite's write lock, a PostgreSQL advisory
+lock, a MariaDB named lock), so it holds across heads sharing one database.
 
 Free space is counted with what unfinished uploads still have to write:
 partial files grow as bytes arrive, so the filesystem alone does not show
 what has been promised already.
 """
 
-import contextlib
-
 import peewee
 
 from ..errors import InsufficientStorage, QuotaExceeded, RateLimited, ServiceUnavailable
+from ..models.base import database_lock
 from ..models.uploads import Upload, UploadChunk, UploadedFile
-
-# Any constant shared by every head; it names the lock in PostgreSQL's table
-# of advisory locks (the schema migration lock uses another one).
-ADVISORY_KEY = 72657012
 
 
 def _total(query):
@@ -61,7 +51,9 @@ class Reservations:
         return max(0, promised - received)
 
     def reserve(self, user, size, insert):
-        with self._locked():
+        busy = ServiceUnavailable("The database is busy; try starting the upload again.",
+                                  code="database_busy", headers={"Retry-After": "5"})
+        with database_lock(self._database, "upload reservations", self._lock_timeout, busy):
             self._check(user, size)
             return insert()
 
@@ -85,31 +77,3 @@ class Reservations:
             raise InsufficientStorage(
                 "There is not enough free space for this file on the uploads filesystem "
                 f"({max(available, 0)} bytes available).", headers={"Retry-After": "300"})
-
-    @contextlib.contextmanager
-    def _locked(self):
-        database = self._database
-        if isinstance(database, peewee.SqliteDatabase):
-            with database.atomic("IMMEDIATE"):
-                yield
-        elif isinstance(database, peewee.PostgresqlDatabase):
-            with database.atomic():
-                database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY,))
-                yield
-        elif isinstance(database, peewee.MySQLDatabase):
-            # Named locks are server-wide: the database name keeps two portals
-            # on one server apart.
-            name = f"hpcportal_uploads:{database.database}"[:64]
-            acquired, = database.execute_sql("SELECT GET_LOCK(%s, %s)",
-                                             (name, self._lock_timeout)).fetchone()
-            if acquired != 1:
-                raise ServiceUnavailable("The database is busy; try starting the upload again.",
-                                         code="database_busy", headers={"Retry-After": "5"})
-            try:
-                with database.atomic():
-                    yield
-            finally:
-                database.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
-        else:
-            with database.atomic():
-                yield

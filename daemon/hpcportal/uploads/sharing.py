@@ -23,18 +23,14 @@ import time
 import uuid
 from collections import namedtuple
 
-import peewee
-
 from ..errors import NotFound, PermissionDenied, ServiceUnavailable, ValidationError
-from ..models.base import isoformat, utc_at
+from ..models.base import database_lock, isoformat, utc_at
 from ..models.file_shares import FileShare
 from ..models.uploads import UploadedFile
 from .acl import no_acls
 
 log = logging.getLogger(__name__)
 
-# Names the lock among PostgreSQL's advisory locks (uploads' reservations use 72657012).
-ADVISORY_KEY = 72657019
 # The identity ACL entries are written with when the owner is not the caller
 # (a file removed after uploads.retention_days): what ``as_user`` needs.
 Account = namedtuple("Account", "name uid gid groups")
@@ -193,31 +189,10 @@ class Sharing:
                 needed.update(self._folders(UploadedFile(storage_path=other.storage_path, user=row.user)))
         self._acls.revoke(owner, kind, number, [f for f in folders if f not in needed])
 
-    @contextlib.contextmanager
     def _locked(self):
-        database = self._database
-        if isinstance(database, peewee.SqliteDatabase):
-            with database.atomic("IMMEDIATE"):
-                yield
-        elif isinstance(database, peewee.PostgresqlDatabase):
-            with database.atomic():
-                database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY,))
-                yield
-        elif isinstance(database, peewee.MySQLDatabase):
-            name = f"hpcportal_shares:{database.database}"[:64]
-            acquired, = database.execute_sql("SELECT GET_LOCK(%s, %s)",
-                                             (name, self._lock_timeout)).fetchone()
-            if acquired != 1:
-                raise ServiceUnavailable("The database is busy; try again.", code="database_busy",
-                                         headers={"Retry-After": "5"})
-            try:
-                with database.atomic():
-                    yield
-            finally:
-                database.execute_sql("SELECT RELEASE_LOCK(%s)", (name,))
-        else:
-            with database.atomic():
-                yield
+        busy = ServiceUnavailable("The database is busy; try again.", code="database_busy",
+                                  headers={"Retry-After": "5"})
+        return database_lock(self._database, "file sharing", self._lock_timeout, busy)
 
 
 def _account(name):
