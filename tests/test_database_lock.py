@@ -1,7 +1,10 @@
 """``database_lock``: one holder at a time across connections (and so across heads), on
-every backend; each lock name its own lock where the database has more than one."""
+every backend; each lock name its own lock where the database has more than one; a
+server waits as long as the caller asks, not the session's bounds, then raises the
+caller's error."""
 
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -10,9 +13,10 @@ import peewee
 import pytest
 from playhouse.db_url import connect
 
+from hpcportal.dbserver import open_server_database
 from hpcportal.models.base import DATABASE_LOCKS, BaseModel, database_lock
 
-WAIT = 30  # generous bound for the other thread; tests never assert timings
+WAIT = 30  # generous bound for the other thread; no test expects anything sooner
 
 
 class Entry(BaseModel):
@@ -35,6 +39,20 @@ def server(db_url):
         database.create_tables([Entry])
         yield database
     database.close()
+
+
+@contextlib.contextmanager
+def _portal_database(url, busy_timeout):
+    """The daemon's own pooled database, its sessions bounded by ``busy_timeout``."""
+    database = open_server_database(url, max_connections=4, stale_timeout=None, pool_timeout=WAIT,
+                                    connect_timeout=5, lock_wait_timeout=busy_timeout)
+    try:
+        with database.bind_ctx([Entry]):
+            database.create_tables([Entry])
+            yield database
+    finally:
+        database.close()  # the test's own thread's connection
+        database.close_all()
 
 
 def _hold_then_ask(database, first_lock, second_lock, release):
@@ -122,25 +140,55 @@ class Busy(Exception):
     pass
 
 
-@pytest.mark.databases("mariadb", always=True)
-def test_mariadb_gives_up_after_the_timeout_with_the_callers_error(server):
-    def ask(release):
+@pytest.mark.databases("mariadb", "postgres", always=True)
+def test_server_gives_up_after_the_timeout_with_the_callers_error(db_url):
+    def ask():
         assert held.wait(timeout=WAIT)
+        started = time.monotonic()
         try:
             with pytest.raises(Busy):
-                with database_lock(server, "file sharing", timeout=1, busy=Busy()):
+                with database_lock(database, "file sharing", timeout=1, busy=Busy()):
                     pass
+            return time.monotonic() - started
         finally:
-            release.set()
-            server.close()
+            released.set()
+            database.close()
 
     held, released = threading.Event(), threading.Event()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        asker = pool.submit(ask, released)
-        with database_lock(server, "file sharing"):
-            held.set()
-            assert released.wait(timeout=WAIT)
-        asker.result(timeout=WAIT)
-    # Given up, it holds nothing: the lock is free again.
-    with database_lock(server, "file sharing", timeout=1):
-        pass
+    # The session would wait far longer: the caller's timeout is what ends the wait.
+    with _portal_database(db_url, busy_timeout=WAIT) as database:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            asker = pool.submit(ask)
+            with database_lock(database, "file sharing"):
+                held.set()
+                assert released.wait(timeout=WAIT)
+            waited = asker.result(timeout=WAIT)
+        assert 0.9 < waited < WAIT
+        # Given up, it holds nothing: the lock is free again.
+        with database_lock(database, "file sharing", timeout=1):
+            pass
+
+
+@pytest.mark.databases("postgres", always=True)
+@pytest.mark.parametrize("session_bound", ["busy_timeout", "statement_timeout"])
+def test_postgres_waits_for_the_callers_timeout_past_the_sessions_bounds(db_url, session_bound):
+    # A session that gives up any wait after 1 s: its lock_timeout (database.busy_timeout)
+    # or a statement_timeout the URL sets. The lock still waits as long as its caller asks
+    # (the schema migration's, 5 minutes).
+    if session_bound == "busy_timeout":
+        url, busy_timeout, bound = db_url, 1, "lock_timeout"
+    else:
+        url = f"{db_url}?options=-c%20statement_timeout%3D1000"
+        busy_timeout, bound = WAIT, "statement_timeout"
+
+    def three_seconds(asker):
+        time.sleep(3)
+
+    with _portal_database(url, busy_timeout) as database:
+        # The default timeout (10 s) outlasts the first holder's 3 s.
+        events = _hold_then_ask(database, "upload reservations", "upload reservations", three_seconds)
+        assert events == ["first leaves", "second enters, entries: 1"]
+        # The block's own statements still give up after the session's 1 s.
+        with database_lock(database, "upload reservations", timeout=WAIT):
+            setting, = database.execute_sql(f"SELECT current_setting('{bound}')").fetchone()
+            assert setting == "1s"

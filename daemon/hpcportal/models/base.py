@@ -87,10 +87,13 @@ def database_lock(database, name, timeout=10, busy=None, transaction=True):
     - SQLite: ``BEGIN IMMEDIATE`` takes the write lock of the file at once; others
       wait here (up to the connection's busy timeout);
     - PostgreSQL: a transaction-scoped advisory lock (``pg_advisory_xact_lock``);
-    - MariaDB/MySQL: a named lock (``GET_LOCK``, waiting up to ``timeout`` seconds,
-      then raising ``busy``), taken before the transaction begins and released
-      after it commits, so the next holder reads the rows this one wrote (the
-      sessions use READ COMMITTED).
+    - MariaDB/MySQL: a named lock (``GET_LOCK``), taken before the transaction
+      begins and released after it commits, so the next holder reads the rows this
+      one wrote (the sessions use READ COMMITTED).
+
+    On both servers the wait lasts up to ``timeout`` seconds, however long the
+    session's own lock wait bound (``database.busy_timeout``), then raises ``busy``
+    (by default an ``OperationalError`` naming the lock).
 
     ``transaction=False`` leaves out the transaction where the lock needs none
     (MariaDB/MySQL): for schema changes, which MariaDB commits one statement at a
@@ -102,7 +105,7 @@ def database_lock(database, name, timeout=10, busy=None, transaction=True):
             yield
     elif isinstance(database, peewee.PostgresqlDatabase):
         with database.atomic():
-            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (keys.advisory_key,))
+            _advisory_lock(database, keys.advisory_key, timeout, _timed_out(name, busy))
             yield
     elif isinstance(database, peewee.MySQLDatabase):
         # Named locks are server-wide: the database name keeps two portals (or two
@@ -110,8 +113,7 @@ def database_lock(database, name, timeout=10, busy=None, transaction=True):
         lock = f"{keys.named_lock}:{database.database}"[:64]
         acquired, = database.execute_sql("SELECT GET_LOCK(%s, %s)", (lock, timeout)).fetchone()
         if acquired != 1:
-            raise busy if busy is not None else peewee.OperationalError(
-                f"timed out waiting for the {name} lock")
+            raise _timed_out(name, busy)
         try:
             with _transaction(database, transaction):
                 yield
@@ -120,6 +122,43 @@ def database_lock(database, name, timeout=10, busy=None, transaction=True):
     else:
         with _transaction(database, transaction):
             yield
+
+
+def _timed_out(name, busy):
+    return busy if busy is not None else peewee.OperationalError(f"timed out waiting for the {name} lock")
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
+
+
+def _advisory_lock(database, key, timeout, busy):
+    """``pg_advisory_xact_lock`` waits as long as the session's ``lock_timeout`` allows
+    (``database.busy_timeout``: 10 s, where a migration's lock asks for minutes), and
+    a ``statement_timeout`` could end it sooner. For this one statement the wait is
+    the caller's; the block's own statements keep the session's bounds, so that a
+    migration's table locks do not queue up for minutes in front of other heads."""
+    session = database.execute_sql(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')").fetchone()
+    # statement_timeout off: lock_timeout alone ends the wait, with its own SQLSTATE.
+    # At least 1 ms: a lock_timeout of 0 would wait for ever.
+    database.execute_sql(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
+        (str(max(1, round(timeout * 1000))),))
+    try:
+        database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
+    except peewee.OperationalError as exc:
+        if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+            raise
+        raise busy from exc
+    database.execute_sql(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        session)
+
+
+def _sqlstate(exc):
+    """The SQLSTATE of the driver's error that peewee wrapped (psycopg2, psycopg 3)."""
+    driver_error = getattr(exc, "orig", None)
+    return getattr(driver_error, "pgcode", None) or getattr(driver_error, "sqlstate", None)
 
 
 def _transaction(database, wanted):
