@@ -199,7 +199,7 @@ def test_unix_socket(unix_socket_restd, dev_slurm, alice_dir):
         job_id = client.submit("alice", _job(alice_dir), "#!/bin/bash\nsleep 300\n")
         client.cancel("alice", job_id)
         # Every call went over one kept-alive connection.
-        assert client._http.num_connections == 1
+        assert client._http.connections_opened == 1
     finally:
         client.close()
 

@@ -16,9 +16,8 @@ import threading
 import time
 
 import jwt
-import urllib3
 
-from .http import connection_pool
+from .http import ConnectionPool, NoAnswer, Unreachable
 from .parse import utc_from_epoch
 from .runner import SlurmAnswerLost, SlurmRefused, SlurmUnavailable
 
@@ -173,8 +172,8 @@ class SlurmRest:
         self._observe = observe or (lambda call, seconds, outcome: None)
         self._api = None
         self._api_lock = threading.Lock()
-        self._http = connection_pool(self._url, pool_size=pool_size, connect_timeout=connect_timeout,
-                                     read_timeout=timeout)
+        self._http = ConnectionPool(self._url, size=pool_size, connect_timeout=connect_timeout,
+                                    read_timeout=timeout)
 
     def close(self):
         self._http.close()
@@ -191,12 +190,13 @@ class SlurmRest:
             raise SlurmUnavailable("slurmctld does not answer slurmrestd's ping.")
         return pings
 
-    def submit(self, user, job, script):
+    def submit(self, user, job, script, meanwhile=None):
         """Submits ``script`` with the job description ``job`` (the REST API's
-        fields, ``environment`` required) as ``user``; returns the job id."""
+        fields, ``environment`` required) as ``user``; returns the job id.
+        ``meanwhile()`` runs while slurmctld works on the job."""
         api = self._adapter()
         answer = self._call("POST", api.path("job/submit"), user, body=api.submit_body(job, script),
-                            done=api.submitted)
+                            done=api.submitted, meanwhile=meanwhile)
         return api.job_id(answer)
 
     def job(self, user, job_id):
@@ -270,7 +270,8 @@ class SlurmRest:
         offered = ", ".join(cls.version for cls in self._versions)
         raise SlurmUnavailable(f"slurmrestd offers none of the API versions {offered}.")
 
-    def _request(self, method, path, user, body=None, timeout=None):
+    def _request(self, method, path, user, body=None, timeout=None, meanwhile=None):
+        """``(status, body)``; ``meanwhile()`` runs once the request is sent, before the answer is read."""
         headers = {"Accept": "application/json", "X-SLURM-USER-NAME": user,
                    "X-SLURM-USER-TOKEN": self._signer.token(user)}
         data = None
@@ -283,27 +284,29 @@ class SlurmRest:
         started = time.monotonic()
         outcome = "error"
         try:
-            response = self._http.urlopen(method, path, body=data, headers=headers,
-                                          **({"timeout": timeout} if timeout else {}))
-            outcome = str(response.status)
-        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as error:
+            exchange = self._http.send(method, path, body=data, headers=headers, read_timeout=timeout)
+            if meanwhile is not None:
+                meanwhile()
+            status, answer = exchange.receive()
+            outcome = str(status)
+        except Unreachable as error:
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
             raise SlurmUnavailable("slurmrestd cannot be reached.") from None
-        except urllib3.exceptions.HTTPError as error:
+        except NoAnswer as error:
             if method == "POST":
                 # Sent, but no answer: the job may exist. The caller looks for it by its comment.
                 log.warning("slurmrestd at %s did not answer a %s: %s", self._url, path, error)
-                raise SlurmAnswerLost(f"slurmrestd did not answer ({type(error).__name__}).") from None
+                raise SlurmAnswerLost(f"slurmrestd did not answer ({str(error).split(':')[0]}).") from None
             # The answer does not name the address: where slurmrestd listens is not the caller's business.
             log.warning("slurmrestd at %s cannot be reached: %s", self._url, error)
-            raise SlurmUnavailable(f"slurmrestd cannot be reached ({type(error).__name__}).") from None
+            raise SlurmUnavailable(f"slurmrestd cannot be reached ({str(error).split(':')[0]}).") from None
         finally:
             self._observe(call, time.monotonic() - started, outcome)
-        return response.status, response.data
+        return status, answer
 
-    def _call(self, method, path, user, body=None, done=None, timeout=None):
+    def _call(self, method, path, user, body=None, done=None, timeout=None, meanwhile=None):
         """The JSON answer; ``done(answer)`` tells an answer that succeeded despite notes in ``errors``."""
-        status, data = self._request(method, path, user, body, timeout)
+        status, data = self._request(method, path, user, body, timeout, meanwhile)
         return self._answer(status, data, done)
 
     def _answer(self, status, data, done=None):
