@@ -220,3 +220,27 @@ def test_runner_maps_failures(tmp_path):
     assert env["SLURM_CONF"] == "/etc/x/slurm.conf"
     assert not {k for k in env if k.startswith(("HPCPORTAL", "PYTEST"))}
     assert slurm_message("sbatch: error: A\nsbatch: error: B\n") == "A; B"
+
+
+def test_runner_works_meanwhile_and_feeds_standard_input(tmp_path):
+    """sbatch reads its script on standard input, and the portal's own work runs while it
+    does: this sbatch answers only once that work is done (had it run afterwards, the
+    command would wait out the runner's time-out)."""
+    folder = str(tmp_path)
+    done = tmp_path / "meanwhile-done"
+    fake_command(folder, "sbatch", f'cat > "{tmp_path}/script"\n'
+                                   f'while [ ! -e "{done}" ]; do sleep 0.01; done\necho 4242\n')
+    runner = SlurmRunner(folder, timeout=10)
+    answer = runner.run("sbatch", ["--parsable"], input="#!/bin/bash\necho 한글\n", meanwhile=done.touch)
+    assert answer.stdout == "4242\n"
+    assert (tmp_path / "script").read_text() == "#!/bin/bash\necho 한글\n"
+
+
+def test_runner_stops_a_command_when_its_time_is_up(tmp_path):
+    folder = str(tmp_path)
+    fake_command(folder, "sbatch", f'echo $$ > "{tmp_path}/pid"; cat >/dev/null; exec sleep 30\n')
+    runner = SlurmRunner(folder, timeout=0.5)
+    with pytest.raises(SlurmAnswerLost):
+        runner.run("sbatch", [], input="#!/bin/bash\n", meanwhile=lambda: None)
+    # Killed and reaped, not left behind.
+    assert not os.path.exists(f"/proc/{(tmp_path / 'pid').read_text().strip()}")

@@ -90,20 +90,35 @@ class JobFolders:
             os.close(parent)
         try:
             self._own(fd, user, DIR_MODE)
-            for name, (data, mode) in files.items():
-                file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  mode, dir_fd=fd)
-                try:
-                    self._own(file_fd, user, mode)
-                    view = memoryview(data)
-                    while view:
-                        written = os.write(file_fd, view)
-                        view = view[written:]
-                finally:
-                    os.close(file_fd)
+            self._write(fd, user, files)
         finally:
             os.close(fd)
         return self.path(user.name, submission_id)
+
+    def add(self, user, submission_id, files):
+        """Writes ``files`` ({name: (bytes, mode)}, all new) into an existing job folder.
+        A file that could not be written whole is removed, never left looking complete."""
+        fd = self.open_dir(user, submission_id)
+        try:
+            self._write(fd, user, files)
+        finally:
+            os.close(fd)
+
+    def _write(self, folder_fd, user, files):
+        for name, (data, mode) in files.items():
+            file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              mode, dir_fd=folder_fd)
+            try:
+                self._own(file_fd, user, mode)
+                view = memoryview(data)
+                while view:
+                    written = os.write(file_fd, view)
+                    view = view[written:]
+            except BaseException:
+                os.unlink(name, dir_fd=folder_fd)
+                raise
+            finally:
+                os.close(file_fd)
 
     def remove(self, user_name, submission_id):
         """Remove a job folder the daemon made, through descriptors: whatever the

@@ -1,9 +1,10 @@
 """Submitting jobs and watching them (domain code: no HTTP here).
 
 Submit, in order: check every field (nothing runs before the whole request is
-valid), write the job folder (batch script, the user's script, the submission
-record) owned by the user, run sbatch as the user, write the job row. The
-submission id also goes to Slurm in ``--comment``: if sbatch's answer is lost
+valid), make the job folder owned by the user with what the job reads (the
+user's script), hand the job to Slurm as the user and, while Slurm works on it,
+write the folder's batch script and submission record; then write the job row.
+The submission id also goes to Slurm in ``--comment``: if Slurm's answer is lost
 (timeout, crash, database failure), that id finds the job again, right away
 and later in ``JobMonitor``, which records it from the folder's record. A
 refused submission leaves nothing behind: no row, no folder.
@@ -11,6 +12,7 @@ refused submission leaves nothing behind: no row, no folder.
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ import peewee
 
 from ..auth import User
 from ..errors import Conflict, NotFound, PermissionDenied, ServiceUnavailable, ValidationError
-from ..models.base import isoformat, rebuildable_transaction, utcnow
+from ..models.base import insert_row, isoformat, rebuildable_transaction, utcnow
 from ..models.jobs import Job
 from ..slurm import directives
 from ..slurm import script as batch
@@ -338,15 +340,18 @@ class JobService:
             "dependency": resources.get("dependency"), "array": resources.get("array"),
             "submitted_at": isoformat(utcnow()),
         }
-        files = {BATCH_SCRIPT: (plan["batch_script"].encode("utf-8"), 0o640),
-                 SUBMISSION_RECORD: (json.dumps(record, indent=1).encode("utf-8"), 0o640)}
+        # What the job reads must be in its folder before Slurm may start it: the user's
+        # script. The batch script (Slurm keeps its own copy) and the record are written
+        # while Slurm works on the submission, before its answer is read.
+        first = {}
         if plan.get("user_script") is not None:
             name = posixpath.basename(plan.get("user_script_path") or USER_SCRIPT)
-            files[name] = (plan["user_script"].encode("utf-8"), 0o750)
-        job_dir = self.folders.create(user, submission_id, files)
+            first[name] = (plan["user_script"].encode("utf-8"), 0o750)
+        job_dir = self.folders.create(user, submission_id, first)
+        meanwhile = functools.partial(self._write_records, user, submission_id, plan["batch_script"], record)
         slurm = plan["slurm"]
         try:
-            job_id = slurm.submit(user, plan["spec"], plan["batch_script"], posixpath.join(job_dir, BATCH_SCRIPT))
+            job_id = slurm.submit(user, plan["spec"], plan["batch_script"], meanwhile=meanwhile)
         except SlurmAnswerLost as exc:
             job_id = self._recover_now(slurm, submission_id)
             if job_id is None:
@@ -370,6 +375,17 @@ class JobService:
         return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
                 "submissionId": submission_id}
 
+    def _write_records(self, user, submission_id, batch_script, record):
+        """The job folder's batch script and submission record. Runs while Slurm works on
+        the job, which may exist by now: a failure is logged, never raised (the job row,
+        written next, holds what the record does)."""
+        try:
+            self.folders.add(user, submission_id, {
+                BATCH_SCRIPT: (batch_script.encode("utf-8"), 0o640),
+                SUBMISSION_RECORD: (json.dumps(record, indent=1).encode("utf-8"), 0o640)})
+        except Exception:
+            log.exception("job folder %s of %s: its batch script and record not written", submission_id, user.name)
+
     def _recover_now(self, slurm, submission_id):
         try:
             found = slurm.find_by_submission(submission_id)
@@ -386,15 +402,17 @@ class JobService:
             # Slurm holds the job and its comment names the submission: JobMonitor.recover
             # rebuilds a row a power cut took, so the answer need not wait for the disk.
             with rebuildable_transaction(self._database):
-                Job.create(**fields, slurm_job_id=str(job_id), job_dir=job_dir,
-                           script_path=posixpath.join(job_dir, BATCH_SCRIPT), submitted_at=submitted,
-                           stdout_path=posixpath.join(job_dir, f"slurm-{job_id}.out"),
-                           stderr_path=posixpath.join(job_dir, f"slurm-{job_id}.err"))
+                insert_row(Job, {**fields, "slurm_job_id": str(job_id), "job_dir": job_dir,
+                                 "script_path": posixpath.join(job_dir, BATCH_SCRIPT), "submitted_at": submitted,
+                                 "stdout_path": posixpath.join(job_dir, f"slurm-{job_id}.out"),
+                                 "stderr_path": posixpath.join(job_dir, f"slurm-{job_id}.err")})
         except peewee.IntegrityError:
             return False  # recorded already (the monitor, or another head, was quicker)
         except peewee.PeeweeException:
             log.exception("job %s (submission %s) not recorded yet", job_id, record.get("submission_id"))
             return False
+        if not record.get("client_job_id") and not record.get("files"):
+            return True
         try:  # uploaded with the dashboard's temporary id, or given as inputs
             with self._database.atomic():
                 if record.get("client_job_id"):

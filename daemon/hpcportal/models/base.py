@@ -165,6 +165,31 @@ def _transaction(database, wanted):
     return database.atomic() if wanted else contextlib.nullcontext()
 
 
+_INSERTS = {}  # (model, database) -> (SQL of an insert of every column, its fields in order)
+
+
+def insert_row(model, values):
+    """Inserts one row of ``model`` (every field but the primary key: ``values`` or the
+    field's default). Same as ``model.create``, less the SQL written anew each time,
+    which cost four times the insert itself on a submission's path."""
+    database = model._meta.database
+    key = (model, id(database))
+    prepared = _INSERTS.get(key)
+    if prepared is None:
+        fields = [f for f in model._meta.sorted_fields if not f.primary_key]
+        sql, _ = model.insert({f: None for f in fields}).sql()
+        prepared = _INSERTS[key] = (sql, fields)
+    sql, fields = prepared
+    params = []
+    for field in fields:
+        if field.name in values:
+            value = values[field.name]
+        else:
+            value = field.default() if callable(field.default) else field.default
+        params.append(field.db_value(value))
+    database.execute_sql(sql, params)
+
+
 class JSONField(peewee.TextField):
     """JSON stored as text, so every backend stores it the same way."""
 

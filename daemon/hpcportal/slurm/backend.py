@@ -54,9 +54,13 @@ class SlurmBackend:
         """The partitions, as ``parse.parse_sinfo`` gives them."""
         raise NotImplementedError
 
-    def submit(self, user, spec, script, script_path):
+    def submit(self, user, spec, script, meanwhile=None):
         """Submits the job ``spec`` (a ``JobSpec`` with the portal's options) as ``user``;
-        ``script`` is its batch script, saved at ``script_path``. Slurm's job id."""
+        ``script`` is its batch script. Slurm's job id.
+
+        ``meanwhile()`` is called once Slurm has the job to work on and before its
+        answer is read: work that does not need the job id runs while Slurm works
+        (it must not raise: the job may exist by then)."""
         raise NotImplementedError
 
     def cancel(self, user, job_id):

@@ -32,9 +32,11 @@ class CommandBackend(SlurmBackend):
     def _fetch_partitions(self):
         return parse_sinfo(self.runner.run("sinfo", ["-h", "-a", "-o", "%P|%a|%D|%c|%m|%l|%G|%t"]).stdout)
 
-    def submit(self, user, spec, script, script_path):
-        """sbatch as ``user``: every option is in the batch script."""
-        answer = self.runner.run("sbatch", ["--parsable", script_path], user=user, cwd=spec.workdir)
+    def submit(self, user, spec, script, meanwhile=None):
+        """sbatch as ``user``, the batch script on its standard input: every option is in
+        the script, and the script need not be on disk before sbatch reads it."""
+        answer = self.runner.run("sbatch", ["--parsable"], user=user, cwd=spec.workdir, input=script,
+                                 meanwhile=meanwhile)
         lines = [line.strip() for line in answer.stdout.splitlines() if line.strip()]
         match = _JOB_ID.match(lines[-1]) if lines else None
         if not match:

@@ -67,8 +67,8 @@ class RestBackend(SlurmBackend):
                 "node_states": states})
         return out
 
-    def submit(self, user, spec, script, script_path):
-        return str(self.rest.submit(user.name, job_description(spec, user), script))
+    def submit(self, user, spec, script, meanwhile=None):
+        return str(self.rest.submit(user.name, job_description(spec, user), script, meanwhile=meanwhile))
 
     def cancel(self, user, job_id):
         self.rest.cancel(user.name, job_id)

@@ -101,23 +101,21 @@ class SlurmRunner:
     """Runs one Slurm command line and maps its failure to our exceptions.
 
     ``observe(command, seconds, outcome)`` is called after every call (metrics).
-    ``run`` is ``subprocess.run``, injectable for the runner's own tests.
     """
 
-    def __init__(self, bin_dir="/usr/bin", conf=None, timeout=60.0, observe=None, run=subprocess.run,
-                 setpriv=SETPRIV):
+    def __init__(self, bin_dir="/usr/bin", conf=None, timeout=60.0, observe=None, setpriv=SETPRIV):
         self._bin_dir = bin_dir
         self._setpriv = setpriv
         self.conf = conf
         self.timeout = timeout
         self._observe = observe or (lambda command, seconds, outcome: None)
-        self._run = run
 
     def path_of(self, command):
         return os.path.join(self._bin_dir, command)
 
-    def run(self, command, args, *, user=None, timeout=None, cwd=None, check=True):
-        """``command args...`` (as ``user`` when given); the CompletedProcess.
+    def run(self, command, args, *, user=None, timeout=None, cwd=None, check=True, input=None, meanwhile=None):
+        """``command args...`` (as ``user`` when given); the CompletedProcess. ``input``
+        is its standard input; ``meanwhile()`` runs while the command does.
 
         Raises SlurmUnavailable, SlurmAnswerLost (timeout or killed) or, when
         ``check``, SlurmRefused for any other non-zero exit.
@@ -126,16 +124,15 @@ class SlurmRunner:
         kwargs = {}
         if user is not None:
             argv, kwargs = as_user(user, argv, self._setpriv)
+        timeout = timeout or self.timeout
         started = time.monotonic()
         outcome = "ok"
         try:
-            proc = self._run(argv, capture_output=True, text=True, errors="replace",
-                             env=clean_environment(user, self.conf), cwd=cwd or "/",
-                             timeout=timeout or self.timeout, stdin=subprocess.DEVNULL, **kwargs)
+            proc = self._communicate(argv, kwargs, user, cwd, timeout, input, meanwhile)
         except subprocess.TimeoutExpired:
             outcome = "timeout"
             raise SlurmAnswerLost(
-                f"{UNREACHABLE_PREFIX}: {command} did not answer within {timeout or self.timeout:.0f} s.",
+                f"{UNREACHABLE_PREFIX}: {command} did not answer within {timeout:.0f} s.",
                 code="slurm_timeout") from None
         except (FileNotFoundError, PermissionError):
             outcome = "missing"
@@ -156,6 +153,21 @@ class SlurmRunner:
             if check:
                 raise SlurmRefused(message)
         return proc
+
+    def _communicate(self, argv, kwargs, user, cwd, timeout, input, meanwhile):
+        """``subprocess.run``, with ``meanwhile()`` between starting the command and waiting for it."""
+        with subprocess.Popen(argv, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                              env=clean_environment(user, self.conf), cwd=cwd or "/", **kwargs) as process:
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+                stdout, stderr = process.communicate(input, timeout=timeout)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
     def _missing(self, command, detail):
         # The answer names the command only: where this head keeps its binaries is not the caller's business.
