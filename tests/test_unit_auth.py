@@ -5,12 +5,15 @@ tests/test_auth.py proves the same against a real daemon over HTTP; this is the
 fast copy to run while changing code.
 """
 
+import pwd
 import time
 import warnings
 
 import jwt
 import pytest
 
+from hpcportal.auth import UserDirectory
+from hpcportal.errors import PermissionDenied
 from support.daemon import TEST_SECRET, make_token
 from support.inprocess import inprocess
 from support.tokens import claims, handmade
@@ -140,3 +143,53 @@ def test_every_api_route_needs_a_token(portal, path):
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/api/openapi.json"])
 def test_operations_routes_and_the_api_document_need_no_token(portal, path):
     assert portal.get(path).status_code in (200, 503)  # /readyz: 503 while services are stopped
+
+
+def test_a_remembered_token_is_refused_once_it_expires(portal):
+    """Verified tokens are remembered by their text, each only until its expiry (and the
+    30 s of clock skew allowed after it: this one has 2 s of them left)."""
+    token = make_token("alice", exp=int(time.time()) - 28)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert portal.get("/api/v2/me", headers=headers).status_code == 200
+    assert portal.get("/api/v2/me", headers=headers).status_code == 200  # remembered
+    time.sleep(2.5)
+    answer = portal.get("/api/v2/me", headers=headers)
+    assert answer.status_code == 401 and answer.json["msg"] == "Token has expired"
+
+
+class Directory:
+    """A user directory that counts its lookups."""
+
+    def __init__(self):
+        self.lookups = 0
+        self.groups = [1001, 2001]
+
+    def getpwnam(self, name):
+        self.lookups += 1
+        if name != "alice":
+            raise KeyError(name)
+        return pwd.struct_passwd(("alice", "x", 1001, 1001, "", "/home/alice", "/bin/bash"))
+
+    def getgrouplist(self, name, gid):
+        return list(self.groups)
+
+
+def test_accounts_are_looked_up_again_after_a_while():
+    directory, now = Directory(), [100.0]
+    users = UserDirectory(1000, getpwnam=directory.getpwnam, getgrouplist=directory.getgrouplist,
+                          remember=10, clock=lambda: now[0])
+    assert users.lookup("alice").groups == (1001, 2001)
+    directory.groups = [1001]  # the directory takes alice out of a group
+    now[0] += 9
+    remembered = users.lookup("alice", admin=True)
+    assert (remembered.groups, remembered.admin, directory.lookups) == ((1001, 2001), True, 1)
+    assert users.lookup("alice").admin is False
+    now[0] += 2
+    assert users.lookup("alice").groups == (1001,) and directory.lookups == 2
+    with pytest.raises(PermissionDenied):
+        users.lookup("mallory")
+    with pytest.raises(PermissionDenied):  # refusals are never remembered: asked again
+        users.lookup("mallory")
+    assert directory.lookups == 4
+    with pytest.raises(PermissionDenied):  # a claim that is no name at all
+        users.lookup(["alice"])

@@ -11,12 +11,20 @@ import json
 import os
 import pwd
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
 import jwt
 
 from .errors import AuthenticationError, ConfigError, PermissionDenied
+
+# How long an account looked up (uid, groups) is used before it is looked up again:
+# what changes in the user directory reaches the portal within this time.
+ACCOUNT_SECONDS = 10.0
+KNOWN_ACCOUNTS = 10000
+# Verified tokens remembered (each until it expires), the oldest forgotten first.
+VERIFIED_TOKENS = 10000
 
 BEARER = "Bearer"
 HEADER = "Authorization"
@@ -56,17 +64,33 @@ class UserDirectory:
     """Maps a token's identity to a unix account, applying the user policy."""
 
     def __init__(self, min_uid, deny=(), max_uid=None, getpwnam=pwd.getpwnam,
-                 getgrouplist=os.getgrouplist):
+                 getgrouplist=os.getgrouplist, remember=ACCOUNT_SECONDS, clock=time.monotonic):
         self._min_uid = min_uid
         self._max_uid = max_uid
         self._deny = set(deny)
         self._getpwnam = getpwnam
         self._getgrouplist = getgrouplist
+        self._remember = remember
+        self._clock = clock
+        self._accounts = {}  # name -> (User, when it was looked up)
 
     def lookup(self, name, admin=False):
+        """The account behind ``name``. Each is looked up again after ``remember``
+        seconds, as a name service cache does: a user's calls come in bursts, and
+        with a directory service behind it every lookup is a round trip."""
         if not isinstance(name, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}\$?", name, re.I):
             raise PermissionDenied(f"The token's identity {name!r} is not a valid user name.",
                                    code="unknown_user")
+        known = self._accounts.get(name)
+        if known is not None and self._clock() - known[1] < self._remember:
+            return known[0] if known[0].admin == admin else dataclasses.replace(known[0], admin=admin)
+        user = self._look_up(name, admin)
+        if len(self._accounts) >= KNOWN_ACCOUNTS:
+            self._accounts.clear()
+        self._accounts[name] = (user, self._clock())
+        return user
+
+    def _look_up(self, name, admin):
         try:
             entry = self._getpwnam(name)
         except KeyError:
@@ -104,6 +128,8 @@ class TokenVerifier:
         self._admin_value = auth.admin_value
         self._invalid_status = auth.invalid_token_status
         self._clock = clock
+        self._verified = {}  # token -> its claims, oldest first
+        self._verified_lock = threading.Lock()
         self._hmac_key = None
         self._public_key = None
         self._jwks = None
@@ -149,7 +175,23 @@ class TokenVerifier:
         return self._public_key
 
     def decode(self, token):
-        """The verified claims, or an AuthenticationError shaped like flask_jwt_extended's."""
+        """The verified claims, or an AuthenticationError shaped like flask_jwt_extended's.
+
+        A token verified before is known by its exact text until it expires: its
+        signature and claims cannot change, and a dashboard sends the same token
+        with every call (verifying it anew was most of a call's authentication)."""
+        known = self._verified.get(token)
+        if known is not None and known["exp"] > self._clock() - self._leeway:
+            return known
+        claims = self._verify(token)
+        if isinstance(claims.get("exp"), (int, float)):
+            with self._verified_lock:
+                if len(self._verified) >= VERIFIED_TOKENS:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[token] = claims
+        return claims
+
+    def _verify(self, token):
         try:
             claims = jwt.decode(
                 token,
