@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import sqlite3
+import time
 
 import falcon
 import falcon.inspect
@@ -215,6 +216,30 @@ def _open_files_of(path):
         except OSError:  # closed meanwhile
             pass
     return count
+
+
+@pytest.mark.databases("sqlite")
+@pytest.mark.unit  # in process
+def test_the_audit_writer_is_not_woken_by_each_record(tmp_path):
+    """Records queued between two of the writer's rounds are stored together: a writer
+    woken by each record took the interpreter from the request still answering."""
+    path = str(tmp_path / "portal.db")
+    database = dbmod.open_database(Config.from_dict({"database": {"url": f"sqlite:///{path}"}}))
+    dbmod.upgrade(database)
+    trail = AuditTrail(database, flush_seconds=1.0)
+    trail.start()
+    try:
+        seen = set()
+        for number in range(3):
+            trail.record({"user": "alice", "action": f"POST /x/{number}", "outcome": "ok"})
+            for _ in range(10):
+                seen.add(AuditRecord.select().count())
+                time.sleep(0.02)
+        wait_for(lambda: AuditRecord.select().count() == 3, timeout=10, message="the records stored")
+        assert seen <= {0, 3}
+    finally:
+        trail.stop()
+        database.close()
 
 
 @pytest.mark.databases("sqlite")  # counts the SQLite file's descriptors

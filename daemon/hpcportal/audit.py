@@ -5,14 +5,18 @@ Each record is a line in the ``hpcportal.audit`` log before the answer leaves
 a background thread stores what queued up in one transaction. A synchronous
 insert cost every state-changing call a commit of its own, a disk flush with
 SQLite's ``synchronous=FULL`` (about a millisecond, an eighth of a whole job
-submission), and took the write lock once more per request. The price is that
-the table lags the log by a moment, and a killed daemon's last records are in
-the log only.
+submission), and took the write lock once more per request. The writer looks
+for records every ``FLUSH_SECONDS`` rather than waking for each: woken by the
+request that queued the record, it took the interpreter from that request while
+its answer was still to be sent (bench/RESULTS.md). The price is that the table
+lags the log by up to that long, and a killed daemon's last records are in the
+log only.
 """
 
 import logging
 import queue
 import threading
+import time
 
 import peewee
 
@@ -30,15 +34,19 @@ BACKLOG = 20000
 # pragmas, and a close) cost 3 ms against 0.9 ms for the insert itself, taken
 # from the requests running meanwhile on a small head.
 IDLE_SECONDS = 1.0
+# How often the writer stores what has queued up.
+FLUSH_SECONDS = 0.25
 
 
 class AuditTrail:
     name = "audit"
 
-    def __init__(self, database, batch=BATCH, backlog=BACKLOG, idle_seconds=IDLE_SECONDS):
+    def __init__(self, database, batch=BATCH, backlog=BACKLOG, idle_seconds=IDLE_SECONDS,
+                 flush_seconds=FLUSH_SECONDS):
         self._database = database
         self._batch = batch
         self._idle_seconds = idle_seconds
+        self._flush_seconds = flush_seconds
         self._queue = queue.Queue(backlog)
         self._thread = None
         self._stop = threading.Event()
@@ -97,15 +105,21 @@ class AuditTrail:
         return True, f"{waiting} records waiting"
 
     def _run(self):
+        last_record = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._stop.wait(self._flush_seconds):
                 self._passes.finished()
                 try:
-                    first = self._queue.get(timeout=self._idle_seconds)
+                    first = self._queue.get_nowait()
                 except queue.Empty:
-                    self._disconnect()
+                    if (time.monotonic() - last_record >= self._idle_seconds
+                            and not self._database.is_closed()):
+                        self._disconnect()
                     continue
                 self._write_batch([first])
+                while not self._queue.empty():
+                    self._write_batch([self._queue.get_nowait()])
+                last_record = time.monotonic()
         finally:
             self._disconnect()
 
