@@ -399,3 +399,24 @@ def test_submissions_are_rate_limited_per_user(daemon_factory, shared_dir, slurm
     limited = daemon.post(SUBMIT, user="alice", json=bad)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert daemon.post(SUBMIT, user="bob", json=bad).status_code == 400
+
+
+def test_a_job_stands_when_its_records_cannot_be_written(slurm_conf, monkeypatch, caplog):
+    """The batch script and record are written while Slurm works on the job: when that
+    fails (a full disk), Slurm has the job by then, so it is answered and recorded, and the
+    log says what is missing."""
+    from hpcportal.jobs.folder import NewJobFolder
+    from support.inprocess import inprocess
+
+    def disk_full(self, files):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(NewJobFolder, "add", disk_full)
+    with inprocess({"slurm": {"bin_dir": "/usr/bin", "conf": slurm_conf, "backend": "cli"}}) as portal:
+        answer = portal.post(SUBMIT, user="alice", json={"jobName": "records", "script": "#!/bin/bash\ntrue\n"})
+        assert answer.status_code == 200, answer.text
+        job_id = answer.json["jobId"]
+        assert portal.get(f"/api/slurm/jobs/{job_id}", user="alice").json["name"] == "records"
+        written = os.listdir(os.path.join(portal.shared.uploads, "alice", "jobs", answer.json["submissionId"]))
+        assert "script.sh" in written and not {"job.sbatch", "submission.json"} & set(written)
+    assert "its batch script and record not written" in caplog.text

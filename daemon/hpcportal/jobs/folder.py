@@ -64,8 +64,11 @@ class JobFolders:
 
     def open_dir(self, user, submission_id=None, create=False):
         """A descriptor of the user's jobs folder (or one job's folder)."""
-        os.makedirs(self.root, mode=0o755, exist_ok=True)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            os.makedirs(self.root, mode=0o755, exist_ok=True)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         parts = [user.name, "jobs"] + ([submission_id] if submission_id else [])
         try:
             for part in parts:
@@ -82,6 +85,11 @@ class JobFolders:
 
     def create(self, user, submission_id, files):
         """A new job folder holding ``files`` ({name: (bytes, mode)}); its path."""
+        with self.make(user, submission_id, files) as folder:
+            return folder.path
+
+    def make(self, user, submission_id, files):
+        """A new job folder holding ``files``, kept open (a ``NewJobFolder``) for more."""
         parent = self.open_dir(user, create=True)
         try:
             os.mkdir(submission_id, DIR_MODE, dir_fd=parent)  # new: fails if it exists
@@ -91,18 +99,10 @@ class JobFolders:
         try:
             self._own(fd, user, DIR_MODE)
             self._write(fd, user, files)
-        finally:
+        except BaseException:
             os.close(fd)
-        return self.path(user.name, submission_id)
-
-    def add(self, user, submission_id, files):
-        """Writes ``files`` ({name: (bytes, mode)}, all new) into an existing job folder.
-        A file that could not be written whole is removed, never left looking complete."""
-        fd = self.open_dir(user, submission_id)
-        try:
-            self._write(fd, user, files)
-        finally:
-            os.close(fd)
+            raise
+        return NewJobFolder(self, user, fd, self.path(user.name, submission_id))
 
     def _write(self, folder_fd, user, files):
         for name, (data, mode) in files.items():
@@ -156,3 +156,29 @@ class JobFolders:
             raise UnsafePath(refusal)
         return fd
 
+
+class NewJobFolder:
+    """A job folder just made, open by its descriptor until closed, so files added
+    later go into this very folder without walking its path again."""
+
+    def __init__(self, folders, user, fd, path):
+        self._folders = folders
+        self._user = user
+        self._fd = fd
+        self.path = path
+
+    def add(self, files):
+        """Writes ``files`` ({name: (bytes, mode)}, all new); a file that could not be
+        written whole is removed, never left looking complete."""
+        self._folders._write(self._fd, self._user, files)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

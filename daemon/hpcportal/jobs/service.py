@@ -347,11 +347,20 @@ class JobService:
         if plan.get("user_script") is not None:
             name = posixpath.basename(plan.get("user_script_path") or USER_SCRIPT)
             first[name] = (plan["user_script"].encode("utf-8"), 0o750)
-        job_dir = self.folders.create(user, submission_id, first)
-        meanwhile = functools.partial(self._write_records, user, submission_id, plan["batch_script"], record)
+        with self.folders.make(user, submission_id, first) as folder:
+            job_id = self._hand_to_slurm(user, plan, folder, record)
+        self.record(record, job_id, folder.path)
+        self._count("ok")
+        return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
+                "submissionId": submission_id}
+
+    def _hand_to_slurm(self, user, plan, folder, record):
+        """Slurm's job id for the submission; its folder's records are written meanwhile."""
+        submission_id = plan["submission_id"]
+        meanwhile = functools.partial(self._write_records, user, folder, plan["batch_script"], record)
         slurm = plan["slurm"]
         try:
-            job_id = slurm.submit(user, plan["spec"], plan["batch_script"], meanwhile=meanwhile)
+            return slurm.submit(user, plan["spec"], plan["batch_script"], meanwhile=meanwhile)
         except SlurmAnswerLost as exc:
             job_id = self._recover_now(slurm, submission_id)
             if job_id is None:
@@ -361,6 +370,7 @@ class JobService:
                     f"{exc.message} The portal will list the job if Slurm accepted it "
                     f"(submission {submission_id}).", code=exc.code,
                     extra={"submissionId": submission_id}, headers={"Retry-After": "10"}) from None
+            return job_id
         except SlurmRefused:
             self.folders.remove(user.name, submission_id)
             self._count("refused")
@@ -370,21 +380,17 @@ class JobService:
             self.folders.remove(user.name, submission_id)
             self._count("failed")
             raise
-        self.record(record, job_id, job_dir)
-        self._count("ok")
-        return {"success": True, "jobId": job_id, "message": f"Job {job_id} submitted successfully",
-                "submissionId": submission_id}
 
-    def _write_records(self, user, submission_id, batch_script, record):
+    def _write_records(self, user, folder, batch_script, record):
         """The job folder's batch script and submission record. Runs while Slurm works on
         the job, which may exist by now: a failure is logged, never raised (the job row,
         written next, holds what the record does)."""
         try:
-            self.folders.add(user, submission_id, {
-                BATCH_SCRIPT: (batch_script.encode("utf-8"), 0o640),
-                SUBMISSION_RECORD: (json.dumps(record, indent=1).encode("utf-8"), 0o640)})
+            folder.add({BATCH_SCRIPT: (batch_script.encode("utf-8"), 0o640),
+                        SUBMISSION_RECORD: (json.dumps(record, ensure_ascii=False).encode("utf-8"), 0o640)})
         except Exception:
-            log.exception("job folder %s of %s: its batch script and record not written", submission_id, user.name)
+            log.exception("job folder %s of %s: its batch script and record not written",
+                          record["submission_id"], user.name)
 
     def _recover_now(self, slurm, submission_id):
         try:
