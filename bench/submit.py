@@ -59,13 +59,14 @@ def slurm_commands(daemon):
     return sum(float(m) for m in re.findall(r'^hpcportal_slurm_calls_total\{[^}]*\} (\S+)', text, re.MULTILINE))
 
 
-def plain_sbatch(alice, folder, conf, index):
+def plain_sbatch(alice, folder, conf, index, after=None):
     """sbatch by alice herself, the way a login-node user would (clean env, her ids)."""
     path = os.path.join(folder, f"plain-{index}.sbatch")
     with open(path, "w") as handle:
         handle.write("#!/bin/bash -l\n#SBATCH --job-name=plain\n#SBATCH --ntasks-per-node=1\n"
                      f"#SBATCH --output={folder}/slurm-%j.out\n#SBATCH --chdir={folder}\n"
-                     "#SBATCH --export=NONE\n" + SCRIPT)
+                     + (f"#SBATCH --dependency={after}\n" if after else "")
+                     + "#SBATCH --export=NONE\n" + SCRIPT)
     os.chown(path, alice.pw_uid, alice.pw_gid)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": alice.pw_dir, "USER": "alice", "SLURM_CONF": conf}
     started = time.perf_counter()
@@ -75,10 +76,11 @@ def plain_sbatch(alice, folder, conf, index):
     return elapsed, answer.stdout.strip().split(";")[0]
 
 
-def bare_rest_submit(rest, folder, index):
+def bare_rest_submit(rest, folder, index, after=None):
     """slurmrestd alone: the same job as the plain sbatch, described as the REST API takes it."""
     job = {"name": "bare", "current_working_directory": folder, "standard_output": f"{folder}/bare-%j.out",
-           "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "tasks_per_node": 1}
+           "environment": {"PATH": "/usr/local/bin:/usr/bin:/bin"}, "tasks_per_node": 1,
+           **({"dependency": after} if after else {})}
     started = time.perf_counter()
     job_id = rest.submit("alice", job, SCRIPT)
     return time.perf_counter() - started, str(job_id)
@@ -89,13 +91,15 @@ class ApiSubmitter:
     browser keeps one, and the standard library's client (a browser's own costs
     nothing in Python; ``requests`` added some 0.3 ms of the bench's own)."""
 
-    def __init__(self, daemon):
+    def __init__(self, daemon, after=None):
         self.daemon = daemon
+        self.after = after
         self.connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
         self.headers = {**auth_headers("alice"), "Content-Type": "application/json"}
 
     def submit(self, index):
-        body = json.dumps({"jobName": f"bench-{index}", "cpus": 1, "script": SCRIPT}).encode()
+        body = {"jobName": f"bench-{index}", "cpus": 1, "script": SCRIPT}
+        body = json.dumps({**body, "dependency": self.after} if self.after else body).encode()
         started = time.perf_counter()
         self.connection.request("POST", "/api/slurm/jobs/submit", body=body, headers=self.headers)
         answer = self.connection.getresponse()
@@ -143,6 +147,8 @@ def main():
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--start-jobs", action="store_true",
+                        help="let each job start as soon as it is submitted (here, beside the timing)")
     args = parser.parse_args()
 
     users = ensure_test_users()
@@ -159,9 +165,19 @@ def main():
             daemon, ready = daemon_for(tree, conf, backend, rest_url, key_file)
             daemons.append(daemon)
             print(f"{backend} daemon: /readyz says {ready.get('checks', {}).get('slurm', ready)}")
-        apis = {"rest": ApiSubmitter(daemons[0]), "cli": ApiSubmitter(daemons[1])}
         folder = tempfile.mkdtemp(prefix="plain-", dir=tree.root)
         os.chown(folder, alice.pw_uid, alice.pw_gid)
+        after = None
+        if not args.start_jobs:
+            # Every measured job waits for a held one: on a cluster the jobs run on compute
+            # nodes, and here starting them would load the two cores the timing runs on.
+            held = subprocess.run(["sbatch", "--parsable", "--hold", f"--chdir={folder}", "--output=/dev/null",
+                                   "--wrap", "true"], user=alice.pw_uid, group=alice.pw_gid, extra_groups=[],
+                                  env={"PATH": "/usr/bin:/bin", "SLURM_CONF": conf}, capture_output=True,
+                                  text=True, check=True).stdout.strip().split(";")[0]
+            job_ids.append(held)
+            after = f"afterok:{held}"
+        apis = {"rest": ApiSubmitter(daemons[0], after), "cli": ApiSubmitter(daemons[1], after)}
 
         # Warm-up: partition caches, the connection pool, the first sbatch of a fresh cluster.
         for api in apis.values():
@@ -177,9 +193,9 @@ def main():
             order = order[index % 4:] + order[:index % 4]
             for name, api in order:
                 if name == "sbatch":
-                    elapsed, job_id = plain_sbatch(alice, folder, conf, index)
+                    elapsed, job_id = plain_sbatch(alice, folder, conf, index, after)
                 elif name == "bare":
-                    elapsed, job_id = bare_rest_submit(rest, folder, index)
+                    elapsed, job_id = bare_rest_submit(rest, folder, index, after)
                 else:
                     elapsed, job_id = api.submit(index)
                 times[name].append(elapsed)
@@ -189,7 +205,8 @@ def main():
         ms = lambda seconds: seconds * 1000  # noqa: E731
         plain = statistics.median(times["sbatch"])
         print(f"submissions: {args.count} rounds of plain sbatch, API (REST backend), API (command backend), "
-              "bare slurmrestd, interleaved")
+              "bare slurmrestd, interleaved; " + ("each job started at once" if args.start_jobs else
+                                                  f"every job waiting for held job {after.split(':')[1]}"))
         labels = {"sbatch": "plain sbatch", "rest": "API, REST", "cli": "API, commands", "bare": "bare slurmrestd"}
         for name in ("sbatch", "rest", "cli", "bare"):
             median = statistics.median(times[name])
