@@ -14,6 +14,8 @@ import time
 from .runner import SlurmUnavailable
 
 COMMENT_PREFIX = "hpcportal:"
+# How far past its ``max_age`` a snapshot may still answer while another thread refreshes it.
+STALE_GRACE = 30.0
 
 
 class Snapshot:
@@ -77,17 +79,25 @@ class SlurmBackend:
     # -- shared ----------------------------------------------------------------
 
     def snapshot(self, max_age=None):
-        """The shared snapshot, refreshed when older than ``max_age``. One thread
-        refreshes while the others wait for its answer (single flight), so a
-        burst of requests costs one call to Slurm."""
+        """The shared snapshot, refreshed when older than ``max_age`` seconds at the
+        moment of asking. One thread refreshes while the others wait for its answer
+        (single flight), so a burst of requests costs one call to Slurm; while one
+        refreshes, a caller that allows any age (``max_age`` > 0) and finds a snapshot
+        at most ``STALE_GRACE`` seconds past it answers from that one at once: with
+        thousands of jobs a refresh takes seconds, and every list waited for it."""
         max_age = self._squeue_interval if max_age is None else max_age
+        asked = self._clock()
         current = self._snapshot
-        if current is not None and self._clock() - current.taken <= max_age:
+        if current is not None and asked - current.taken <= max_age:
             return current
-        with self._snapshot_lock:
-            current = self._snapshot
-            if current is not None and self._clock() - current.taken <= max_age:
+        if not self._snapshot_lock.acquire(blocking=False):
+            if current is not None and max_age > 0 and asked - current.taken <= max_age + STALE_GRACE:
                 return current
+            self._snapshot_lock.acquire()
+        try:
+            current = self._snapshot
+            if current is not None and asked - current.taken <= max_age:
+                return current  # the refresh this caller waited for
             failure = self._failure
             if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
                 # A controller that just failed to answer is not asked again at once:
@@ -102,6 +112,8 @@ class SlurmBackend:
             self._failure = None
             self._snapshot = snapshot
             return snapshot
+        finally:
+            self._snapshot_lock.release()
 
     def snapshot_age(self):
         current = self._snapshot

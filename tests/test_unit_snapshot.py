@@ -1,0 +1,91 @@
+"""The shared snapshot of every job (slurm/backend.py): one refresh for a burst of callers,
+and no caller held up by a slow refresh while a recent snapshot can answer.
+
+Against real Slurm, through both backends: tests/test_jobs_watch.py and the job tests."""
+
+import threading
+import time
+
+import pytest
+
+from hpcportal.slurm.backend import STALE_GRACE, SlurmBackend
+
+pytestmark = pytest.mark.unit
+
+
+class SlowCluster(SlurmBackend):
+    """A backend whose job list takes ``seconds`` to come, as slurmrestd's does with
+    thousands of jobs; it counts how often it is asked."""
+
+    name = "slow"
+
+    def __init__(self, seconds, **caches):
+        super().__init__(**caches)
+        self.seconds = seconds
+        self.fetches = 0
+
+    def _fetch_jobs(self):
+        self.fetches += 1
+        time.sleep(self.seconds)
+        return [{"job_id": str(self.fetches), "comment": f"hpcportal:{self.fetches}"}]
+
+
+def at_once(count, call):
+    results, start = [], threading.Barrier(count)
+
+    def run():
+        start.wait()
+        results.append(call())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_callers_waiting_for_a_refresh_take_its_answer():
+    """A refresh slower than squeue_interval: before, each waiting caller found the new
+    snapshot already older than the interval and refreshed again, one after another."""
+    cluster = SlowCluster(0.3, squeue_interval=0.1)
+    snapshots = at_once(5, cluster.snapshot)
+    assert cluster.fetches == 1 and len({id(s) for s in snapshots}) == 1
+
+
+def test_while_one_refreshes_the_others_answer_from_the_last_snapshot():
+    cluster = SlowCluster(0.5, squeue_interval=0.1)
+    first = cluster.snapshot()
+    time.sleep(0.2)  # stale now
+    refresher = threading.Thread(target=cluster.snapshot)
+    refresher.start()
+    time.sleep(0.1)  # the refresh is under way
+    started = time.monotonic()
+    answer = cluster.snapshot()
+    assert answer is first and time.monotonic() - started < 0.2
+    refresher.join()
+    assert cluster.fetches == 2 and cluster.snapshot() is not first
+
+
+def test_a_caller_that_needs_a_fresh_snapshot_waits_for_one_taken_after_it_asked():
+    """Finding a submission whose answer was lost: a refresh begun before the call may
+    miss the job, so the caller gets one begun after it asked."""
+    cluster = SlowCluster(0.3, squeue_interval=0.1)
+    cluster.snapshot()
+    refresher = threading.Thread(target=cluster.snapshot, kwargs={"max_age": 0.05})
+    time.sleep(0.1)
+    refresher.start()
+    time.sleep(0.05)
+    asked = time.monotonic()
+    fresh = cluster.snapshot(max_age=0)
+    refresher.join()
+    assert fresh.taken >= asked and cluster.fetches == 3
+
+
+def test_a_snapshot_far_past_its_age_is_not_answered_while_refreshing():
+    now = [1000.0]
+    cluster = SlowCluster(0.3, squeue_interval=1, clock=lambda: now[0])
+    old = cluster.snapshot()
+    now[0] += 1 + STALE_GRACE + 1
+    results = at_once(3, cluster.snapshot)
+    assert all(r is not old for r in results) and cluster.fetches == 2
