@@ -447,7 +447,7 @@ class JobService:
     def _live(self, slurm=None):
         """(the snapshot's jobs or None, note)."""
         try:
-            return (slurm or self.backends.current()).snapshot().jobs, None
+            return (slurm or self.backends.current()).snapshot(wait=False).jobs, None
         except SlurmUnavailable as exc:
             return None, exc.message
 

@@ -188,7 +188,7 @@ class UsageReport:
 
     def _from_controller(self, since, name):
         try:
-            jobs = self._service.backends.current().snapshot().jobs.values()
+            jobs = self._service.backends.current().snapshot(wait=False).jobs.values()
         except SlurmUnavailable:
             return {}
         now = utcnow()

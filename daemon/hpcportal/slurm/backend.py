@@ -14,7 +14,7 @@ import time
 from .runner import SlurmUnavailable
 
 COMMENT_PREFIX = "hpcportal:"
-# How far past its ``max_age`` a snapshot may still answer while another thread refreshes it.
+# How far past its ``max_age`` a snapshot may still answer a request while it is refreshed.
 STALE_GRACE = 30.0
 
 
@@ -78,23 +78,23 @@ class SlurmBackend:
 
     # -- shared ----------------------------------------------------------------
 
-    def snapshot(self, max_age=None):
+    def snapshot(self, max_age=None, wait=True):
         """The shared snapshot, refreshed when older than ``max_age`` seconds at the
         moment of asking. One thread refreshes while the others wait for its answer
-        (single flight), so a burst of requests costs one call to Slurm; while one
-        refreshes, a caller that allows any age (``max_age`` > 0) and finds a snapshot
-        at most ``STALE_GRACE`` seconds past it answers from that one at once: with
-        thousands of jobs a refresh takes seconds, and every list waited for it."""
+        (single flight), so a burst of requests costs one call to Slurm.
+
+        ``wait=False`` (a request answering a user): a snapshot at most ``STALE_GRACE``
+        seconds past ``max_age`` answers at once, and a refresh starts behind it. With
+        thousands of jobs a refresh takes seconds, and every job list waited for one."""
         max_age = self._squeue_interval if max_age is None else max_age
         asked = self._clock()
         current = self._snapshot
         if current is not None and asked - current.taken <= max_age:
             return current
-        if not self._snapshot_lock.acquire(blocking=False):
-            if current is not None and max_age > 0 and asked - current.taken <= max_age + STALE_GRACE:
-                return current
-            self._snapshot_lock.acquire()
-        try:
+        if not wait and current is not None and asked - current.taken <= max_age + STALE_GRACE:
+            self._refresh_behind()
+            return current
+        with self._snapshot_lock:
             current = self._snapshot
             if current is not None and asked - current.taken <= max_age:
                 return current  # the refresh this caller waited for
@@ -112,8 +112,16 @@ class SlurmBackend:
             self._failure = None
             self._snapshot = snapshot
             return snapshot
-        finally:
-            self._snapshot_lock.release()
+
+    def _refresh_behind(self):
+        if not self._snapshot_lock.locked():  # else one is under way
+            threading.Thread(target=self._refresh_quietly, name="snapshot-refresh", daemon=True).start()
+
+    def _refresh_quietly(self):
+        try:
+            self.snapshot()
+        except SlurmUnavailable:
+            pass  # kept as the last failure: the next caller that waits gets it
 
     def snapshot_age(self):
         current = self._snapshot
