@@ -96,3 +96,41 @@ def test_a_snapshot_far_past_its_age_does_not_answer_a_request():
     now[0] += 1 + STALE_GRACE + 1
     results = at_once(3, lambda: cluster.snapshot(wait=False))
     assert all(r is not old for r in results) and cluster.fetches == 2
+
+
+class Accounting(SlowCluster):
+    """Accounting that knows every job as finished, with no exit code (as slurmdbd's
+    REST API tells it on Slurm 22.05)."""
+
+    def finished(self, job_ids):
+        self.asked = list(job_ids)
+        return {job_id: {"state": "FAILED", "exit_code": None} for job_id in job_ids}
+
+
+def test_the_monitor_does_not_take_a_job_newer_than_the_snapshot_for_forgotten(tmp_path):
+    """A snapshot asked for before a job was submitted does not show it: that job is not
+    one Slurm forgot, and accounting's word (a state without its exit code) must not
+    stand in for the snapshot's, which a later pass reads."""
+    import datetime
+    import types
+
+    import peewee
+
+    from hpcportal.jobs.monitor import JobMonitor
+    from hpcportal.models.base import utcnow
+    from hpcportal.models.jobs import Job
+
+    database = peewee.SqliteDatabase(str(tmp_path / "jobs.db"))
+    with database.bind_ctx([Job]):
+        database.create_tables([Job])
+        cluster = Accounting(0, squeue_interval=1)
+        snapshot = cluster.snapshot()  # shows job "1" only
+        old = dict(user="alice", uid=1001, name="old", job_dir="/x", script_path="/x/s")
+        Job.create(submission_id="a" * 32, slurm_job_id="7", submitted_at=utcnow() - datetime.timedelta(hours=1),
+                   **old)
+        Job.create(submission_id="b" * 32, slurm_job_id="8", submitted_at=utcnow() + datetime.timedelta(seconds=1),
+                   **old)
+        service = types.SimpleNamespace(backends=types.SimpleNamespace(current=lambda: cluster))
+        JobMonitor(service, database, interval=1).record_states(snapshot, cluster)
+        assert cluster.asked == ["7"]
+        assert {j.slurm_job_id: j.state for j in Job.select()} == {"7": "FAILED", "8": "PENDING"}

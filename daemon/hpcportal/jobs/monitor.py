@@ -9,6 +9,7 @@ record kept in the job's folder. Several daemons may run it at once: the
 submission id is unique, so a job is recorded once.
 """
 
+import datetime
 import logging
 import os
 import pwd
@@ -19,7 +20,7 @@ import peewee
 
 from ..auth import User
 from ..errors import UnsafePath
-from ..models.base import utcnow
+from ..models.base import utc_at, utcnow
 from ..models.jobs import Job
 from ..passes import PassLoop
 from ..slurm.backend import COMMENT_PREFIX
@@ -30,6 +31,9 @@ log = logging.getLogger("hpcportal.jobs")
 
 # Seconds a job may be missing from squeue and sacct before it is no longer asked about.
 GIVE_UP_AFTER = 3600
+# Seconds between a job row's submitted_at (whole seconds, written before Slurm has the job)
+# and the snapshot that must show the job before it counts as forgotten.
+SUBMIT_MARGIN = 2
 
 
 class JobMonitor:
@@ -131,11 +135,15 @@ class JobMonitor:
 
     def record_states(self, snapshot, slurm):
         rows = list(Job.select().where(~(Job.state << list(FINAL_STATES))))
+        # A job submitted about when the snapshot was asked for may be missing from it
+        # without being forgotten: accounting is asked about it only on a later pass.
+        asked = utc_at(snapshot.taken_at) - datetime.timedelta(seconds=SUBMIT_MARGIN)
         forgotten = []
         for row in rows:
             live = snapshot.jobs.get(row.slurm_job_id)
             if live is None:
-                forgotten.append(row)
+                if row.submitted_at is not None and row.submitted_at < asked:
+                    forgotten.append(row)
                 continue
             self._missing.pop(row.slurm_job_id, None)
             self._store(row, live)

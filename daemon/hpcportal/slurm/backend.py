@@ -19,11 +19,13 @@ STALE_GRACE = 30.0
 
 
 class Snapshot:
-    """Every job Slurm shows, by id, and the monotonic time it was taken."""
+    """Every job Slurm shows, by id; ``taken``: the backend's (monotonic) time it was
+    asked for, ``taken_at``: the same moment as a Unix time."""
 
-    def __init__(self, jobs, taken):
+    def __init__(self, jobs, taken, taken_at=None):
         self.jobs = {job["job_id"]: job for job in jobs}
         self.taken = taken
+        self.taken_at = time.time() if taken_at is None else taken_at
         self.by_comment = {job["comment"]: job for job in jobs if job["comment"].startswith(COMMENT_PREFIX)}
 
 
@@ -103,9 +105,9 @@ class SlurmBackend:
                 # A controller that just failed to answer is not asked again at once:
                 # waiting requests get the same answer instead of queueing for a timeout.
                 raise failure[0]
-            started = self._clock()
+            started, started_at = self._clock(), time.time()
             try:
-                snapshot = Snapshot(self._fetch_jobs(), started)
+                snapshot = Snapshot(self._fetch_jobs(), started, started_at)
             except SlurmUnavailable as exc:
                 self._failure = (exc, self._clock())
                 raise
