@@ -175,3 +175,27 @@ def test_addresses_it_cannot_use_are_refused():
     for url in ("ftp://host:21", "http://", "slurmrestd:6820"):
         with pytest.raises(ValueError):
             ConnectionPool(url, size=1, connect_timeout=1, read_timeout=1)
+
+
+def test_a_connection_numbered_past_1024_is_kept_alive(server):
+    """A head with a thousand event streams open gives new sockets numbers past 1024,
+    which select() cannot watch: the check for a closed connection must not refuse them."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1100:
+        pytest.skip(f"needs 1100 open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    fillers = []
+    pool = pool_for(server)
+    try:
+        while len(fillers) < 1030:
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+        pool.request("GET", "/a")
+        assert pool._idle[0].sock.fileno() >= 1024
+        pool.request("GET", "/b")
+        assert pool.connections_opened == 1
+    finally:
+        pool.close()
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

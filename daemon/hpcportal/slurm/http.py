@@ -51,11 +51,13 @@ def _dropped(connection):
     must not carry the next request: its end would be read as the answer."""
     if connection.sock is None:
         return False
+    # poll(), not select(): a head holding many event streams gives sockets numbers past 1024.
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([connection.sock], [], [], 0)
+        poller.register(connection.sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class Exchange:
