@@ -134,3 +134,24 @@ def test_the_monitor_does_not_take_a_job_newer_than_the_snapshot_for_forgotten(t
         JobMonitor(service, database, interval=1).record_states(snapshot, cluster)
         assert cluster.asked == ["7"]
         assert {j.slurm_job_id: j.state for j in Job.select()} == {"7": "FAILED", "8": "PENDING"}
+
+
+def test_a_refresh_that_fails_behind_a_request_is_told_to_the_next_one():
+    """Answering from the last snapshot must not hide an outage: once the refresh behind
+    it fails, requests get Slurm's failure, as they would have waiting for it."""
+    from hpcportal.slurm.runner import SlurmUnavailable
+
+    cluster = SlowCluster(0, squeue_interval=0.5)
+    first = cluster.snapshot()
+    cluster._fetch_jobs = lambda: (_ for _ in ()).throw(SlurmUnavailable("Slurm controller is not reachable"))
+    time.sleep(0.6)
+    assert cluster.snapshot(wait=False) is first  # and the refresh behind it fails
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            cluster.snapshot(wait=False)
+        except SlurmUnavailable as exc:
+            assert "not reachable" in exc.message
+            break
+        assert time.monotonic() < deadline, "the failed refresh was never told"
+        time.sleep(0.02)

@@ -94,6 +94,9 @@ class SlurmBackend:
         if current is not None and asked - current.taken <= max_age:
             return current
         if not wait and current is not None and asked - current.taken <= max_age + STALE_GRACE:
+            failure = self._failure
+            if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
+                raise failure[0]  # the last refresh failed: an outage is not hidden behind old news
             self._refresh_behind()
             return current
         with self._snapshot_lock:
