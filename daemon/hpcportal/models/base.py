@@ -165,7 +165,7 @@ def _transaction(database, wanted):
     return database.atomic() if wanted else contextlib.nullcontext()
 
 
-_INSERTS = {}  # (model, database) -> (SQL of an insert of every column, its fields in order)
+_INSERTS = {}  # (model, database class) -> (SQL of an insert of every column, its fields in order)
 
 
 def insert_row(model, values):
@@ -173,7 +173,8 @@ def insert_row(model, values):
     field's default). Same as ``model.create``, less the SQL written anew each time,
     which cost four times the insert itself on a submission's path."""
     database = model._meta.database
-    key = (model, id(database))
+    # The SQL depends on the dialect alone; a database's id() may be reused by one of another kind.
+    key = (model, type(database))
     prepared = _INSERTS.get(key)
     if prepared is None:
         fields = [f for f in model._meta.sorted_fields if not f.primary_key]
