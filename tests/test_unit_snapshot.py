@@ -67,6 +67,14 @@ def test_a_request_answers_from_a_recent_snapshot_and_a_refresh_starts_behind_it
     assert cluster.fetches == 2  # one refresh for the five
 
 
+def test_a_request_waits_for_a_quick_refresh():
+    """On a cluster whose snapshot comes quickly a job list stays up to date."""
+    cluster = SlowCluster(0.01, squeue_interval=0.1)
+    first = cluster.snapshot()
+    time.sleep(0.2)
+    assert cluster.snapshot(wait=False) is not first and cluster.fetches == 2
+
+
 def test_a_background_caller_waits_for_the_refresh():
     cluster = SlowCluster(0.3, squeue_interval=0.1)
     first = cluster.snapshot()
@@ -141,7 +149,7 @@ def test_a_refresh_that_fails_behind_a_request_is_told_to_the_next_one():
     it fails, requests get Slurm's failure, as they would have waiting for it."""
     from hpcportal.slurm.runner import SlurmUnavailable
 
-    cluster = SlowCluster(0, squeue_interval=0.5)
+    cluster = SlowCluster(0.3, squeue_interval=0.5)  # slow: requests answer from the last snapshot
     first = cluster.snapshot()
     cluster._fetch_jobs = lambda: (_ for _ in ()).throw(SlurmUnavailable("Slurm controller is not reachable"))
     time.sleep(0.6)

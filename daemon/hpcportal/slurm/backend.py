@@ -16,6 +16,8 @@ from .runner import SlurmUnavailable
 COMMENT_PREFIX = "hpcportal:"
 # How far past its ``max_age`` a snapshot may still answer a request while it is refreshed.
 STALE_GRACE = 30.0
+# A refresh that takes longer than this is not waited for by a request that has a recent snapshot.
+SLOW_REFRESH = 0.25
 
 
 class Snapshot:
@@ -44,6 +46,7 @@ class SlurmBackend:
         self._snapshot = None
         self._failure = None  # (SlurmUnavailable, when) of the last snapshot that failed
         self._snapshot_lock = threading.Lock()
+        self._refresh_seconds = 0.0  # how long the last refresh took
         self._partitions = None
         self._partitions_taken = None
         self._partitions_lock = threading.Lock()
@@ -85,15 +88,18 @@ class SlurmBackend:
         moment of asking. One thread refreshes while the others wait for its answer
         (single flight), so a burst of requests costs one call to Slurm.
 
-        ``wait=False`` (a request answering a user): a snapshot at most ``STALE_GRACE``
-        seconds past ``max_age`` answers at once, and a refresh starts behind it. With
-        thousands of jobs a refresh takes seconds, and every job list waited for one."""
+        ``wait=False`` (a request answering a user): when refreshing is slow (one is under
+        way, or the last took over ``SLOW_REFRESH`` seconds), a snapshot at most
+        ``STALE_GRACE`` seconds past ``max_age`` answers at once, and a refresh starts
+        behind it. With thousands of jobs a refresh takes seconds, and every job list
+        waited for one; a quick refresh is still waited for, so a list is up to date."""
         max_age = self._squeue_interval if max_age is None else max_age
         asked = self._clock()
         current = self._snapshot
         if current is not None and asked - current.taken <= max_age:
             return current
-        if not wait and current is not None and asked - current.taken <= max_age + STALE_GRACE:
+        slow = self._snapshot_lock.locked() or self._refresh_seconds > SLOW_REFRESH
+        if not wait and slow and current is not None and asked - current.taken <= max_age + STALE_GRACE:
             failure = self._failure
             if failure is not None and self._clock() - failure[1] <= self._squeue_interval:
                 raise failure[0]  # the last refresh failed: an outage is not hidden behind old news
@@ -115,6 +121,7 @@ class SlurmBackend:
                 self._failure = (exc, self._clock())
                 raise
             self._failure = None
+            self._refresh_seconds = self._clock() - started
             self._snapshot = snapshot
             return snapshot
 
